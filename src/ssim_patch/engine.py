@@ -1,0 +1,251 @@
+"""The corrected SSIM: whole-map SSIM with reflect padding sized from the window actually used.
+
+Semantics (see SPEC.md): per spatial axis i (tensor dim 2+i) a Gaussian window of
+``2*int(3.5*sigma_i+0.5)+1`` taps or a uniform window of ``kernel_size_i`` taps; "same" padding
+reflects by ``(size_i-1)//2`` so the map has the input's shape, "valid" keeps only windows wholly
+inside the image. SSIM and contrast sensitivity are means over the whole map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Optional, Union
+
+import torch
+from torch import Tensor
+
+from ssim_patch import _filters
+
+Padding = Literal["same", "valid"]
+Reduction = Optional[Literal["elementwise_mean", "sum", "none"]]
+DataRange = Union[None, float, tuple[float, float], Tensor]
+
+_REDUCTIONS = ("elementwise_mean", "sum", "none", None)
+_PADDINGS = ("same", "valid")
+_AXIS_NAMES = {2: ("height", "width"), 3: ("depth", "height", "width")}
+
+
+def _per_axis(value: Union[float, Sequence[float]], ndim: int, name: str) -> list[float]:
+    if isinstance(value, Tensor):
+        value = value.tolist()
+    if isinstance(value, (int, float)):
+        return [value] * ndim
+    values = list(value)
+    if len(values) != ndim:
+        raise ValueError(
+            f"`{name}` has {len(values)} entries ({values}) but the images have {ndim} spatial "
+            f"axes: give one number or {ndim} numbers."
+        )
+    return values
+
+
+def _check_inputs(preds: Tensor, target: Tensor) -> None:
+    for name, value in (("preds", preds), ("target", target)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
+    if preds.shape != target.shape:
+        raise ValueError(
+            f"`preds` and `target` must have the same shape, got {tuple(preds.shape)} and "
+            f"{tuple(target.shape)}."
+        )
+    if preds.ndim not in (4, 5):
+        raise ValueError(
+            f"Expected images of shape (N, C, H, W) or (N, C, D, H, W), got {preds.ndim} "
+            f"dimensions: {tuple(preds.shape)}."
+        )
+    if preds.is_complex() or target.is_complex():
+        raise TypeError("SSIM is defined for real images; got a complex tensor.")
+
+
+def _windows(
+    gaussian_kernel: bool,
+    sigma: Union[float, Sequence[float]],
+    kernel_size: Union[int, Sequence[int]],
+    nd: int,
+) -> list[tuple[bool, float, int, int]]:
+    """Per axis: (gaussian, sigma, uniform size, window size). Both arguments are always checked,
+    as torchmetrics does, whichever window is used."""
+    sigmas = _per_axis(sigma, nd, "sigma")
+    sizes = _per_axis(kernel_size, nd, "kernel_size")
+    for s in sigmas:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < float("inf"):
+            raise ValueError(f"`sigma` must be positive finite numbers, got {sigmas}.")
+    for k in sizes:
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0 or k % 2 == 0:
+            odd = [int(v) + 1 - int(v) % 2 if isinstance(v, (int, float)) and v > 0 else 1 for v in sizes]
+            raise ValueError(f"`kernel_size` must be odd positive integers, got {sizes}; try {odd}.")
+    if gaussian_kernel:
+        return [(True, float(s), 0, _filters.gaussian_size(float(s))) for s in sigmas]
+    return [(False, 0.0, int(k), int(k)) for k in sizes]
+
+
+def _check_sizes(shape: Sequence[int], windows: list[tuple[bool, float, int, int]], padding: str) -> None:
+    nd = len(windows)
+    names = _AXIS_NAMES[nd]
+    for i, (gaussian, s, _, size) in enumerate(windows):
+        n = shape[2 + i]
+        what = f"Gaussian window of sigma={s} ({size} taps)" if gaussian else f"uniform window of {size} taps"
+        if padding == "same":
+            need = (size - 1) // 2 + 1
+            if n < need:
+                raise ValueError(
+                    f"Axis {2 + i} ({names[i]}) has size {n}, too short for reflect padding by "
+                    f"{need - 1} for a {what}: it needs at least {need}, or use a smaller window "
+                    f"or padding='valid' with at least {size}."
+                )
+        elif n < size:
+            raise ValueError(
+                f"Axis {2 + i} ({names[i]}) has size {n}, shorter than the {what}: padding='valid' "
+                f"needs at least {size}; use a smaller window or padding='same' (needs "
+                f"{(size - 1) // 2 + 1})."
+            )
+
+
+def _data_range(
+    preds: Tensor, target: Tensor, data_range: DataRange
+) -> tuple[Tensor, Tensor, Union[float, Tensor]]:
+    """Clamp for a (lo, hi) range and return L, as a float or a 0-d tensor (never synced)."""
+    if data_range is None:
+        big = torch.maximum(preds.amax() - preds.amin(), target.amax() - target.amin())
+        # A batch with no range at all (both images constant) scores with L=1 instead of 0/0.
+        return preds, target, torch.where(big > 0, big, torch.ones_like(big)).detach()
+    if isinstance(data_range, Tensor):
+        if data_range.numel() != 1:
+            raise ValueError(f"A tensor `data_range` must hold one number, got shape {tuple(data_range.shape)}.")
+        return preds, target, data_range.reshape(()).to(device=preds.device, dtype=preds.dtype)
+    if isinstance(data_range, (tuple, list)):
+        if len(data_range) != 2:
+            raise ValueError(f"`data_range` as a range must be (lo, hi), got {data_range!r}.")
+        lo, hi = (float(v) for v in data_range)
+        if not hi > lo:
+            raise ValueError(f"`data_range` (lo, hi) needs hi > lo, got {data_range!r}.")
+        return preds.clamp(lo, hi), target.clamp(lo, hi), hi - lo
+    if isinstance(data_range, (int, float)) and not isinstance(data_range, bool):
+        if not data_range > 0 or data_range == float("inf"):
+            raise ValueError(f"`data_range` must be positive and finite, got {data_range!r}.")
+        return preds, target, float(data_range)
+    raise TypeError(
+        f"`data_range` must be None, a positive number or a (lo, hi) tuple, got {data_range!r}."
+    )
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _ssim_per_image(
+    preds: Tensor,
+    target: Tensor,
+    gaussian_kernel: bool = True,
+    sigma: Union[float, Sequence[float]] = 1.5,
+    kernel_size: Union[int, Sequence[int]] = 11,
+    data_range: DataRange = None,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    return_full_image: bool = False,
+    return_contrast_sensitivity: bool = False,
+    padding: str = "same",
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Per-image SSIM, shape (N,); with a flag also the SSIM map or the per-image contrast term.
+
+    This is what torchmetrics' ``_ssim_update`` returns from 0.10 on. Inputs are checked here.
+    """
+    _check_inputs(preds, target)
+    if padding not in _PADDINGS:
+        raise ValueError(f"`padding` must be 'same' or 'valid', got {padding!r}.")
+    if return_full_image and return_contrast_sensitivity:
+        raise ValueError(
+            "`return_full_image` and `return_contrast_sensitivity` are mutually exclusive: set at most one."
+        )
+    nd = preds.ndim - 2
+    windows = _windows(gaussian_kernel, sigma, kernel_size, nd)
+    _check_sizes(preds.shape, windows, padding)
+
+    out_dtype = preds.dtype if preds.is_floating_point() else torch.float32
+    dtype = _compute_dtype(preds.dtype)
+    x = preds.to(dtype)
+    y = target.to(dtype)
+    x, y, big_l = _data_range(x, y, data_range)
+    c1 = (k1 * big_l) ** 2
+    c2 = (k2 * big_l) ** 2
+
+    n = x.shape[0]
+    # Filter all five moments in one go: (5, N, C, *spatial).
+    stack = torch.stack((x, y, x * x, y * y, x * y))
+    with _filters.exact_float32():
+        for i, (gaussian, s, size, _) in enumerate(windows):
+            w = _filters.window(gaussian, s, size, dtype, x.device)
+            tag = ("g", s) if gaussian else ("u", size)
+            stack = _filters.correlate(stack, 3 + i, w, tag, padding)  # type: ignore[arg-type]
+    mu_x, mu_y, e_xx, e_yy, e_xy = stack.unbind(0)
+    mu_xx = mu_x * mu_x
+    mu_yy = mu_y * mu_y
+    mu_xy = mu_x * mu_y
+    var_x = (e_xx - mu_xx).clamp_min(0.0)
+    var_y = (e_yy - mu_yy).clamp_min(0.0)
+    cov = e_xy - mu_xy
+    upper = 2 * cov + c2
+    lower = var_x + var_y + c2
+    ssim_map = ((2 * mu_xy + c1) * upper) / ((mu_xx + mu_yy + c1) * lower)
+    per_image = ssim_map.reshape(n, -1).mean(-1).to(out_dtype)
+    if return_contrast_sensitivity:
+        cs = (upper / lower).reshape(n, -1).mean(-1).to(out_dtype)
+        return per_image, cs
+    if return_full_image:
+        return per_image, ssim_map.to(out_dtype)
+    return per_image
+
+
+def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
+    if reduction == "elementwise_mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values
+
+
+def ssim(
+    preds: Tensor,
+    target: Tensor,
+    *,
+    gaussian_kernel: bool = True,
+    sigma: Union[float, Sequence[float]] = 1.5,
+    kernel_size: Union[int, Sequence[int]] = 11,
+    reduction: Reduction = "elementwise_mean",
+    data_range: DataRange = None,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    return_full_image: bool = False,
+    return_contrast_sensitivity: bool = False,
+    padding: Padding = "same",
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Corrected SSIM of ``preds`` against ``target``, (N, C, H, W) or (N, C, D, H, W).
+
+    Arguments, defaults and return shapes are those of torchmetrics'
+    ``structural_similarity_index_measure``: the reduced SSIM, and with ``return_full_image``
+    also the SSIM map, with ``return_contrast_sensitivity`` also the per-image contrast term.
+    ``padding="same"`` reflect-pads so the whole image counts; ``"valid"`` keeps only windows
+    wholly inside the image (Wang et al.'s ``ssim_index.m``).
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(
+            f"`reduction` must be one of 'elementwise_mean', 'sum', 'none' or None, got {reduction!r}."
+        )
+    if isinstance(preds, Tensor) and isinstance(target, Tensor) and target.dtype != preds.dtype:
+        target = target.to(preds.dtype)
+    out = _ssim_per_image(
+        preds,
+        target,
+        gaussian_kernel,
+        sigma,
+        kernel_size,
+        data_range,
+        k1,
+        k2,
+        return_full_image,
+        return_contrast_sensitivity,
+        padding,
+    )
+    if isinstance(out, tuple):
+        return _reduce(out[0], reduction), out[1]
+    return _reduce(out, reduction)
