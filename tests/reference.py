@@ -116,4 +116,26 @@ def min_same_size(sigma: float = 1.5) -> int:
     return int(3.5 * sigma + 0.5) + 1
 
 
-__all__ = ["Ref", "correlate_axis", "gaussian_window", "reduce", "ssim_reference", "zeroed_border"]
+__all__ = ["Ref", "correlate_axis", "gaussian_window", "ms_ssim_reference", "reduce", "ssim_reference", "zeroed_border"]
+
+
+def _avg_pool2(a: np.ndarray) -> np.ndarray:
+    """2x2 (or 2x2x2) average pooling with floor, as torch's avg_pool2d/3d."""
+    nd = a.ndim - 2
+    for axis in range(2, 2 + nd):
+        m = a.shape[axis] // 2
+        a = 0.5 * (np.take(a, np.arange(0, 2 * m, 2), axis=axis) + np.take(a, np.arange(1, 2 * m, 2), axis=axis))
+    return a
+
+
+def ms_ssim_reference(preds, target, betas=(0.0448, 0.2856, 0.3001, 0.2363, 0.1333), **kwargs) -> np.ndarray:
+    """Per-image MS-SSIM: prod_i relu(cs_i)^beta_i over the first scales, times relu(ssim)^beta at the last."""
+    x = np.asarray(preds, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    out = np.ones(x.shape[0])
+    for i, beta in enumerate(betas):
+        ref = ssim_reference(x, y, **kwargs)
+        term = ref.per_image if i == len(betas) - 1 else ref.cs
+        out = out * np.maximum(term, 0.0) ** beta
+        x, y = _avg_pool2(x), _avg_pool2(y)
+    return out

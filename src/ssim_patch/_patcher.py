@@ -86,7 +86,7 @@ def _release() -> Version:
 
 
 def _is_replacement(obj: object) -> bool:
-    return isinstance(obj, types.FunctionType) and "__ssim_patch__" in obj.__dict__
+    return type(obj) is types.FunctionType and "__ssim_patch__" in obj.__dict__
 
 
 def _signature_problem(func: object, hook: _releases.HookPoint) -> Optional[str]:
@@ -124,7 +124,7 @@ def _rebind(match: Callable[[object], bool], make: Callable[[Any], Any]) -> list
     places = []
     for name, namespace in _module_dicts():
         for attr, value in list(namespace.items()):
-            if isinstance(value, types.FunctionType) and match(value):
+            if type(value) is types.FunctionType and match(value):
                 namespace[attr] = make(value)
                 places.append(f"{name}.{attr}")
     return sorted(places)
