@@ -10,6 +10,7 @@ output instead of the axis length.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -142,46 +143,56 @@ _exact_depth = 0
 _saved_precision = "highest"
 
 
+def _padded(xv: Tensor, pad: int, total: int) -> Tensor:
+    """(pre, n, post) reflect-padded by ``pad`` on both sides, zero-filled to ``total`` samples."""
+    pre, n, post = xv.shape
+    left = xv[:, 1 : pad + 1].flip(1)
+    right = xv[:, n - 1 - pad : n - 1].flip(1)
+    if torch.is_grad_enabled() and xv.requires_grad:
+        fill = xv.new_zeros(pre, total - n - 2 * pad, post)
+        return torch.cat([left, xv, right, fill], dim=1)
+    buf = xv.new_empty(pre, total, post)
+    buf[:, pad : pad + n] = xv
+    buf[:, :pad] = left
+    buf[:, pad + n : n + 2 * pad] = right
+    buf[:, n + 2 * pad :] = 0
+    return buf
+
+
 def correlate(x: Tensor, dim: int, w: Tensor, tag: object, mode: Mode) -> Tensor:
-    """Apply the 1-D window ``w`` along ``dim`` of ``x`` ("same": reflect, "valid": no padding)."""
+    """Apply the 1-D window ``w`` along ``dim`` of ``x`` ("same": reflect, "valid": no padding).
+
+    The result may be a strided view; its shape is ``x``'s with ``dim`` of length ``n`` ("same")
+    or ``n - k + 1`` ("valid").
+    """
     dim = dim % x.ndim
     n = x.shape[dim]
     k = w.numel()
-    pre = 1
-    for size in x.shape[:dim]:
-        pre *= size
-    post = 1
-    for size in x.shape[dim + 1 :]:
-        post *= size
+    pre = math.prod(x.shape[:dim])
+    post = math.prod(x.shape[dim + 1 :])
     m = n if mode == "same" else n - k + 1
     out_shape = (*x.shape[:dim], m, *x.shape[dim + 1 :])
     xv = x.reshape(pre, n, post)
-    if n <= _DENSE_MAX:
+    if n <= _DENSE_MAX or k == 1:
         band = dense_band(w, tag, n, mode)
-        y = xv.transpose(1, 2) @ band if post == 1 else band.t() @ xv
+        y = xv.reshape(pre, n) @ band if post == 1 else band.t() @ xv
         return y.reshape(out_shape)
-    # Blocked: pad (reflect for "same") and zero-fill to (nb + 1) * b samples.
+    # Blocked: the padded axis is cut into blocks of b samples; output block j is
+    # P_j @ A + P_{j+1}[:k-1] @ C, the second product accumulated in place into the first.
     b = _block_size(k)
-    nb = -(-m // b)
+    blocks = -(-m // b) + 1
     pad = (k - 1) // 2 if mode == "same" else 0
-    total = (nb + 1) * b
-    parts = []
-    if pad:
-        parts.append(xv[:, 1 : pad + 1].flip(1))
-    parts.append(xv)
-    if pad:
-        parts.append(xv[:, n - 1 - pad : n - 1].flip(1))
-    fill = total - (n + 2 * pad)
-    parts.append(xv.new_zeros(pre, fill, post))
-    padded = torch.cat(parts, dim=1)
+    padded = _padded(xv, pad, blocks * b)
     pair = _block_pair(w, tag, b)
+    a, c = pair[:, :b], pair[: k - 1, b:]
     if post == 1:
-        z = padded.reshape(pre, nb + 1, b) @ pair  # (pre, nb+1, 2b)
-        y = z[:, :nb, :b] + z[:, 1:, b:]
-        y = y.reshape(pre, nb * b)[:, :m]
+        p2 = padded.reshape(pre * blocks, b)
+        z = p2 @ a
+        z[:-1].addmm_(p2[1:, : k - 1], c)
+        y = z.view(pre, blocks * b)[:, :m]
     else:
-        z = pair.t() @ padded.reshape(pre * (nb + 1), b, post)  # (., 2b, post)
-        z = z.reshape(pre, nb + 1, 2 * b, post)
-        y = z[:, :nb, :b] + z[:, 1:, b:]
-        y = y.reshape(pre, nb * b, post)[:, :m]
-    return y.reshape(out_shape)
+        p3 = padded.reshape(pre * blocks, b, post)
+        z = a.t() @ p3
+        z[:-1].baddbmm_(c.t().expand(pre * blocks - 1, b, k - 1), p3[1:, : k - 1])
+        y = z.view(pre, blocks * b, post)[:, :m]
+    return y.reshape(out_shape)  # splits only the leading dim: a view, no copy

@@ -8,6 +8,7 @@ inside the image. SSIM and contrast sensitivity are means over the whole map.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, Optional, Union
 
@@ -169,31 +170,75 @@ def _ssim_per_image(
     c1 = (k1 * big_l) ** 2
     c2 = (k2 * big_l) ** 2
 
-    n = x.shape[0]
-    # Filter all five moments in one go: (5, N, C, *spatial).
-    stack = torch.stack((x, y, x * x, y * y, x * y))
+    n, channels = x.shape[:2]
+    planes_x = x.reshape(n * channels, *x.shape[2:])
+    planes_y = y.reshape(n * channels, *y.shape[2:])
+    grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    sums, cs_sums, maps = [], [], []
     with _filters.exact_float32():
-        for i, (gaussian, s, size, _) in enumerate(windows):
-            w = _filters.window(gaussian, s, size, dtype, x.device)
-            tag = ("g", s) if gaussian else ("u", size)
-            stack = _filters.correlate(stack, 3 + i, w, tag, padding)  # type: ignore[arg-type]
-    mu_x, mu_y, e_xx, e_yy, e_xy = stack.unbind(0)
-    mu_xx = mu_x * mu_x
-    mu_yy = mu_y * mu_y
-    mu_xy = mu_x * mu_y
-    var_x = (e_xx - mu_xx).clamp_min(0.0)
-    var_y = (e_yy - mu_yy).clamp_min(0.0)
-    cov = e_xy - mu_xy
-    upper = 2 * cov + c2
-    lower = var_x + var_y + c2
-    ssim_map = ((2 * mu_xy + c1) * upper) / ((mu_xx + mu_yy + c1) * lower)
-    per_image = ssim_map.reshape(n, -1).mean(-1).to(out_dtype)
+        for lo, hi in _chunks(planes_x, x.device):
+            ssim_map, cs_map = _maps(planes_x[lo:hi], planes_y[lo:hi], windows, padding, c1, c2, grad)
+            sums.append(ssim_map.sum(tuple(range(1, ssim_map.ndim))))
+            if return_contrast_sensitivity:
+                cs_sums.append(cs_map.sum(tuple(range(1, cs_map.ndim))))
+            if return_full_image:
+                maps.append(ssim_map)
+    size = channels * math.prod(ssim_map.shape[1:])
+    per_image = (torch.cat(sums).reshape(n, channels).sum(1) / size).to(out_dtype)
     if return_contrast_sensitivity:
-        cs = (upper / lower).reshape(n, -1).mean(-1).to(out_dtype)
+        cs = (torch.cat(cs_sums).reshape(n, channels).sum(1) / size).to(out_dtype)
         return per_image, cs
     if return_full_image:
-        return per_image, ssim_map.to(out_dtype)
+        full = torch.cat(maps).reshape(n, channels, *ssim_map.shape[1:])
+        return per_image, full.to(out_dtype)
     return per_image
+
+
+#: On CPU the planes are processed in chunks of about this many samples, so that the five
+#: moment maps and their filtered copies stay in cache.
+_CHUNK = 1 << 17
+
+
+def _chunks(planes: Tensor, device: torch.device) -> list[tuple[int, int]]:
+    count = planes.shape[0]
+    if device.type != "cpu":
+        return [(0, count)]
+    per = max(1, _CHUNK // max(1, math.prod(planes.shape[1:])))
+    return [(lo, min(lo + per, count)) for lo in range(0, count, per)]
+
+
+def _maps(
+    x: Tensor,
+    y: Tensor,
+    windows: list[tuple[bool, float, int, int]],
+    padding: str,
+    c1: Union[float, Tensor],
+    c2: Union[float, Tensor],
+    grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """SSIM and contrast-sensitivity maps of planes (P, *spatial)."""
+    stack = torch.stack((x, y, x * x, y * y, x * y))  # (5, P, *spatial)
+    for i, (gaussian, s, size, _) in enumerate(windows):
+        w = _filters.window(gaussian, s, size, x.dtype, x.device)
+        tag = ("g", s) if gaussian else ("u", size)
+        stack = _filters.correlate(stack, 2 + i, w, tag, padding)  # type: ignore[arg-type]
+    mu_x, mu_y, e_xx, e_yy, e_xy = stack.unbind(0)
+    if grad:
+        mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+        var_x = (e_xx - mu_xx).clamp_min(0.0)
+        var_y = (e_yy - mu_yy).clamp_min(0.0)
+        upper = 2 * (e_xy - mu_xy) + c2
+        lower = var_x + var_y + c2
+        cs_map = upper / lower
+        return (2 * mu_xy + c1) / (mu_xx + mu_yy + c1) * cs_map, cs_map
+    # No autograd: the same formula, in place, to touch memory as few times as possible.
+    var_x = e_xx.addcmul_(mu_x, mu_x, value=-1).clamp_min_(0.0)
+    var_y = e_yy.addcmul_(mu_y, mu_y, value=-1).clamp_min_(0.0)
+    lower = var_x.add_(var_y).add_(c2)
+    cs_map = e_xy.addcmul_(mu_x, mu_y, value=-1).mul_(2).add_(c2).div_(lower)
+    lum_den = (mu_x * mu_x).addcmul_(mu_y, mu_y).add_(c1)
+    lum = mu_x.mul_(mu_y).mul_(2).add_(c1).div_(lum_den)
+    return lum.mul_(cs_map), cs_map
 
 
 def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
