@@ -50,6 +50,42 @@ def window(
     return w.to(dtype)
 
 
+def window_values(gaussian: bool, sigma: float, size: int) -> tuple[float, ...]:
+    """The 1-D window as Python floats (float64), for multiply-adds that need no device data."""
+    if gaussian:
+        n = gaussian_size(sigma)
+        raw = [math.exp(-(((d - (n - 1) / 2) / sigma) ** 2) / 2) for d in range(n)]
+        total = math.fsum(raw)
+        return tuple(v / total for v in raw)
+    return (1.0 / size,) * size
+
+
+def source_rows(n: int, k: int, mode: Mode, lo: int, hi: int, device: torch.device) -> Tensor:
+    """Indices of the input samples that output samples ``lo:hi`` read, reflect-mapped for "same".
+
+    Gathering them gives the band with its halo, ready for :func:`correlate_valid`.
+    """
+    if mode == "valid":
+        return torch.arange(lo, hi + k - 1, device=device)
+    pad = (k - 1) // 2
+    idx = torch.arange(lo - pad, hi + pad, device=device).abs()
+    return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+
+
+def correlate_valid(x: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
+    """``sum_j weights[j] * x[j : j + m]`` along ``dim`` (m = len - k + 1): shifted multiply-adds.
+
+    Along a non-innermost axis each shifted slice is a run of whole rows, so this streams memory
+    at full speed while the band is in cache.
+    """
+    k = len(weights)
+    m = x.shape[dim] - k + 1
+    out = x.narrow(dim, 0, m) * weights[0]
+    for j in range(1, k):
+        out.add_(x.narrow(dim, j, m), alpha=weights[j])
+    return out
+
+
 def _source_index(n: int, k: int, mode: Mode, device: torch.device) -> tuple[Tensor, Tensor]:
     """For output i and tap j, the input sample read: reflect-mapped for "same"."""
     m = n if mode == "same" else n - k + 1

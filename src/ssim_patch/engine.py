@@ -112,7 +112,9 @@ def _data_range(
         return preds, target, torch.where(big > 0, big, torch.ones_like(big)).detach()
     if isinstance(data_range, Tensor):
         if data_range.numel() != 1:
-            raise ValueError(f"A tensor `data_range` must hold one number, got shape {tuple(data_range.shape)}.")
+            raise ValueError(
+                f"A tensor `data_range` must hold one number, got shape {tuple(data_range.shape)}."
+            )
         return preds, target, data_range.reshape(()).to(device=preds.device, dtype=preds.dtype)
     if isinstance(data_range, (tuple, list)):
         if len(data_range) != 2:
@@ -125,9 +127,7 @@ def _data_range(
         if not data_range > 0 or data_range == float("inf"):
             raise ValueError(f"`data_range` must be positive and finite, got {data_range!r}.")
         return preds, target, float(data_range)
-    raise TypeError(
-        f"`data_range` must be None, a positive number or a (lo, hi) tuple, got {data_range!r}."
-    )
+    raise TypeError(f"`data_range` must be None, a positive number or a (lo, hi) tuple, got {data_range!r}.")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -175,53 +175,94 @@ def _ssim_per_image(
     planes_y = y.reshape(n * channels, *y.shape[2:])
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     sums, cs_sums, maps = [], [], []
+    first = windows[0]
+    first_weights = _filters.window_values(first[0], first[1], first[2])
+    rows = x.shape[2]
+    out_rows = rows if padding == "same" else rows - first[3] + 1
     with _filters.exact_float32():
-        for lo, hi in _chunks(planes_x, x.device):
-            ssim_map, cs_map = _maps(planes_x[lo:hi], planes_y[lo:hi], windows, padding, c1, c2, grad)
-            sums.append(ssim_map.sum(tuple(range(1, ssim_map.ndim))))
+        for (p0, p1), bands in _chunks(planes_x.shape, out_rows, x.device):
+            band_sums, band_cs, band_maps = [], [], []
+            for r0, r1 in bands:
+                src = _filters.source_rows(rows, first[3], padding, r0, r1, x.device)  # type: ignore[arg-type]
+                xb = planes_x[p0:p1].index_select(1, src)
+                yb = planes_y[p0:p1].index_select(1, src)
+                ssim_map, cs_map = _maps(xb, yb, windows, first_weights, padding, c1, c2, grad)
+                band_sums.append(ssim_map.sum(tuple(range(1, ssim_map.ndim))))
+                if return_contrast_sensitivity:
+                    band_cs.append(cs_map.sum(tuple(range(1, cs_map.ndim))))
+                if return_full_image:
+                    band_maps.append(ssim_map)
+            sums.append(sum(band_sums[1:], band_sums[0]))
             if return_contrast_sensitivity:
-                cs_sums.append(cs_map.sum(tuple(range(1, cs_map.ndim))))
+                cs_sums.append(sum(band_cs[1:], band_cs[0]))
             if return_full_image:
-                maps.append(ssim_map)
-    size = channels * math.prod(ssim_map.shape[1:])
+                maps.append(torch.cat(band_maps, 1) if len(band_maps) > 1 else band_maps[0])
+    spatial = ssim_map.shape[2:]
+    size = channels * out_rows * math.prod(spatial)
     per_image = (torch.cat(sums).reshape(n, channels).sum(1) / size).to(out_dtype)
     if return_contrast_sensitivity:
         cs = (torch.cat(cs_sums).reshape(n, channels).sum(1) / size).to(out_dtype)
         return per_image, cs
     if return_full_image:
-        full = torch.cat(maps).reshape(n, channels, *ssim_map.shape[1:])
+        full = torch.cat(maps).reshape(n, channels, out_rows, *spatial)
         return per_image, full.to(out_dtype)
     return per_image
 
 
-#: On CPU the planes are processed in chunks of about this many samples, so that the five
-#: moment maps and their filtered copies stay in cache.
+#: On CPU the work is cut into pieces of about this many samples (whole planes, or bands of
+#: rows of one plane), so that the five moment maps and their filtered copies stay in cache.
 _CHUNK = 1 << 17
 
 
-def _chunks(planes: Tensor, device: torch.device) -> list[tuple[int, int]]:
-    count = planes.shape[0]
+def _chunks(
+    shape: Sequence[int], out_rows: int, device: torch.device
+) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
+    """Pieces of work: (plane range, [output row bands]) along the first spatial axis."""
+    count = shape[0]
     if device.type != "cpu":
-        return [(0, count)]
-    per = max(1, _CHUNK // max(1, math.prod(planes.shape[1:])))
-    return [(lo, min(lo + per, count)) for lo in range(0, count, per)]
+        return [((0, count), [(0, out_rows)])]
+    row = math.prod(shape[2:])
+    plane = out_rows * row
+    if plane <= _CHUNK:
+        per = max(1, _CHUNK // max(1, plane))
+        return [((lo, min(lo + per, count)), [(0, out_rows)]) for lo in range(0, count, per)]
+    band = max(8, _CHUNK // max(1, row))
+    bands = [(r0, min(r0 + band, out_rows)) for r0 in range(0, out_rows, band)]
+    return [((p, p + 1), bands) for p in range(count)]
 
 
 def _maps(
     x: Tensor,
     y: Tensor,
     windows: list[tuple[bool, float, int, int]],
+    first_weights: tuple[float, ...],
     padding: str,
     c1: Union[float, Tensor],
     c2: Union[float, Tensor],
     grad: bool,
 ) -> tuple[Tensor, Tensor]:
-    """SSIM and contrast-sensitivity maps of planes (P, *spatial)."""
-    stack = torch.stack((x, y, x * x, y * y, x * y))  # (5, P, *spatial)
-    for i, (gaussian, s, size, _) in enumerate(windows):
-        w = _filters.window(gaussian, s, size, x.dtype, x.device)
-        tag = ("g", s) if gaussian else ("u", size)
-        stack = _filters.correlate(stack, 2 + i, w, tag, padding)  # type: ignore[arg-type]
+    """SSIM and contrast-sensitivity maps of a band (P, rows + halo, *rest) of planes.
+
+    The innermost axis is filtered by banded matrix products, middle axes (3-D) and then the
+    first axis (already carrying its halo) by shifted multiply-adds.
+    """
+    stack = torch.stack((x, y, x * x, y * y, x * y))  # (5, P, rows + halo, *rest)
+    nd = len(windows)
+    for axis in range(nd - 1, 0, -1):
+        gaussian, s, size, k = windows[axis]
+        dim = 2 + axis
+        if axis == nd - 1:
+            w = _filters.window(gaussian, s, size, x.dtype, x.device)
+            tag = ("g", s) if gaussian else ("u", size)
+            stack = _filters.correlate(stack, dim, w, tag, padding)  # type: ignore[arg-type]
+        else:
+            src = _filters.source_rows(
+                stack.shape[dim], k, padding, 0, _out_len(stack.shape[dim], k, padding), x.device
+            )  # type: ignore[arg-type]
+            stack = _filters.correlate_valid(
+                stack.index_select(dim, src), dim, _filters.window_values(gaussian, s, size)
+            )
+    stack = _filters.correlate_valid(stack, 2, first_weights)
     mu_x, mu_y, e_xx, e_yy, e_xy = stack.unbind(0)
     if grad:
         mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
@@ -239,6 +280,10 @@ def _maps(
     lum_den = (mu_x * mu_x).addcmul_(mu_y, mu_y).add_(c1)
     lum = mu_x.mul_(mu_y).mul_(2).add_(c1).div_(lum_den)
     return lum.mul_(cs_map), cs_map
+
+
+def _out_len(n: int, k: int, padding: str) -> int:
+    return n if padding == "same" else n - k + 1
 
 
 def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
