@@ -94,6 +94,7 @@ def test_public_function_reductions_and_returns(reduction, flag):
 @pytest.mark.parametrize(
     "window", [{}, dict(sigma=(1.0, 2.5)), dict(gaussian_kernel=False, kernel_size=(7, 9))]
 )
+@pytest.mark.ssim_unpatched
 def test_reference_equals_torchmetrics_where_upstream_is_right(shape, window):
     """2-D SSIM is right upstream from 1.4.2: the reference must agree with it there."""
     tm = pytest.importorskip("torchmetrics.functional.image")
@@ -104,8 +105,7 @@ def test_reference_equals_torchmetrics_where_upstream_is_right(shape, window):
         pytest.skip("2-D SSIM is fixed upstream from 1.4.2 on")
     from ssim_patch import is_applied
 
-    if is_applied():
-        pytest.skip("torchmetrics is patched in this process")
+    assert not is_applied()  # the ssim_unpatched marker (ssim_patch's pytest plugin)
     x, y = _pair(shape, seed=7)
     upstream = tm.structural_similarity_index_measure(x, y, reduction="none", **window)
     ref = ssim_reference(x.numpy(), y.numpy(), **window)
