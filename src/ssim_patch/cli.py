@@ -1,0 +1,402 @@
+"""The ``ssim-patch`` command (also ``python -m ssim_patch``).
+
+``ssim-patch check [--padding same|valid] [--json]``: report the installed torchmetrics release
+(supported, tested, hook point, upstream bugs), then compute torchmetrics' SSIM, MS-SSIM and Metric
+classes on built-in examples unpatched and patched, and check the patched values against
+``ssim_patch.ssim`` on float64 inputs. Exit status 0 only when the patch applied and every check
+passed.
+
+``ssim-patch matrix [ARGS...]``: run the compatibility matrix from a checkout
+(``ssim_patch._matrix.main(ARGS)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ssim_patch.engine import Padding
+
+#: The SPEC's zeroed-border example with default arguments: the corrected SSIM (padding="same").
+ZEROED_BORDER_SAME = 0.98349
+#: Patched torchmetrics against ``ssim_patch.ssim`` on float64 inputs (float32 round-off).
+TOLERANCE = 1e-5
+
+
+class CheckFailed(Exception):
+    """A check could not run to the end; the message is the one line the command prints."""
+
+
+@dataclass
+class Check:
+    """One example computed through one torchmetrics API, unpatched and patched."""
+
+    name: str
+    api: str
+    unpatched: Optional[float] = None
+    unpatched_error: Optional[str] = None
+    patched: Optional[float] = None
+    patched_error: Optional[str] = None
+    reference: Optional[float] = None
+    abs_error: Optional[float] = None
+    ok: bool = False
+    note: Optional[str] = None
+
+
+@dataclass
+class Report:
+    """Everything ``check`` found; ``--json`` prints it as one object."""
+
+    ssim_patch: str
+    torchmetrics: Optional[str] = None
+    supported: bool = False
+    tested: bool = False
+    hook: Optional[str] = None
+    upstream_bugs: list[dict[str, str]] = field(default_factory=list)
+    padding: str = "same"
+    applied: bool = False
+    places: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    verified: bool = False
+    ok: bool = False
+    error: Optional[str] = None
+
+
+@dataclass
+class _Example:
+    name: str
+    api: str
+    run: Callable[[], Any]  # torchmetrics' result (a scalar tensor)
+    reference: Callable[[], float]  # ssim_patch.ssim on float64 inputs
+    expected: Optional[float] = None  # a documented value it must also match
+    expected_tol: float = 0.0
+
+
+def _zero_frame(images: Tensor, axes: Sequence[int]) -> Tensor:
+    out = images.clone()
+    for axis in axes:
+        out.select(axis, 0).zero_()
+        out.select(axis, -1).zero_()
+    return out
+
+
+def _once(compute: Callable[[], float]) -> Callable[[], float]:
+    """``compute``, evaluated on the first call only (two APIs share one reference)."""
+    cache: list[float] = []
+
+    def value() -> float:
+        if not cache:
+            cache.append(compute())
+        return cache[0]
+
+    return value
+
+
+def _examples(padding: Padding) -> list[_Example]:
+    """The built-in examples: the SPEC's zeroed border (2-D) and an anisotropic 3-D one."""
+    import torch
+    import torch.nn.functional as F
+    import torchmetrics.functional.image as tmf
+    from torchmetrics.image import ssim as tm_image_ssim
+
+    import ssim_patch
+
+    preds = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    target = _zero_frame(preds, (2, 3))
+    one_p, one_t = preds[:1], target[:1]
+    p3 = torch.rand(2, 1, 32, 40, 48, generator=torch.Generator().manual_seed(1))
+    t3 = _zero_frame(p3, (2, 3, 4))
+    sigma3 = (1.0, 1.5, 3.0)
+    betas = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+    def ref(p: Tensor, t: Tensor, **kw: Any) -> float:
+        out = ssim_patch.ssim(p.double(), t.double(), padding=padding, **kw)
+        return float(out if isinstance(out, torch.Tensor) else out[0])
+
+    border_ref = _once(lambda: ref(preds, target))
+
+    @_once
+    def ms_ref() -> float:
+        # MS-SSIM of one image: contrast sensitivity at each scale but the last, SSIM at the last,
+        # each raised to its beta; each scale is a 2x2 average pooling of the previous one.
+        p, t = one_p.double(), one_t.double()
+        value = 1.0
+        for i, beta in enumerate(betas):
+            sim, cs = ssim_patch.ssim(
+                p, t, data_range=1.0, padding=padding, return_contrast_sensitivity=True, reduction="none"
+            )
+            term = float(sim[0]) if i == len(betas) - 1 else float(cs[0])
+            value *= max(term, 0.0) ** beta
+            p, t = F.avg_pool2d(p, 2), F.avg_pool2d(t, 2)
+        return value
+
+    def metric(cls_name: str, p: Tensor, t: Tensor, **kw: Any) -> Any:
+        m = getattr(tm_image_ssim, cls_name)(**kw)
+        m.update(p, t)
+        return m.compute()
+
+    def dims(t: Tensor) -> str:
+        return "x".join(map(str, t.shape))
+
+    border = f"zeroed border, {dims(preds)}"
+    same = padding == "same"
+    return [
+        _Example(
+            border,
+            "structural_similarity_index_measure",
+            lambda: tmf.structural_similarity_index_measure(preds, target),
+            border_ref,
+            ZEROED_BORDER_SAME if same else None,
+            1e-5,
+        ),
+        _Example(
+            border,
+            "StructuralSimilarityIndexMeasure",
+            lambda: metric("StructuralSimilarityIndexMeasure", preds, target),
+            border_ref,
+            ZEROED_BORDER_SAME if same else None,
+            1e-5,
+        ),
+        _Example(
+            f"zeroed border, {dims(one_p)}, data_range=1",
+            "multiscale_structural_similarity_index_measure",
+            lambda: tmf.multiscale_structural_similarity_index_measure(one_p, one_t, data_range=1.0),
+            ms_ref,
+        ),
+        _Example(
+            f"zeroed border, {dims(one_p)}, data_range=1",
+            "MultiScaleStructuralSimilarityIndexMeasure",
+            lambda: metric("MultiScaleStructuralSimilarityIndexMeasure", one_p, one_t, data_range=1.0),
+            ms_ref,
+        ),
+        _Example(
+            f"3-D zeroed border, {dims(p3)}, sigma={sigma3}",
+            "structural_similarity_index_measure",
+            lambda: tmf.structural_similarity_index_measure(p3, t3, sigma=sigma3),
+            lambda: ref(p3, t3, sigma=sigma3),
+        ),
+    ]
+
+
+def _value(run: Callable[[], Any]) -> tuple[Optional[float], Optional[str]]:
+    try:
+        return float(run()), None
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        return None, f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _verify(example: _Example, check: Check) -> None:
+    if check.patched is None:
+        check.note = f"patched torchmetrics failed: {check.patched_error}"
+        if example.name.startswith("3-D") and check.unpatched is None:
+            check.note += " (this release cannot compute 3-D SSIM upstream either)"
+        return
+    reference = example.reference()
+    check.reference = reference
+    check.abs_error = abs(check.patched - reference)
+    problems = []
+    if not math.isfinite(check.patched) or check.abs_error > TOLERANCE:
+        problems.append(f"differs from ssim_patch.ssim on float64 inputs by {check.abs_error:.2e}")
+    if example.expected is not None and abs(reference - example.expected) > example.expected_tol:
+        problems.append(f"the reference {reference:.5f} is not the documented {example.expected:.5f}")
+    check.ok = not problems
+    check.note = "; ".join(problems) or None
+
+
+def run_check(padding: Padding = "same") -> Report:
+    """Report the release, revert, compute unpatched, apply, compute patched, verify; then put
+    back the patch state found on entry. Never raises: failures are in ``Report.error``."""
+    from ssim_patch._version import __version__
+
+    report = Report(ssim_patch=__version__, padding=padding)
+    try:
+        _run_check(report, padding)
+    except CheckFailed as exc:
+        report.error = str(exc)
+    report.verified = bool(report.checks) and all(c.ok for c in report.checks)
+    report.ok = report.error is None and report.applied and report.verified
+    if report.error is None and not report.ok:
+        failed = [f"{c.api} on {c.name}: {c.note}" for c in report.checks if not c.ok]
+        report.error = "not verified: " + (failed[0] if failed else "no check ran")
+    return report
+
+
+def _run_check(report: Report, padding: Padding) -> None:
+    try:
+        import ssim_patch
+        from ssim_patch import _releases
+    except ImportError as exc:
+        raise CheckFailed(f"ssim_patch cannot be imported: {exc}") from None
+    try:
+        importlib.import_module("torchmetrics")
+    except ImportError as exc:
+        raise CheckFailed(
+            f"torchmetrics cannot be imported ({exc}): install a release from {_releases.OLDEST} "
+            f"to {_releases.NEWEST}, e.g. pip install 'torchmetrics=={_releases.NEWEST}'."
+        ) from None
+    status = ssim_patch.status()
+    report.torchmetrics = status.release
+    report.supported, report.tested = status.supported, status.tested
+    report.hook = f"{_releases.MODULE}.{status.hook}" if status.hook else None
+    report.upstream_bugs = [{"id": b, "description": _releases.BUGS[b]} for b in status.upstream_bugs]
+    if status.release is None:
+        raise CheckFailed("torchmetrics is installed without package metadata; its release is unknown.")
+    if not status.supported:
+        raise CheckFailed(
+            f"torchmetrics {status.release} is not supported: ssim-patch supports releases from "
+            f"{_releases.OLDEST} (tested up to {_releases.NEWEST})."
+        )
+    entry = status
+    examples = _examples(padding)
+    try:
+        ssim_patch.revert()
+        checks = []
+        for example in examples:
+            value, error = _value(example.run)
+            checks.append(Check(example.name, example.api, unpatched=value, unpatched_error=error))
+        try:
+            applied = ssim_patch.apply(padding=padding, strict=True)
+        except ssim_patch.PatchError as exc:
+            raise CheckFailed(str(exc)) from None
+        report.applied, report.places = applied.applied, list(applied.places)
+        if not applied.applied:
+            raise CheckFailed("apply() returned but the patch is not bound in torchmetrics.")
+        for example, check in zip(examples, checks):
+            check.patched, check.patched_error = _value(example.run)
+            _verify(example, check)
+        report.checks = checks
+    finally:
+        if entry.applied or entry.pending:
+            ssim_patch.apply(padding=entry.padding or "same", strict=bool(entry.strict))
+        else:
+            ssim_patch.revert()
+
+
+def _fmt(value: Optional[float], error: Optional[str] = None) -> str:
+    if value is not None:
+        return f"{value:.5f}"
+    return "error" if error else "-"
+
+
+def render(report: Report) -> str:
+    """The human-readable report."""
+    lines = [f"ssim-patch {report.ssim_patch}"]
+    if report.torchmetrics is None:
+        return "\n".join(lines)
+    support = "supported" if report.supported else "NOT supported"
+    tested = "tested in the compatibility matrix" if report.tested else "not tested (not a pinned release)"
+    lines.append(f"torchmetrics {report.torchmetrics}: {support}, {tested}")
+    if report.hook:
+        lines.append(f"hook point: {report.hook}")
+    lines.append("upstream bugs in this release:")
+    width = max((len(b["id"]) for b in report.upstream_bugs), default=0)
+    lines += [f"  {b['id']:<{width}}  {b['description']}" for b in report.upstream_bugs] or ["  none"]
+    if report.applied:
+        lines.append(f"patch: applied, padding={report.padding!r}, bound in {len(report.places)} places:")
+        lines += [f"  {place}" for place in report.places]
+    if report.checks:
+        api_w = max(max(len(c.api) + 2, len(c.name)) for c in report.checks)
+        groups: dict[str, list[Check]] = {}
+        for c in report.checks:
+            groups.setdefault(c.name, []).append(c)
+        for name, checks in groups.items():
+            lines.append("")
+            lines.append(f"{name:<{api_w}}  {'unpatched':>9}  {'patched':>9}  {'reference':>9}  ok")
+            for c in checks:
+                lines.append(
+                    f"  {c.api:<{api_w - 2}}  {_fmt(c.unpatched, c.unpatched_error):>9}  "
+                    f"{_fmt(c.patched, c.patched_error):>9}  {_fmt(c.reference):>9}  "
+                    f"{'yes' if c.ok else 'NO'}"
+                )
+                if c.unpatched_error:
+                    lines.append(f"    unpatched: {c.unpatched_error}")
+                if c.note:
+                    lines.append(f"    {c.note}")
+        lines.append("")
+        lines.append(f"reference: ssim_patch.ssim on float64 inputs; tolerance {TOLERANCE:g}")
+    if report.ok:
+        lines.append(
+            f"OK: torchmetrics {report.torchmetrics} gives the corrected SSIM ({len(report.checks)} checks)."
+        )
+    return "\n".join(lines)
+
+
+def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--padding",
+        choices=("same", "valid"),
+        default="same",
+        help="padding of the corrected SSIM to apply and verify (default: same)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    # A later `--plot FILE.png` (unpatched and patched SSIM maps side by side) belongs here;
+    # run_check() returns the Report it would draw from.
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssim-patch", description="Corrected SSIM for torchmetrics: check the patch, run the matrix."
+    )
+    from ssim_patch._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"ssim-patch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = commands.add_parser(
+        "check",
+        help="report the torchmetrics release, apply the patch and verify it on built-in examples",
+        description="Report the installed torchmetrics release, apply the patch and verify it.",
+    )
+    _add_check_arguments(check)
+    commands.add_parser(
+        "matrix",
+        help="run the compatibility matrix from a checkout (arguments go to the matrix runner)",
+        add_help=False,
+    )
+    return parser
+
+
+def _matrix(argv: list[str]) -> int:
+    try:
+        module = importlib.import_module("ssim_patch._matrix")
+    except ModuleNotFoundError as exc:
+        if exc.name != "ssim_patch._matrix":
+            raise
+        print(
+            "ssim-patch matrix: this install has no matrix runner (ssim_patch._matrix); "
+            "run it from a checkout of ssim-patch.",
+            file=sys.stderr,
+        )
+        return 1
+    result = module.main(argv)
+    return int(result or 0)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``ssim-patch`` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["matrix"]:
+        return _matrix(args[1:])
+    parser = _parser()
+    options = parser.parse_args(args)
+    if options.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    report = run_check(options.padding)
+    if options.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        print(render(report))
+    if not report.ok:
+        print(f"ssim-patch check: FAILED: {report.error}", file=sys.stderr)
+        return 1
+    return 0

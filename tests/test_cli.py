@@ -1,0 +1,159 @@
+"""The ``ssim-patch`` command: ``check`` and ``matrix``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+import ssim_patch
+from ssim_patch import _patcher, cli
+
+KEYS = {
+    "ssim_patch",
+    "torchmetrics",
+    "supported",
+    "tested",
+    "hook",
+    "upstream_bugs",
+    "padding",
+    "applied",
+    "places",
+    "checks",
+    "verified",
+    "ok",
+    "error",
+}
+CHECK_KEYS = {
+    "name",
+    "api",
+    "unpatched",
+    "unpatched_error",
+    "patched",
+    "patched_error",
+    "reference",
+    "abs_error",
+    "ok",
+    "note",
+}
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+
+
+def test_python_m_ssim_patch_check_json():
+    result = subprocess.run(
+        [sys.executable, "-m", "ssim_patch", "check", "--json"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == KEYS
+    assert report["ok"] and report["verified"] and report["applied"] and report["error"] is None
+    assert report["torchmetrics"] == str(_patcher._release())
+    assert report["supported"] and report["hook"].startswith("torchmetrics.functional.image.ssim._ssim_")
+    assert {b["id"] for b in report["upstream_bugs"]} == set(ssim_patch.status().upstream_bugs)
+    assert all(b["description"] for b in report["upstream_bugs"])
+    assert len(report["checks"]) == 5 and all(set(c) == CHECK_KEYS and c["ok"] for c in report["checks"])
+    apis = {c["api"] for c in report["checks"]}
+    assert {"StructuralSimilarityIndexMeasure", "MultiScaleStructuralSimilarityIndexMeasure"} <= apis
+    border = report["checks"][0]
+    assert abs(border["patched"] - 0.98349) < 1e-5 and abs(border["reference"] - 0.98349) < 1e-5
+    assert any(c["name"].startswith("3-D") for c in report["checks"])
+    assert result.stderr == ""
+
+
+def test_console_script_is_installed():
+    from importlib.metadata import entry_points
+
+    scripts = [e for e in entry_points(group="console_scripts") if e.name == "ssim-patch"]
+    assert [e.value for e in scripts] == ["ssim_patch.cli:main"]
+    script = shutil.which("ssim-patch", path=str(Path(sys.executable).parent)) or shutil.which("ssim-patch")
+    assert script, "the ssim-patch console script is not installed: pip install -e ."
+
+
+def test_check_text_valid_padding_and_state_restored(capsys):
+    before = _patcher._snapshot()
+    assert cli.main(["check", "--padding", "valid"]) == 0
+    out = capsys.readouterr().out
+    assert f"torchmetrics {_patcher._release()}: supported" in out
+    assert "hook point: torchmetrics.functional.image.ssim._ssim_" in out
+    assert "patch: applied, padding='valid'" in out
+    assert "unpatched" in out and "reference" in out
+    assert out.rstrip().splitlines()[-1].startswith("OK: torchmetrics")
+    for bug in ssim_patch.status().upstream_bugs:
+        assert bug in out
+    assert _patcher._snapshot() == before
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_unsupported_release_fails_with_one_line(monkeypatch, capsys, as_json):
+    monkeypatch.setattr(_patcher, "_release", lambda: Version("0.7.0"))
+    before = _patcher._snapshot()
+    assert cli.main(["check", *(["--json"] if as_json else [])]) == 1
+    out, err = capsys.readouterr()
+    message = "torchmetrics 0.7.0 is not supported: ssim-patch supports releases from 0.8.2"
+    assert err.count("\n") == 1 and err.startswith("ssim-patch check: FAILED: ") and message in err
+    if as_json:
+        report = json.loads(out)
+        assert not report["ok"] and not report["supported"] and message in report["error"]
+    else:
+        assert "torchmetrics 0.7.0: NOT supported" in out
+    assert _patcher._snapshot() == before
+
+
+def test_missing_torchmetrics_fails_with_one_line(monkeypatch, capsys):
+    real = cli.importlib.import_module
+
+    def import_module(name: str, package: str | None = None) -> types.ModuleType:
+        if name == "torchmetrics":
+            raise ModuleNotFoundError("No module named 'torchmetrics'", name="torchmetrics")
+        return real(name, package)
+
+    monkeypatch.setattr(cli.importlib, "import_module", import_module)
+    assert cli.main(["check"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "torchmetrics cannot be imported" in err and "pip install" in err
+
+
+def test_a_check_that_does_not_verify_fails(monkeypatch, capsys):
+    examples = cli._examples
+    monkeypatch.setattr(cli, "_examples", lambda padding: examples(padding)[:1])
+    monkeypatch.setattr(cli, "TOLERANCE", -1.0)
+    assert cli.main(["check", "--json"]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["applied"] and not report["verified"] and not report["ok"]
+    assert "not verified" in err and "differs from ssim_patch.ssim on float64 inputs" in err
+
+
+def test_matrix_delegates_its_arguments(monkeypatch):
+    seen: list[list[str]] = []
+    fake = types.ModuleType("ssim_patch._matrix")
+    fake.main = lambda argv: seen.append(list(argv)) or 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ssim_patch._matrix", fake)
+    assert cli.main(["matrix", "--releases", "1.9.0", "--help"]) == 3
+    assert seen == [["--releases", "1.9.0", "--help"]]
+
+
+def test_matrix_without_a_runner_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ssim_patch._matrix", None)
+    assert cli.main(["matrix"]) == 1
+    assert "no matrix runner (ssim_patch._matrix)" in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "check" in capsys.readouterr().err
