@@ -179,24 +179,23 @@ def _ssim_per_image(
     first_weights = _filters.window_values(first[0], first[1], first[2])
     rows = x.shape[2]
     out_rows = rows if padding == "same" else rows - first[3] + 1
-    with _filters.exact_float32():
-        for (p0, p1), bands in _chunks(planes_x.shape, out_rows, x.device):
-            band_sums, band_cs, band_maps = [], [], []
-            for r0, r1 in bands:
-                src = _filters.source_rows(rows, first[3], padding, r0, r1, x.device)  # type: ignore[arg-type]
-                xb = planes_x[p0:p1].index_select(1, src)
-                yb = planes_y[p0:p1].index_select(1, src)
-                ssim_map, cs_map = _maps(xb, yb, windows, first_weights, padding, c1, c2, grad)
-                band_sums.append(ssim_map.sum(tuple(range(1, ssim_map.ndim))))
-                if return_contrast_sensitivity:
-                    band_cs.append(cs_map.sum(tuple(range(1, cs_map.ndim))))
-                if return_full_image:
-                    band_maps.append(ssim_map)
-            sums.append(sum(band_sums[1:], band_sums[0]))
+    for (p0, p1), bands in _chunks(planes_x.shape, out_rows, x.device):
+        band_sums, band_cs, band_maps = [], [], []
+        for r0, r1 in bands:
+            src = _filters.source_rows(rows, first[3], padding, r0, r1, x.device)  # type: ignore[arg-type]
+            xb = planes_x[p0:p1].index_select(1, src)
+            yb = planes_y[p0:p1].index_select(1, src)
+            ssim_map, cs_map = _maps(xb, yb, windows, first_weights, padding, c1, c2, grad)
+            band_sums.append(ssim_map.sum(tuple(range(1, ssim_map.ndim))))
             if return_contrast_sensitivity:
-                cs_sums.append(sum(band_cs[1:], band_cs[0]))
+                band_cs.append(cs_map.sum(tuple(range(1, cs_map.ndim))))
             if return_full_image:
-                maps.append(torch.cat(band_maps, 1) if len(band_maps) > 1 else band_maps[0])
+                band_maps.append(ssim_map)
+        sums.append(sum(band_sums[1:], band_sums[0]))
+        if return_contrast_sensitivity:
+            cs_sums.append(sum(band_cs[1:], band_cs[0]))
+        if return_full_image:
+            maps.append(torch.cat(band_maps, 1) if len(band_maps) > 1 else band_maps[0])
     spatial = ssim_map.shape[2:]
     size = channels * out_rows * math.prod(spatial)
     per_image = (torch.cat(sums).reshape(n, channels).sum(1) / size).to(out_dtype)
@@ -243,26 +242,29 @@ def _maps(
 ) -> tuple[Tensor, Tensor]:
     """SSIM and contrast-sensitivity maps of a band (P, rows + halo, *rest) of planes.
 
-    The innermost axis is filtered by banded matrix products, middle axes (3-D) and then the
-    first axis (already carrying its halo) by shifted multiply-adds.
+    The other axes are padded here, on the two images, so the five moment maps are formed
+    once on the padded band and every axis is then filtered by shifted multiply-adds.
     """
-    stack = torch.stack((x, y, x * x, y * y, x * y))  # (5, P, rows + halo, *rest)
-    nd = len(windows)
-    for axis in range(nd - 1, 0, -1):
-        gaussian, s, size, k = windows[axis]
-        dim = 2 + axis
-        if axis == nd - 1:
-            w = _filters.window(gaussian, s, size, x.dtype, x.device)
-            tag = ("g", s) if gaussian else ("u", size)
-            stack = _filters.correlate(stack, dim, w, tag, padding)  # type: ignore[arg-type]
-        else:
-            src = _filters.source_rows(
-                stack.shape[dim], k, padding, 0, _out_len(stack.shape[dim], k, padding), x.device
-            )  # type: ignore[arg-type]
-            stack = _filters.correlate_valid(
-                stack.index_select(dim, src), dim, _filters.window_values(gaussian, s, size)
-            )
+    for axis in range(1, len(windows)):
+        k = windows[axis][3]
+        n = x.shape[1 + axis]
+        if padding == "same" and k > 1:
+            src = _filters.source_rows(n, k, "same", 0, n, x.device)
+            x = x.index_select(1 + axis, src)
+            y = y.index_select(1 + axis, src)
+    if grad:
+        stack = torch.stack((x, y, x * x, y * y, x * y))  # (5, P, *padded band)
+    else:
+        stack = x.new_empty((5, *x.shape))
+        stack[0] = x
+        stack[1] = y
+        torch.mul(x, x, out=stack[2])
+        torch.mul(y, y, out=stack[3])
+        torch.mul(x, y, out=stack[4])
     stack = _filters.correlate_valid(stack, 2, first_weights)
+    for axis in range(1, len(windows)):
+        gaussian, s, size, _ = windows[axis]
+        stack = _filters.correlate_valid(stack, 2 + axis, _filters.window_values(gaussian, s, size))
     mu_x, mu_y, e_xx, e_yy, e_xy = stack.unbind(0)
     if grad:
         mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
@@ -280,10 +282,6 @@ def _maps(
     lum_den = (mu_x * mu_x).addcmul_(mu_y, mu_y).add_(c1)
     lum = mu_x.mul_(mu_y).mul_(2).add_(c1).div_(lum_den)
     return lum.mul_(cs_map), cs_map
-
-
-def _out_len(n: int, k: int, padding: str) -> int:
-    return n if padding == "same" else n - k + 1
 
 
 def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
