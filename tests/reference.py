@@ -32,7 +32,7 @@ def correlate_axis(a: np.ndarray, axis: int, w: np.ndarray, padding: str) -> np.
         widths[axis] = (pad, pad)
         a = np.pad(a, widths, mode="reflect")
     m = a.shape[axis] - k + 1
-    out = np.zeros(a.shape[:axis] + (m,) + a.shape[axis + 1 :])
+    out = np.zeros((*a.shape[:axis], m, *a.shape[axis + 1 :]))
     for j in range(k):
         out += w[j] * np.take(a, np.arange(j, j + m), axis=axis)
     return out
@@ -116,7 +116,15 @@ def min_same_size(sigma: float = 1.5) -> int:
     return int(3.5 * sigma + 0.5) + 1
 
 
-__all__ = ["Ref", "correlate_axis", "gaussian_window", "ms_ssim_reference", "reduce", "ssim_reference", "zeroed_border"]
+__all__ = [
+    "Ref",
+    "correlate_axis",
+    "gaussian_window",
+    "ms_ssim_reference",
+    "reduce",
+    "ssim_reference",
+    "zeroed_border",
+]
 
 
 def _avg_pool2(a: np.ndarray) -> np.ndarray:
@@ -124,7 +132,9 @@ def _avg_pool2(a: np.ndarray) -> np.ndarray:
     nd = a.ndim - 2
     for axis in range(2, 2 + nd):
         m = a.shape[axis] // 2
-        a = 0.5 * (np.take(a, np.arange(0, 2 * m, 2), axis=axis) + np.take(a, np.arange(1, 2 * m, 2), axis=axis))
+        a = 0.5 * (
+            np.take(a, np.arange(0, 2 * m, 2), axis=axis) + np.take(a, np.arange(1, 2 * m, 2), axis=axis)
+        )
     return a
 
 

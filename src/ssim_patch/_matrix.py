@@ -48,9 +48,7 @@ def _load(root: pathlib.Path) -> dict[str, Any]:
     try:
         import yaml
     except ImportError:
-        raise SystemExit(
-            "ssim-patch matrix: needs PyYAML: pip install 'ssim-patch[test]'"
-        ) from None
+        raise SystemExit("ssim-patch matrix: needs PyYAML: pip install 'ssim-patch[test]'") from None
     data: dict[str, Any] = yaml.safe_load((root / "compat_matrix.yaml").read_text())
     return data
 
@@ -115,7 +113,9 @@ def _table(results: list[_Result], markdown: bool) -> str:
         return "\n".join(lines)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+    return "\n".join(
+        [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows]
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:

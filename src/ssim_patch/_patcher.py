@@ -73,12 +73,13 @@ def _release() -> Version:
         text = importlib.metadata.version("torchmetrics")
     except importlib.metadata.PackageNotFoundError:
         module = sys.modules.get("torchmetrics")
-        text = getattr(module, "__version__", None)
-        if text is None:
+        found = getattr(module, "__version__", None)
+        if not isinstance(found, str):
             raise PatchError(
                 "torchmetrics is not installed: install a release from 0.8.2 to 1.9.0, "
                 "e.g. pip install 'torchmetrics==1.9.0'."
             ) from None
+        text = found
     try:
         return Version(text)
     except InvalidVersion:
@@ -147,7 +148,7 @@ def _swap(options: _Options) -> bool:
     hook = _releases.hook_point(version)
     assert hook is not None
     module = sys.modules[_releases.MODULE]
-    current = getattr(module, hook.name, None)
+    current: Any = getattr(module, hook.name, None)
     original = current.__wrapped__ if _is_replacement(current) else current
     problem = _signature_problem(original, hook)
     if problem is not None:

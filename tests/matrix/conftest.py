@@ -25,7 +25,9 @@ def release() -> dict:
     installed = importlib.metadata.version("torchmetrics")
     expected = os.environ.get("SSIM_PATCH_EXPECT_RELEASE")
     if expected and expected != installed:
-        pytest.fail(f"the matrix asked for torchmetrics {expected} but {installed} is imported", pytrace=False)
+        pytest.fail(
+            f"the matrix asked for torchmetrics {expected} but {installed} is imported", pytrace=False
+        )
     for entry in _matrix()["releases"]:
         if entry["version"] == installed:
             return entry

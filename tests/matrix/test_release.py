@@ -58,7 +58,11 @@ def test_functional_2d(window, data_range, padding):
 @pytest.mark.parametrize("padding", ["same", "valid"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(sigma=(0.8, 1.0, 1.6)), dict(gaussian_kernel=False, kernel_size=(3, 5, 7)), dict(data_range=(0.0, 1.0))],
+    [
+        dict(sigma=(0.8, 1.0, 1.6)),
+        dict(gaussian_kernel=False, kernel_size=(3, 5, 7)),
+        dict(data_range=(0.0, 1.0)),
+    ],
     ids=["gauss-aniso", "uniform-aniso", "tuple-range"],
 )
 def test_functional_3d(kw, padding):
@@ -132,7 +136,9 @@ def test_revert_restores_the_release_bit_for_bit():
 
 def _modules_binding(func):
     return {
-        name: mod for name, mod in list(sys.modules.items()) if getattr(mod, "__dict__", {}).get(func.__name__) is func
+        name: mod
+        for name, mod in list(sys.modules.items())
+        if getattr(mod, "__dict__", {}).get(func.__name__) is func
     }
 
 
@@ -196,7 +202,9 @@ def _border_crop():
 
 def _gaussian_pad():
     x, y = _pair((1, 1, 32, 32), seed=7)
-    full, _ = _call(lambda: SSIM(x, y, gaussian_kernel=False, kernel_size=3, reduction="none", return_full_image=True)[1])
+    full, _ = _call(
+        lambda: SSIM(x, y, gaussian_kernel=False, kernel_size=3, reduction="none", return_full_image=True)[1]
+    )
     if full is not None and full.shape != x.shape:
         return True
     value, _ = _call(lambda: SSIM(x, y, sigma=0.1).item())
