@@ -186,3 +186,11 @@ def test_zeroed_border_example():
     ref = ssim_reference(x.double().numpy(), zeroed_border(x).double().numpy())
     assert abs(out.item() - ref.per_image.mean()) < 2e-6
     assert round(out.item(), 5) == 0.98349  # SPEC: the corrected value, not 0.99996
+
+
+def test_second_order_gradients():
+    x, y = _pair((1, 1, 7, 6), seed=19)
+    x.requires_grad_(True)
+    assert torch.autograd.gradgradcheck(
+        lambda a: ssim(a, y, sigma=0.6, data_range=1.0), (x,), eps=1e-6, atol=1e-6
+    )

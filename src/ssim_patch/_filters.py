@@ -10,7 +10,7 @@ so no device data is read and no matrix product (and so no TF32) is involved.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -47,11 +47,53 @@ def source_rows(n: int, k: int, mode: Mode, lo: int, hi: int, device: torch.devi
     return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
 
 
-def correlate_valid(x: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
-    """``sum_j weights[j] * x[j : j + m]`` along ``dim``, with ``m = x.shape[dim] - k + 1``."""
+def _shifted_sum(x: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
     k = len(weights)
     m = x.shape[dim] - k + 1
     out = x.narrow(dim, 0, m) * weights[0]
     for j in range(1, k):
         out.add_(x.narrow(dim, j, m), alpha=weights[j])
     return out
+
+
+def _spread(g: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
+    """The adjoint of :func:`_shifted_sum`: each output's gradient spread back over its window."""
+    k = len(weights)
+    shape = list(g.shape)
+    shape[dim] += k - 1
+    grad = g.new_zeros(shape)
+    for j, w in enumerate(weights):
+        grad.narrow(dim, j, g.shape[dim]).add_(g, alpha=w)
+    return grad
+
+
+class _CorrelateValid(torch.autograd.Function):
+    # Autograd through k narrow views would allocate a full zero gradient per tap; the adjoint
+    # written out needs one buffer and k multiply-adds.
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
+        ctx.dim, ctx.weights = dim, weights
+        return _shifted_sum(x, dim, weights)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
+        return _CorrelateValidAdjoint.apply(g, ctx.dim, ctx.weights), None, None  # type: ignore[no-untyped-call]
+
+
+class _CorrelateValidAdjoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, g: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
+        ctx.dim, ctx.weights = dim, weights
+        return _spread(g, dim, weights)
+
+    @staticmethod
+    def backward(ctx: Any, gg: Tensor) -> tuple[Tensor, None, None]:
+        return _CorrelateValid.apply(gg, ctx.dim, ctx.weights), None, None  # type: ignore[no-untyped-call]
+
+
+def correlate_valid(x: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
+    """``sum_j weights[j] * x[j : j + m]`` along ``dim``, with ``m = x.shape[dim] - k + 1``."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        out: Tensor = _CorrelateValid.apply(x, dim % x.ndim, weights)  # type: ignore[no-untyped-call]
+        return out
+    return _shifted_sum(x, dim, weights)
