@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from ssim_patch import PatchReport
+    from ssim_patch import patched as Patched
 
 _ON = ("on", "true", "yes", "1")
 _OFF = ("off", "false", "no", "0")
@@ -315,7 +316,7 @@ class SsimPatchFixture:
 
         return ssim_patch.revert()
 
-    def patched(self, *, padding: str = "same", strict: bool = True) -> Any:
+    def patched(self, *, padding: str = "same", strict: bool = True) -> Patched:
         """Context manager and decorator (see :class:`ssim_patch.patched`)."""
         import ssim_patch
 
