@@ -98,8 +98,8 @@ def test_public_function_reductions_and_returns(reduction, flag):
 def test_reference_equals_torchmetrics_where_upstream_is_right(shape, window):
     """2-D SSIM is right upstream from 1.4.2: the reference must agree with it there."""
     tm = pytest.importorskip("torchmetrics.functional.image")
-    from packaging.version import Version
     import torchmetrics
+    from packaging.version import Version
 
     if Version(torchmetrics.__version__) < Version("1.4.2"):
         pytest.skip("2-D SSIM is fixed upstream from 1.4.2 on")

@@ -36,8 +36,11 @@ def release() -> dict:
 
 @pytest.fixture(autouse=True)
 def _unpatched_around_each_test():
+    """Each test starts unpatched; the state found before it (say, the plugin's) comes back after."""
     import ssim_patch
+    from ssim_patch import _patcher
 
+    saved = _patcher._snapshot()
     ssim_patch.revert()
     yield
-    ssim_patch.revert()
+    _patcher._restore(saved)
