@@ -239,10 +239,22 @@ class Timing:
         return q[0], q[2]
 
 
+MIN_ROUNDS = 3
+
+
 def time_case(
-    case: Case, contenders: dict[str, Contender], rounds: int, warmup: int, log: Callable[[str], None]
+    case: Case,
+    contenders: dict[str, Contender],
+    rounds: int,
+    warmup: int,
+    log: Callable[[str], None],
+    max_seconds: Optional[float] = None,
 ) -> dict[str, Timing]:
-    """Warm every contender up, then ``rounds`` interleaved rounds in rotating order."""
+    """Warm every contender up, then ``rounds`` interleaved rounds in rotating order.
+
+    With ``max_seconds``, rounds stop once the case has run that long (after at least
+    ``MIN_ROUNDS``), so one very slow contender cannot hold the run for half an hour.
+    """
     x, y = make_inputs(case)
     results = {name: Timing() for name in contenders}
     active = []
@@ -265,6 +277,7 @@ def time_case(
     _check_patched_value(case, x, y, results)
 
     gc_was_enabled = gc.isenabled()
+    start = time.perf_counter()
     try:
         for r in range(rounds):
             gc.collect()
@@ -275,7 +288,10 @@ def time_case(
                 assert contender.fn is not None
                 with contender.context():
                     results[name].times.append(time_once(contender.fn, x, y, case.mode, case.device))
-            gc.enable()
+            elapsed = time.perf_counter() - start
+            if max_seconds is not None and r + 1 >= MIN_ROUNDS and r + 1 < rounds and elapsed > max_seconds:
+                log(f"  stopped after {r + 1} rounds ({elapsed:.0f} s > --max-seconds {max_seconds:g})")
+                break
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -558,6 +574,9 @@ def _git_state() -> str:
 
 
 def machine_lines(args: argparse.Namespace, devices: list[str], load: tuple[str, str]) -> list[str]:
+    cap = ""
+    if args.max_seconds is not None:
+        cap = f"; fewer where a case ran past --max-seconds {args.max_seconds:g}, see the rounds column"
     lines = [
         f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Command: `python benchmarks/bench_ssim.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
@@ -567,7 +586,7 @@ def machine_lines(args: argparse.Namespace, devices: list[str], load: tuple[str,
         f"- torch {torch.__version__}, torchmetrics {_version('torchmetrics')}, kornia {_version('kornia')}, "
         f"pytorch-msssim {_version('pytorch-msssim')}, ssim-patch {_version('ssim-patch')}",
         f"- ssim-patch source: git {_git_state()}",
-        f"- Rounds: {args.rounds} interleaved (rotating order), warm-up calls: {args.warmup}; float32",
+        f"- Rounds: {args.rounds} interleaved (rotating order{cap}), warm-up calls: {args.warmup}; float32",
     ]
     if args.quick:
         lines.append(
@@ -679,6 +698,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=int, default=None, help="warm-up calls per contender (default 2; --quick 1)"
     )
     parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=120.0,
+        help=(
+            f"stop a case's rounds once it has run this long, after at least {MIN_ROUNDS} "
+            "(default 120; 0 for no limit); the Markdown gives each case's rounds"
+        ),
+    )
+    parser.add_argument(
         "--shape",
         type=parse_shape,
         action="append",
@@ -728,6 +756,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.warmup = 1 if args.quick else 2
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
+    if args.max_seconds <= 0:
+        args.max_seconds = None
     if args.plot is not None:
         try:  # fail before the timings, not after them
             import matplotlib  # noqa: F401
@@ -784,7 +814,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(
             f"timing {case.device} {shape_text(case.shape)} {MODE_LABELS[case.mode]}, {args.rounds} rounds..."
         )
-        timings[case.key] = time_case(case, contenders, args.rounds, args.warmup, log)
+        timings[case.key] = time_case(case, contenders, args.rounds, args.warmup, log, args.max_seconds)
         if case.device == "cuda":
             torch.cuda.empty_cache()
     load = (load_before, _load())
