@@ -1,10 +1,11 @@
 """The ``ssim-patch`` command (also ``python -m ssim_patch``).
 
-``ssim-patch check [--padding same|valid] [--json]``: report the installed torchmetrics release
-(supported, tested, hook point, upstream bugs), then compute torchmetrics' SSIM, MS-SSIM and Metric
-classes on built-in examples unpatched and patched, and check the patched values against
-``ssim_patch.ssim`` on float64 inputs. Exit status 0 only when the patch applied and every check
-passed.
+``ssim-patch check [--padding same|valid] [--json] [--plot FILE.png]``: report the installed
+torchmetrics release (supported, tested, hook point, upstream bugs), then compute torchmetrics' SSIM,
+MS-SSIM and Metric classes on built-in examples unpatched and patched, and check the patched values
+against ``ssim_patch.ssim`` on float64 inputs. Exit status 0 only when the patch applied and every
+check passed. ``--plot`` also draws the unpatched and patched SSIM maps of the zeroed-border example
+(``ssim_patch._plot``; needs matplotlib, the ``[plot]`` extra).
 
 ``ssim-patch matrix [ARGS...]``: run the compatibility matrix from a checkout
 (``ssim_patch._matrix.main(ARGS)``).
@@ -101,6 +102,14 @@ def _once(compute: Callable[[], float]) -> Callable[[], float]:
     return value
 
 
+def _border_example() -> tuple[Tensor, Tensor]:
+    """The SPEC's zeroed-border example: ``rand(3, 3, 256, 256)`` (seed 0), its 1-pixel frame set to 0."""
+    import torch
+
+    preds = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    return preds, _zero_frame(preds, (2, 3))
+
+
 def _examples(padding: Padding) -> list[_Example]:
     """The built-in examples: the SPEC's zeroed border (2-D) and an anisotropic 3-D one."""
     import torch
@@ -110,8 +119,7 @@ def _examples(padding: Padding) -> list[_Example]:
 
     import ssim_patch
 
-    preds = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    target = _zero_frame(preds, (2, 3))
+    preds, target = _border_example()
     one_p, one_t = preds[:1], target[:1]
     p3 = torch.rand(2, 1, 32, 40, 48, generator=torch.Generator().manual_seed(1))
     t3 = _zero_frame(p3, (2, 3, 4))
@@ -339,8 +347,27 @@ def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
         help="padding of the corrected SSIM to apply and verify (default: same)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    # A later `--plot FILE.png` (unpatched and patched SSIM maps side by side) belongs here;
-    # run_check() returns the Report it would draw from.
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the unpatched and patched SSIM maps of the zeroed-border example to FILE.png "
+        "(needs matplotlib: pip install 'ssim-patch[plot]')",
+    )
+
+
+def _draw_plot(path: str, padding: Padding, report: Report) -> Optional[str]:
+    """Draw ``check --plot``'s figure (``ssim_patch._plot``); the one-line error, or None once written."""
+    if not report.supported:
+        return "not drawn: torchmetrics is missing or not supported"
+    from ssim_patch._plot import plot_border
+
+    try:
+        plot_border(path, *_border_example(), padding=padding)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+        return f"cannot draw {path}: {reason}"
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -391,12 +418,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if options.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if options.plot is not None:
+        from ssim_patch._plot import PlotUnavailable, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except PlotUnavailable as exc:
+            print(f"ssim-patch check --plot: {exc}", file=sys.stderr)
+            return 1
     report = run_check(options.padding)
     if options.json:
         print(json.dumps(asdict(report), indent=2))
     else:
         print(render(report))
+    status = 0
     if not report.ok:
         print(f"ssim-patch check: FAILED: {report.error}", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    if options.plot is not None:
+        error = _draw_plot(options.plot, options.padding, report)
+        if error is not None:
+            print(f"ssim-patch check --plot: {error}", file=sys.stderr)
+            return 1
+        print(f"plot: wrote {options.plot}", file=sys.stderr if options.json else sys.stdout)
+    return status
