@@ -131,6 +131,17 @@ def _rebind(match: Callable[[object], bool], make: Callable[[Any], Any]) -> list
     return sorted(places)
 
 
+def _is_hook_function(value: object, hook: _releases.HookPoint) -> bool:
+    """A torchmetrics hook function, the current one or an older copy: ``importlib.reload`` of the
+    module makes a new function and leaves the old one bound wherever it was imported by name."""
+    return (
+        type(value) is types.FunctionType
+        and value.__qualname__ == hook.name
+        and value.__module__ == _releases.MODULE
+        and not _is_replacement(value)
+    )
+
+
 def _unpatch_all() -> list[str]:
     return _rebind(_is_replacement, lambda value: value.__wrapped__)
 
@@ -159,9 +170,12 @@ def _swap(options: _Options) -> bool:
         _originals.append(original)
     _unpatch_all()
     replacement = make_replacement(hook, original, options.padding)
-    known = tuple(_originals)
+    known = {id(k) for k in _originals}
     # Every binding of any original (a reloaded module leaves older ones around) gets the new one.
-    _rebind(lambda value: any(value is k for k in known), lambda value: replacement)
+    _rebind(
+        lambda value: id(value) in known or _is_hook_function(value, hook),
+        lambda value: replacement,
+    )
     if getattr(module, hook.name, None) is not replacement:
         setattr(module, hook.name, replacement)
     _applied = True
@@ -169,9 +183,16 @@ def _swap(options: _Options) -> bool:
 
 
 def _on_import(module: types.ModuleType) -> None:
+    global _hook_registered, _options
     with _lock:
-        if _options is not None and not _applied:
-            _swap(_options)
+        # wrapt calls a post-import hook once and forgets it: a later pending apply() (after
+        # torchmetrics was dropped from sys.modules, or its import failed) must register it again.
+        _hook_registered = False
+        if _options is None or _applied:
+            return
+        wanted, _options = _options, None  # if the swap fails, nothing is pending any more
+        if _swap(wanted):
+            _options = wanted
 
 
 def _check_release(strict: bool) -> bool:
