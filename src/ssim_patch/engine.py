@@ -9,7 +9,8 @@ inside the image. SSIM and contrast sensitivity are means over the whole map.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import Literal, Optional, Union
 
 import torch
@@ -26,11 +27,13 @@ _PADDINGS = ("same", "valid")
 _AXIS_NAMES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 
 
-def _per_axis(value: Union[float, Sequence[float]], ndim: int, name: str) -> list[float]:
+def _per_axis(value: object, ndim: int, name: str) -> list[object]:
     if isinstance(value, Tensor):
         value = value.tolist()
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real):
         return [value] * ndim
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"`{name}` must be a number or {ndim} numbers, got {value!r}.")
     values = list(value)
     if len(values) != ndim:
         raise ValueError(
@@ -56,6 +59,8 @@ def _check_inputs(preds: Tensor, target: Tensor) -> None:
         )
     if preds.is_complex() or target.is_complex():
         raise TypeError("SSIM is defined for real images; got a complex tensor.")
+    if preds.shape[0] == 0 or preds.shape[1] == 0:
+        raise ValueError(f"Expected at least one image and one channel, got shape {tuple(preds.shape)}.")
 
 
 def _windows(
@@ -69,15 +74,23 @@ def _windows(
     sigmas = _per_axis(sigma, nd, "sigma")
     sizes = _per_axis(kernel_size, nd, "kernel_size")
     for s in sigmas:
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < float("inf"):
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0 < float(s) < math.inf:
             raise ValueError(f"`sigma` must be positive finite numbers, got {sigmas}.")
     for k in sizes:
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0 or k % 2 == 0:
-            odd = [int(v) + 1 - int(v) % 2 if isinstance(v, (int, float)) and v > 0 else 1 for v in sizes]
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0 or k % 2 == 0:
+            odd = [_odd_above(v) for v in sizes]
             raise ValueError(f"`kernel_size` must be odd positive integers, got {sizes}; try {odd}.")
     if gaussian_kernel:
-        return [(True, float(s), 0, _filters.gaussian_size(float(s))) for s in sigmas]
-    return [(False, 0.0, int(k), int(k)) for k in sizes]
+        return [(True, float(s), 0, _filters.gaussian_size(float(s))) for s in sigmas]  # type: ignore[arg-type]
+    return [(False, 0.0, int(k), int(k)) for k in sizes]  # type: ignore[call-overload]
+
+
+def _odd_above(value: object) -> int:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        v = float(value)
+        if math.isfinite(v) and v > 0:
+            return int(v) if int(v) % 2 else int(v) + 1
+    return 1
 
 
 def _check_sizes(shape: Sequence[int], windows: list[tuple[bool, float, int, int]], padding: str) -> None:
@@ -102,12 +115,19 @@ def _check_sizes(shape: Sequence[int], windows: list[tuple[bool, float, int, int
             )
 
 
+def _finite_range(images: Tensor) -> Tensor:
+    """max - min over the finite pixels (a NaN or inf pixel spoils only its own image)."""
+    high = images.nan_to_num(nan=-math.inf, posinf=-math.inf).amax()
+    low = images.nan_to_num(nan=math.inf, neginf=math.inf).amin()
+    return high - low
+
+
 def _data_range(
     preds: Tensor, target: Tensor, data_range: DataRange
 ) -> tuple[Tensor, Tensor, Union[float, Tensor]]:
     """Clamp for a (lo, hi) range and return L, as a float or a 0-d tensor (never synced)."""
     if data_range is None:
-        big = torch.maximum(preds.amax() - preds.amin(), target.amax() - target.amin())
+        big = torch.maximum(_finite_range(preds), _finite_range(target))
         # A batch with no range at all (both images constant) scores with L=1 instead of 0/0.
         return preds, target, torch.where(big > 0, big, torch.ones_like(big)).detach()
     if isinstance(data_range, Tensor):
@@ -115,19 +135,27 @@ def _data_range(
             raise ValueError(
                 f"A tensor `data_range` must hold one number, got shape {tuple(data_range.shape)}."
             )
+        if data_range.device.type == "cpu":  # checked only where reading it costs no device sync
+            _check_positive(float(data_range))
         return preds, target, data_range.reshape(()).to(device=preds.device, dtype=preds.dtype)
     if isinstance(data_range, (tuple, list)):
-        if len(data_range) != 2:
-            raise ValueError(f"`data_range` as a range must be (lo, hi), got {data_range!r}.")
+        if len(data_range) != 2 or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in data_range
+        ):
+            raise ValueError(f"`data_range` as a range must be two numbers (lo, hi), got {data_range!r}.")
         lo, hi = (float(v) for v in data_range)
-        if not hi > lo:
-            raise ValueError(f"`data_range` (lo, hi) needs hi > lo, got {data_range!r}.")
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ValueError(f"`data_range` (lo, hi) needs finite lo < hi, got {data_range!r}.")
         return preds.clamp(lo, hi), target.clamp(lo, hi), hi - lo
-    if isinstance(data_range, (int, float)) and not isinstance(data_range, bool):
-        if not data_range > 0 or data_range == float("inf"):
-            raise ValueError(f"`data_range` must be positive and finite, got {data_range!r}.")
+    if isinstance(data_range, numbers.Real) and not isinstance(data_range, bool):
+        _check_positive(float(data_range))
         return preds, target, float(data_range)
     raise TypeError(f"`data_range` must be None, a positive number or a (lo, hi) tuple, got {data_range!r}.")
+
+
+def _check_positive(value: float) -> None:
+    if not 0 < value < math.inf:
+        raise ValueError(f"`data_range` must be positive and finite, got {value!r}.")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -252,33 +280,44 @@ def _maps(
             src = _filters.source_rows(n, k, "same", 0, n, x.device)
             x = x.index_select(1 + axis, src)
             y = y.index_select(1 + axis, src)
+    # Moments of x - a and y - a, a the band's mean per plane: the variance as a difference of
+    # squares is then well conditioned whatever the images' offset. a is added back to the means.
+    dims = tuple(range(1, x.ndim))
+    shift = ((x.mean(dims, keepdim=True) + y.mean(dims, keepdim=True)) / 2).detach()
     if grad:
-        stack = torch.stack((x, y, x * x, y * y, x * y))  # (5, P, *padded band)
+        xs, ys = x - shift, y - shift
+        stack = torch.stack((xs, ys, xs * xs, ys * ys, xs * ys))  # (5, P, *padded band)
     else:
         stack = x.new_empty((5, *x.shape))
-        stack[0] = x
-        stack[1] = y
-        torch.mul(x, x, out=stack[2])
-        torch.mul(y, y, out=stack[3])
-        torch.mul(x, y, out=stack[4])
+        xs = torch.sub(x, shift, out=stack[0])
+        ys = torch.sub(y, shift, out=stack[1])
+        torch.mul(xs, xs, out=stack[2])
+        torch.mul(ys, ys, out=stack[3])
+        torch.mul(xs, ys, out=stack[4])
     stack = _filters.correlate_valid(stack, 2, first_weights)
     for axis in range(1, len(windows)):
         gaussian, s, size, _ = windows[axis]
         stack = _filters.correlate_valid(stack, 2 + axis, _filters.window_values(gaussian, s, size))
-    mu_x, mu_y, e_xx, e_yy, e_xy = stack.unbind(0)
+    ms_x, ms_y, e_xx, e_yy, e_xy = stack.unbind(0)  # means and moments of the shifted images
     if grad:
-        mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
-        var_x = (e_xx - mu_xx).clamp_min(0.0)
-        var_y = (e_yy - mu_yy).clamp_min(0.0)
-        upper = 2 * (e_xy - mu_xy) + c2
-        lower = var_x + var_y + c2
-        cs_map = upper / lower
-        return (2 * mu_xy + c1) / (mu_xx + mu_yy + c1) * cs_map, cs_map
+        var_x = (e_xx - ms_x * ms_x).clamp_min(0.0)
+        var_y = (e_yy - ms_y * ms_y).clamp_min(0.0)
+        # |cov| <= sqrt(var_x var_y) holds exactly; enforce it against rounding.
+        bound = (var_x * var_y).sqrt().detach()
+        cov = torch.minimum(torch.maximum(e_xy - ms_x * ms_y, -bound), bound)
+        cs_map = (2 * cov + c2) / (var_x + var_y + c2)
+        mu_x, mu_y = ms_x + shift, ms_y + shift
+        lum = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
+        return lum * cs_map, cs_map
     # No autograd: the same formula, in place, to touch memory as few times as possible.
-    var_x = e_xx.addcmul_(mu_x, mu_x, value=-1).clamp_min_(0.0)
-    var_y = e_yy.addcmul_(mu_y, mu_y, value=-1).clamp_min_(0.0)
+    var_x = e_xx.addcmul_(ms_x, ms_x, value=-1).clamp_min_(0.0)
+    var_y = e_yy.addcmul_(ms_y, ms_y, value=-1).clamp_min_(0.0)
+    bound = (var_x * var_y).sqrt_()
+    cov = e_xy.addcmul_(ms_x, ms_y, value=-1)
+    cov = torch.clamp(cov, min=bound.neg(), max=bound, out=cov)
     lower = var_x.add_(var_y).add_(c2)
-    cs_map = e_xy.addcmul_(mu_x, mu_y, value=-1).mul_(2).add_(c2).div_(lower)
+    cs_map = cov.mul_(2).add_(c2).div_(lower)
+    mu_x, mu_y = ms_x.add_(shift), ms_y.add_(shift)
     lum_den = (mu_x * mu_x).addcmul_(mu_y, mu_y).add_(c1)
     lum = mu_x.mul_(mu_y).mul_(2).add_(c1).div_(lum_den)
     return lum.mul_(cs_map), cs_map
