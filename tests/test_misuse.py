@@ -715,14 +715,14 @@ BAD_INPUTS: list[tuple[str, str, Callable[[Callable[..., Any]], Any]]] = [
 #: Cases that should raise a clear error (or, for numpy scalars, work as upstream torchmetrics does)
 #: but do not today: engine issues, reported. Their tests fail until the engine is fixed.
 SHOULD_RAISE = {
-    "empty-batch": (ValueError,),  # today: RuntimeError from amax() inside the engine
-    "no-channels": (ValueError,),  # today: RuntimeError from amax() inside the engine
-    "empty-batch-range": (ValueError,),  # today: UnboundLocalError from inside the engine
-    "range-infinite": (ValueError,),  # today: NaN
-    "range-tensor-zero": (ValueError,),  # today: a number (c1 = c2 = 0)
-    "range-tensor-negative": (ValueError,),  # today: silently the same as +1
-    "range-tensor-nan": (ValueError,),  # today: NaN
-    "sigma-str": (TypeError,),  # today: ValueError "`sigma` has 3 entries (['1', '.', '5'])"
+    "empty-batch": (ValueError,),  # before the fix: RuntimeError from amax() inside the engine
+    "no-channels": (ValueError,),  # before the fix: RuntimeError from amax() inside the engine
+    "empty-batch-range": (ValueError,),  # before the fix: UnboundLocalError from inside the engine
+    "range-infinite": (ValueError,),  # before the fix: NaN
+    "range-tensor-zero": (ValueError,),  # before the fix: a number (c1 = c2 = 0)
+    "range-tensor-negative": (ValueError,),  # before the fix: silently the same as +1
+    "range-tensor-nan": (ValueError,),  # before the fix: NaN
+    "sigma-str": (TypeError,),  # before the fix: ValueError "`sigma` has 3 entries (['1', '.', '5'])"
 }
 SHOULD_WORK = ("kernel-numpy", "sigma-numpy", "range-numpy")  # upstream torchmetrics accepts them
 

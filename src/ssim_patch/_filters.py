@@ -10,9 +10,10 @@ so no device data is read and no matrix product (and so no TF32) is involved.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Mode = Literal["same", "valid"]
@@ -47,10 +48,14 @@ def source_rows(n: int, k: int, mode: Mode, lo: int, hi: int, device: torch.devi
     return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
 
 
-def _shifted_sum(x: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
+def _shifted_sum(x: Tensor, dim: int, weights: tuple[float, ...], out: Optional[Tensor] = None) -> Tensor:
     k = len(weights)
     m = x.shape[dim] - k + 1
-    out = x.narrow(dim, 0, m) * weights[0]
+    out = (
+        torch.mul(x.narrow(dim, 0, m), weights[0], out=out)
+        if out is not None
+        else x.narrow(dim, 0, m) * weights[0]
+    )
     for j in range(1, k):
         out.add_(x.narrow(dim, j, m), alpha=weights[j])
     return out
@@ -91,9 +96,40 @@ class _CorrelateValidAdjoint(torch.autograd.Function):
         return _CorrelateValid.apply(gg, ctx.dim, ctx.weights), None, None  # type: ignore[no-untyped-call]
 
 
-def correlate_valid(x: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
-    """``sum_j weights[j] * x[j : j + m]`` along ``dim``, with ``m = x.shape[dim] - k + 1``."""
+def correlate_valid(x: Tensor, dim: int, weights: tuple[float, ...], out: Optional[Tensor] = None) -> Tensor:
+    """``sum_j weights[j] * x[j : j + m]`` along ``dim``, with ``m = x.shape[dim] - k + 1``.
+
+    ``out`` (no autograd only): a buffer of the result's shape to write into.
+    """
     if torch.is_grad_enabled() and x.requires_grad:
-        out: Tensor = _CorrelateValid.apply(x, dim % x.ndim, weights)  # type: ignore[no-untyped-call]
-        return out
-    return _shifted_sum(x, dim, weights)
+        result: Tensor = _CorrelateValid.apply(x, dim % x.ndim, weights)  # type: ignore[no-untyped-call]
+        return result
+    return _shifted_sum(x, dim, weights, out)
+
+
+def reflect_pad(x: Tensor, pads: tuple[int, ...]) -> Tensor:
+    """Reflect-pad the last ``len(pads)`` axes of ``x`` by ``pads[i]`` on both sides."""
+    flat: list[int] = []
+    for pad in reversed(pads):
+        flat += [pad, pad]
+    if not any(flat):
+        return x
+    lead = x.shape[: x.ndim - len(pads)]
+    return F.pad(x.reshape(-1, *x.shape[x.ndim - len(pads) :]), flat, mode="reflect").reshape(
+        *lead, *(n + 2 * p for n, p in zip(x.shape[x.ndim - len(pads) :], pads))
+    )
+
+
+class Workspace:
+    """Reusable scratch buffers for one call: fresh large allocations cost page faults on CPU."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        size = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < size:
+            buf = like.new_empty(size)
+            self._buffers[name] = buf
+        return buf[:size].view(shape)

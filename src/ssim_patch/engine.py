@@ -33,7 +33,7 @@ def _per_axis(value: object, ndim: int, name: str) -> list[object]:
     if isinstance(value, numbers.Real):
         return [value] * ndim
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"`{name}` must be a number or {ndim} numbers, got {value!r}.")
+        raise TypeError(f"`{name}` must be a number or {ndim} numbers, got {value!r}.")
     values = list(value)
     if len(values) != ndim:
         raise ValueError(
@@ -207,18 +207,24 @@ def _ssim_per_image(
     first_weights = _filters.window_values(first[0], first[1], first[2])
     rows = x.shape[2]
     out_rows = rows if padding == "same" else rows - first[3] + 1
+    pads = tuple((w[3] - 1) // 2 if padding == "same" else 0 for w in windows)
+    work = None if grad else _filters.Workspace()
     for (p0, p1), bands in _chunks(planes_x.shape, out_rows, x.device):
         band_sums, band_cs, band_maps = [], [], []
         for r0, r1 in bands:
-            src = _filters.source_rows(rows, first[3], padding, r0, r1, x.device)  # type: ignore[arg-type]
-            xb = planes_x[p0:p1].index_select(1, src)
-            yb = planes_y[p0:p1].index_select(1, src)
-            ssim_map, cs_map = _maps(xb, yb, windows, first_weights, padding, c1, c2, grad)
+            if len(bands) == 1:  # the whole axis: pad every axis in one go
+                xb = _filters.reflect_pad(planes_x[p0:p1], pads)
+                yb = _filters.reflect_pad(planes_y[p0:p1], pads)
+            else:  # rows r0:r1 with their halo (reflected at the edges), then the other axes
+                src = _filters.source_rows(rows, first[3], padding, r0, r1, x.device)  # type: ignore[arg-type]
+                xb = _filters.reflect_pad(planes_x[p0:p1].index_select(1, src), pads[1:])
+                yb = _filters.reflect_pad(planes_y[p0:p1].index_select(1, src), pads[1:])
+            ssim_map, cs_map = _maps(xb, yb, windows, first_weights, c1, c2, work)
             band_sums.append(ssim_map.sum(tuple(range(1, ssim_map.ndim))))
             if return_contrast_sensitivity:
                 band_cs.append(cs_map.sum(tuple(range(1, cs_map.ndim))))
             if return_full_image:
-                band_maps.append(ssim_map)
+                band_maps.append(ssim_map if work is None else ssim_map.clone())
         sums.append(sum(band_sums[1:], band_sums[0]))
         if return_contrast_sensitivity:
             cs_sums.append(sum(band_cs[1:], band_cs[0]))
@@ -263,43 +269,40 @@ def _maps(
     y: Tensor,
     windows: list[tuple[bool, float, int, int]],
     first_weights: tuple[float, ...],
-    padding: str,
     c1: Union[float, Tensor],
     c2: Union[float, Tensor],
-    grad: bool,
+    work: Optional[_filters.Workspace],
 ) -> tuple[Tensor, Tensor]:
-    """SSIM and contrast-sensitivity maps of a band (P, rows + halo, *rest) of planes.
+    """SSIM and contrast-sensitivity maps of a padded band (P, rows + halo, *padded rest).
 
-    The other axes are padded here, on the two images, so the five moment maps are formed
-    once on the padded band and every axis is then filtered by shifted multiply-adds.
+    The five moment maps are formed once on the padded band and every axis is filtered by
+    shifted multiply-adds. ``work`` is None under autograd; otherwise the maps are computed in
+    its reusable buffers, and the returned maps live there until the next band.
     """
-    for axis in range(1, len(windows)):
-        k = windows[axis][3]
-        n = x.shape[1 + axis]
-        if padding == "same" and k > 1:
-            src = _filters.source_rows(n, k, "same", 0, n, x.device)
-            x = x.index_select(1 + axis, src)
-            y = y.index_select(1 + axis, src)
     # Moments of x - a and y - a, a the band's mean per plane: the variance as a difference of
     # squares is then well conditioned whatever the images' offset. a is added back to the means.
     dims = tuple(range(1, x.ndim))
     shift = ((x.mean(dims, keepdim=True) + y.mean(dims, keepdim=True)) / 2).detach()
-    if grad:
+    if work is None:
         xs, ys = x - shift, y - shift
         stack = torch.stack((xs, ys, xs * xs, ys * ys, xs * ys))  # (5, P, *padded band)
     else:
-        stack = x.new_empty((5, *x.shape))
+        stack = work.take("a", (5, *x.shape), x)
         xs = torch.sub(x, shift, out=stack[0])
         ys = torch.sub(y, shift, out=stack[1])
         torch.mul(xs, xs, out=stack[2])
         torch.mul(ys, ys, out=stack[3])
         torch.mul(xs, ys, out=stack[4])
-    stack = _filters.correlate_valid(stack, 2, first_weights)
-    for axis in range(1, len(windows)):
-        gaussian, s, size, _ = windows[axis]
-        stack = _filters.correlate_valid(stack, 2 + axis, _filters.window_values(gaussian, s, size))
+    for axis, (gaussian, s, size, k) in enumerate(windows):
+        weights = first_weights if axis == 0 else _filters.window_values(gaussian, s, size)
+        out = None
+        if work is not None:
+            shape = list(stack.shape)
+            shape[2 + axis] -= k - 1
+            out = work.take("b" if axis % 2 == 0 else "a", tuple(shape), x)
+        stack = _filters.correlate_valid(stack, 2 + axis, weights, out)
     ms_x, ms_y, e_xx, e_yy, e_xy = stack.unbind(0)  # means and moments of the shifted images
-    if grad:
+    if work is None:
         var_x = (e_xx - ms_x * ms_x).clamp_min(0.0)
         var_y = (e_yy - ms_y * ms_y).clamp_min(0.0)
         # |cov| <= sqrt(var_x var_y) holds exactly; enforce it against rounding.
@@ -309,16 +312,17 @@ def _maps(
         mu_x, mu_y = ms_x + shift, ms_y + shift
         lum = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
         return lum * cs_map, cs_map
-    # No autograd: the same formula, in place, to touch memory as few times as possible.
+    # No autograd: the same formula, in place and in reused buffers.
     var_x = e_xx.addcmul_(ms_x, ms_x, value=-1).clamp_min_(0.0)
     var_y = e_yy.addcmul_(ms_y, ms_y, value=-1).clamp_min_(0.0)
-    bound = (var_x * var_y).sqrt_()
+    bound = torch.mul(var_x, var_y, out=work.take("c", tuple(var_x.shape), x)).sqrt_()
+    low = torch.neg(bound, out=work.take("d", tuple(var_x.shape), x))
     cov = e_xy.addcmul_(ms_x, ms_y, value=-1)
-    cov = torch.clamp(cov, min=bound.neg(), max=bound, out=cov)
+    cov = torch.clamp(cov, min=low, max=bound, out=cov)
     lower = var_x.add_(var_y).add_(c2)
     cs_map = cov.mul_(2).add_(c2).div_(lower)
     mu_x, mu_y = ms_x.add_(shift), ms_y.add_(shift)
-    lum_den = (mu_x * mu_x).addcmul_(mu_y, mu_y).add_(c1)
+    lum_den = torch.mul(mu_x, mu_x, out=bound).addcmul_(mu_y, mu_y).add_(c1)
     lum = mu_x.mul_(mu_y).mul_(2).add_(c1).div_(lum_den)
     return lum.mul_(cs_map), cs_map
 
