@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 import torch
+from hook_bindings import hook_bindings as _hook_bindings
 from packaging.version import Version
 from reference import ssim_reference
 
@@ -48,19 +49,7 @@ def _pair(shape=(3, 2, 24, 24), seed=0, dtype=torch.float64):
 
 
 def bindings() -> dict[str, Any]:
-    """Every module attribute holding the hook function (original, older copy or replacement)."""
-    out = {}
-    for name, module in list(sys.modules.items()):
-        namespace = getattr(module, "__dict__", None) if isinstance(module, types.ModuleType) else None
-        if isinstance(namespace, dict):
-            for attr, value in list(namespace.items()):
-                if (
-                    type(value) is types.FunctionType
-                    and value.__module__ == MODULE
-                    and value.__qualname__ == HOOK
-                ):
-                    out[f"{name}.{attr}"] = value
-    return out
+    return _hook_bindings(HOOK)
 
 
 def _is_patched(value: Any) -> bool:

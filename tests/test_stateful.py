@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import pytest
 import torch
+from hook_bindings import hook_bindings as _hook_bindings
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -52,21 +53,7 @@ State = Optional[tuple[str, bool]]  # (padding, strict) when patched, None when 
 
 
 def hook_bindings() -> dict[str, Any]:
-    """``module.attr`` -> value for every module attribute holding the hook function (the
-    original, an older copy, or a replacement, which carries the original's name)."""
-    out = {}
-    for name, module in list(sys.modules.items()):
-        namespace = getattr(module, "__dict__", None) if isinstance(module, types.ModuleType) else None
-        if not isinstance(namespace, dict):
-            continue
-        for attr, value in list(namespace.items()):
-            if (
-                type(value) is types.FunctionType
-                and value.__module__ == MODULE
-                and value.__qualname__ == HOOK
-            ):
-                out[f"{name}.{attr}"] = value
-    return out
+    return _hook_bindings(HOOK)
 
 
 def _pair():
