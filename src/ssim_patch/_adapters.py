@@ -15,9 +15,7 @@ from typing import Any, Callable, Union
 from torch import Tensor
 
 from ssim_patch._releases import SSIM_COMPUTE, SSIM_UPDATE, HookPoint
-from ssim_patch.engine import _reduce, _ssim_per_image
-
-_REDUCTIONS = ("elementwise_mean", "sum", "none", None)
+from ssim_patch.engine import _check_reduction, _reduce, _ssim_per_image
 
 
 def _update_adapter(padding: str) -> Callable[..., Any]:
@@ -64,10 +62,7 @@ def _compute_adapter(padding: str) -> Callable[..., Any]:
         return_full_image: bool = False,
         return_contrast_sensitivity: bool = False,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
-        if reduction not in _REDUCTIONS:
-            raise ValueError(
-                f"`reduction` must be one of 'elementwise_mean', 'sum', 'none' or None, got {reduction!r}."
-            )
+        _check_reduction(reduction)
         out = _ssim_per_image(
             preds,
             target,

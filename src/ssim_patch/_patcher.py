@@ -21,8 +21,7 @@ from packaging.version import InvalidVersion, Version
 
 from ssim_patch import _releases
 from ssim_patch._adapters import make_replacement
-
-_PADDINGS = ("same", "valid")
+from ssim_patch.engine import _check_padding
 
 
 class PatchError(RuntimeError):
@@ -224,8 +223,7 @@ def apply(*, padding: str = "same", strict: bool = True) -> PatchReport:
     unsupported release or signature (else warn); either way nothing is changed then.
     """
     global _options, _hook_registered, _applied
-    if padding not in _PADDINGS:
-        raise ValueError(f"`padding` must be 'same' or 'valid', got {padding!r}.")
+    _check_padding(padding)
     with _lock:
         if not _check_release(strict):
             return status()
@@ -305,8 +303,7 @@ class patched(contextlib.ContextDecorator):
     """Context manager and decorator: apply with these options, then restore the previous state."""
 
     def __init__(self, *, padding: str = "same", strict: bool = True) -> None:
-        if padding not in _PADDINGS:
-            raise ValueError(f"`padding` must be 'same' or 'valid', got {padding!r}.")
+        _check_padding(padding)
         self.padding = padding
         self.strict = strict
         self._saved: list[Optional[_Options]] = []

@@ -180,8 +180,7 @@ def _ssim_per_image(
     This is what torchmetrics' ``_ssim_update`` returns from 0.10 on. Inputs are checked here.
     """
     _check_inputs(preds, target)
-    if padding not in _PADDINGS:
-        raise ValueError(f"`padding` must be 'same' or 'valid', got {padding!r}.")
+    _check_padding(padding)
     if return_full_image and return_contrast_sensitivity:
         raise ValueError(
             "`return_full_image` and `return_contrast_sensitivity` are mutually exclusive: set at most one."
@@ -327,6 +326,18 @@ def _maps(
     return lum.mul_(cs_map), cs_map
 
 
+def _check_padding(padding: object) -> None:
+    if padding not in _PADDINGS:
+        raise ValueError(f"`padding` must be 'same' or 'valid', got {padding!r}.")
+
+
+def _check_reduction(reduction: object) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(
+            f"`reduction` must be one of 'elementwise_mean', 'sum', 'none' or None, got {reduction!r}."
+        )
+
+
 def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
     if reduction == "elementwise_mean":
         return values.mean()
@@ -358,10 +369,7 @@ def ssim(
     ``padding="same"`` reflect-pads so the whole image counts; ``"valid"`` keeps only windows
     wholly inside the image (Wang et al.'s ``ssim_index.m``).
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(
-            f"`reduction` must be one of 'elementwise_mean', 'sum', 'none' or None, got {reduction!r}."
-        )
+    _check_reduction(reduction)
     if isinstance(preds, Tensor) and isinstance(target, Tensor) and target.dtype != preds.dtype:
         target = target.to(preds.dtype)
     out = _ssim_per_image(
