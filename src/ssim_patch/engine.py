@@ -203,7 +203,7 @@ def _ssim_per_image(
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     sums, cs_sums, maps = [], [], []
     first = windows[0]
-    first_weights = _filters.window_values(first[0], first[1], first[2])
+    weights = [_filters.window_values(gaussian, s, size) for gaussian, s, size, _ in windows]
     rows = x.shape[2]
     out_rows = rows if padding == "same" else rows - first[3] + 1
     pads = tuple((w[3] - 1) // 2 if padding == "same" else 0 for w in windows)
@@ -218,7 +218,7 @@ def _ssim_per_image(
                 src = _filters.source_rows(rows, first[3], padding, r0, r1, x.device)  # type: ignore[arg-type]
                 xb = _filters.reflect_pad(planes_x[p0:p1].index_select(1, src), pads[1:])
                 yb = _filters.reflect_pad(planes_y[p0:p1].index_select(1, src), pads[1:])
-            ssim_map, cs_map = _maps(xb, yb, windows, first_weights, c1, c2, work)
+            ssim_map, cs_map = _maps(xb, yb, weights, c1, c2, work)
             band_sums.append(ssim_map.sum(tuple(range(1, ssim_map.ndim))))
             if return_contrast_sensitivity:
                 band_cs.append(cs_map.sum(tuple(range(1, cs_map.ndim))))
@@ -266,8 +266,7 @@ def _chunks(
 def _maps(
     x: Tensor,
     y: Tensor,
-    windows: list[tuple[bool, float, int, int]],
-    first_weights: tuple[float, ...],
+    weights: list[tuple[float, ...]],
     c1: Union[float, Tensor],
     c2: Union[float, Tensor],
     work: Optional[_filters.Workspace],
@@ -292,14 +291,13 @@ def _maps(
         torch.mul(xs, xs, out=stack[2])
         torch.mul(ys, ys, out=stack[3])
         torch.mul(xs, ys, out=stack[4])
-    for axis, (gaussian, s, size, k) in enumerate(windows):
-        weights = first_weights if axis == 0 else _filters.window_values(gaussian, s, size)
+    for axis, taps in enumerate(weights):
         out = None
         if work is not None:
             shape = list(stack.shape)
-            shape[2 + axis] -= k - 1
+            shape[2 + axis] -= len(taps) - 1
             out = work.take("b" if axis % 2 == 0 else "a", tuple(shape), x)
-        stack = _filters.correlate_valid(stack, 2 + axis, weights, out)
+        stack = _filters.correlate_valid(stack, 2 + axis, taps, out)
     ms_x, ms_y, e_xx, e_yy, e_xy = stack.unbind(0)  # means and moments of the shifted images
     if work is None:
         var_x = (e_xx - ms_x * ms_x).clamp_min(0.0)
