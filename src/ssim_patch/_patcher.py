@@ -21,7 +21,7 @@ from packaging.version import InvalidVersion, Version
 
 from ssim_patch import _releases
 from ssim_patch._adapters import make_replacement
-from ssim_patch.engine import _check_padding
+from ssim_patch._options import check_padding as _check_padding
 
 
 class PatchError(RuntimeError):

@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 
 from ssim_patch import _filters
+from ssim_patch._options import check_padding as _check_padding
+from ssim_patch._options import check_reduction as _check_reduction
 
 Padding = Literal["same", "valid"]
 Reduction = Optional[Literal["elementwise_mean", "sum", "none"]]
 DataRange = Union[None, float, tuple[float, float], Tensor]
 
-_REDUCTIONS = ("elementwise_mean", "sum", "none", None)
-_PADDINGS = ("same", "valid")
 _AXIS_NAMES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 
 
@@ -322,18 +322,6 @@ def _maps(
     lum_den = torch.mul(mu_x, mu_x, out=bound).addcmul_(mu_y, mu_y).add_(c1)
     lum = mu_x.mul_(mu_y).mul_(2).add_(c1).div_(lum_den)
     return lum.mul_(cs_map), cs_map
-
-
-def _check_padding(padding: object) -> None:
-    if padding not in _PADDINGS:
-        raise ValueError(f"`padding` must be 'same' or 'valid', got {padding!r}.")
-
-
-def _check_reduction(reduction: object) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(
-            f"`reduction` must be one of 'elementwise_mean', 'sum', 'none' or None, got {reduction!r}."
-        )
 
 
 def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
