@@ -4,6 +4,13 @@
   contrast sensitivity.
 - ``_ssim_compute`` (0.8-0.9): the same, each part reduced with ``reduction`` (the map too, as
   those releases do).
+
+Errors are the release's own where the release rejects the arguments: when the corrected engine
+rejects a call (ValueError/TypeError), the original is called with the same arguments, and if it
+raises anything but a RuntimeError, that exception is raised unchanged. If the original returns
+(say, a NaN) or fails inside torch (RuntimeError), the engine's clearer error is raised.
+
+Imported by the patcher only when torchmetrics' SSIM module is loaded (it imports torch).
 """
 
 from __future__ import annotations
@@ -14,11 +21,26 @@ from typing import Any, Callable, Union
 
 from torch import Tensor
 
+from ssim_patch._options import check_reduction
 from ssim_patch._releases import SSIM_COMPUTE, SSIM_UPDATE, HookPoint
-from ssim_patch.engine import _check_reduction, _reduce, _ssim_per_image
+from ssim_patch.engine import _reduce, _ssim_per_image
+
+Result = Union[Tensor, tuple[Tensor, Tensor]]
 
 
-def _update_adapter(padding: str) -> Callable[..., Any]:
+def _error_for(original: Callable[..., Any], args: tuple[Any, ...], ours: Exception) -> BaseException:
+    """The exception to raise for a call the engine rejected with ``ours``: the release's own
+    (when it rejects the call with anything but a RuntimeError), else ``ours``."""
+    try:
+        original(*args)
+    except RuntimeError:
+        return ours
+    except Exception as theirs:
+        return theirs
+    return ours
+
+
+def _update_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def _ssim_update(
         preds: Tensor,
         target: Tensor,
@@ -30,8 +52,8 @@ def _update_adapter(padding: str) -> Callable[..., Any]:
         k2: float = 0.03,
         return_full_image: bool = False,
         return_contrast_sensitivity: bool = False,
-    ) -> Union[Tensor, tuple[Tensor, Tensor]]:
-        return _ssim_per_image(
+    ) -> Result:
+        args = (
             preds,
             target,
             gaussian_kernel,
@@ -42,13 +64,17 @@ def _update_adapter(padding: str) -> Callable[..., Any]:
             k2,
             return_full_image,
             return_contrast_sensitivity,
-            padding,
         )
+        try:
+            return _ssim_per_image(*args, padding)
+        except (ValueError, TypeError) as exc:
+            rejected: Exception = exc
+        raise _error_for(original, args, rejected)  # outside the handler: no chained context
 
     return _ssim_update
 
 
-def _compute_adapter(padding: str) -> Callable[..., Any]:
+def _compute_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def _ssim_compute(
         preds: Tensor,
         target: Tensor,
@@ -61,29 +87,47 @@ def _compute_adapter(padding: str) -> Callable[..., Any]:
         k2: float = 0.03,
         return_full_image: bool = False,
         return_contrast_sensitivity: bool = False,
-    ) -> Union[Tensor, tuple[Tensor, Tensor]]:
-        _check_reduction(reduction)
-        out = _ssim_per_image(
+    ) -> Result:
+        try:
+            check_reduction(reduction)
+            out = _ssim_per_image(
+                preds,
+                target,
+                gaussian_kernel,
+                sigma,
+                kernel_size,
+                data_range,
+                k1,
+                k2,
+                return_full_image,
+                return_contrast_sensitivity,
+                padding,
+            )
+        except (ValueError, TypeError) as exc:
+            rejected: Exception = exc
+        else:
+            if isinstance(out, tuple):
+                return _reduce(out[0], reduction), _reduce(out[1], reduction)
+            return _reduce(out, reduction)
+        args = (
             preds,
             target,
             gaussian_kernel,
             sigma,
             kernel_size,
+            reduction,
             data_range,
             k1,
             k2,
             return_full_image,
             return_contrast_sensitivity,
-            padding,
         )
-        if isinstance(out, tuple):
-            return _reduce(out[0], reduction), _reduce(out[1], reduction)
-        return _reduce(out, reduction)
+        raise _error_for(original, args, rejected)  # outside the handler: no chained context
 
     return _ssim_compute
 
 
-_FACTORIES: dict[str, Callable[[str], Callable[..., Any]]] = {
+_FACTORIES: dict[str, Callable[[str, Callable[..., Any]], Callable[..., Any]]] = {
     SSIM_UPDATE.name: _update_adapter,
     SSIM_COMPUTE.name: _compute_adapter,
 }
@@ -91,7 +135,7 @@ _FACTORIES: dict[str, Callable[[str], Callable[..., Any]]] = {
 
 def make_replacement(hook: HookPoint, original: Callable[..., Any], padding: str) -> Callable[..., Any]:
     """The corrected function for ``hook``, dressed as ``original`` (``__wrapped__`` is the original)."""
-    replacement = _FACTORIES[hook.name](padding)
+    replacement = _FACTORIES[hook.name](padding, original)
     functools.update_wrapper(replacement, original)
     # Keep the original's exact defaults, whatever the release wrote there.
     replacement.__defaults__ = getattr(original, "__defaults__", None)
