@@ -2,7 +2,12 @@
 
 ``import ssim_patch; ssim_patch.apply()`` makes every torchmetrics SSIM and MS-SSIM API (functional
 and Metric classes) use :func:`ssim_patch.ssim`'s corrected computation.
+
+Importing ssim_patch loads neither torch nor torchmetrics: the engine (and with it torch) is
+loaded when torchmetrics' SSIM module is imported, or when ``ssim_patch.ssim`` is first used.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ssim_patch._patcher import (
     PatchError,
@@ -15,7 +20,9 @@ from ssim_patch._patcher import (
     status,
 )
 from ssim_patch._version import __version__
-from ssim_patch.engine import ssim
+
+if TYPE_CHECKING:
+    from ssim_patch.engine import ssim
 
 __all__ = [
     "PatchError",
@@ -29,3 +36,16 @@ __all__ = [
     "ssim",
     "status",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ssim":  # loads the engine, and torch
+        from ssim_patch.engine import ssim
+
+        globals()["ssim"] = ssim
+        return ssim
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,7 +1,17 @@
 """Swap torchmetrics' SSIM hook point for the corrected function, and put it back.
 
 The patcher knows the hook points and their signatures (``_releases``) and where the original is
-bound; the numbers come from ``_adapters``/``engine``.
+bound; the numbers come from ``_adapters``/``engine``, imported only when torchmetrics' SSIM
+module is (so ``import ssim_patch`` and a pending ``apply()`` load neither torch nor torchmetrics).
+
+Where the hook function is bound is kept in an index (``_Bindings``): each loaded module is read
+once, and again only when it changes in a way that can add a binding (a new module object under
+its name, a new attribute, or it was still being imported when last read). So a no-op
+``apply()``, ``status()`` and ``patched()`` cost two fast passes over ``sys.modules``, not a read
+of every attribute of every module.
+
+The state is exported to the environment that the start-up hook (``_startup``) reads, so child
+processes started afterwards (spawn, forkserver, subprocess) are patched the same way.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import inspect
+import os
 import sys
 import threading
 import types
@@ -20,8 +31,13 @@ import wrapt
 from packaging.version import InvalidVersion, Version
 
 from ssim_patch import _releases
-from ssim_patch._adapters import make_replacement
 from ssim_patch._options import check_padding as _check_padding
+
+#: Read by the start-up hook in every new Python process (see ``_startup``).
+ENV_AUTO = "SSIM_PATCH_AUTO"
+ENV_PADDING = "SSIM_PATCH_PADDING"
+#: ``SSIM_PATCH_AUTO`` set to one of these before apply(): the environment is left alone.
+_ENV_OFF = ("0", "false", "no", "off")
 
 
 class PatchError(RuntimeError):
@@ -61,17 +77,30 @@ class _Options:
 
 _lock = threading.RLock()
 _options: Optional[_Options] = None  # what the user asked for (applied or pending)
-_applied = False
+_applied = False  # the swap happened (False while pending)
+_hook_name: Optional[str] = None  # the hook point swapped by the last successful swap
 _hook_registered = False
 _originals: list[Callable[..., Any]] = []  # every original seen (a reload makes a new one)
 _warned: set[str] = set()
+_release_seen: Optional[tuple[tuple[object, ...], Version]] = None
+_HOOK_NAMES = frozenset({_releases.SSIM_COMPUTE.name, _releases.SSIM_UPDATE.name})
 
 
 def _release() -> Version:
+    """The installed release, from package metadata (else ``torchmetrics.__version__``).
+
+    Read once per torchmetrics module object, ``sys.path`` and metadata reader: reading the
+    metadata scans the distributions on ``sys.path``, which a no-op apply() must not pay for.
+    """
+    global _release_seen
+    module = sys.modules.get("torchmetrics")
+    key = (importlib.metadata.version, module, getattr(module, "__version__", None), tuple(sys.path))
+    seen = _release_seen
+    if seen is not None and seen[0] == key:
+        return seen[1]
     try:
         text = importlib.metadata.version("torchmetrics")
     except importlib.metadata.PackageNotFoundError:
-        module = sys.modules.get("torchmetrics")
         found = getattr(module, "__version__", None)
         if not isinstance(found, str):
             raise PatchError(
@@ -80,13 +109,34 @@ def _release() -> Version:
             ) from None
         text = found
     try:
-        return Version(text)
+        version = Version(text)
     except InvalidVersion:
         raise PatchError(f"torchmetrics reports an unreadable version {text!r}.") from None
+    _release_seen = (key, version)
+    return version
 
 
 def _is_replacement(obj: object) -> bool:
     return type(obj) is types.FunctionType and "__ssim_patch__" in obj.__dict__
+
+
+def _is_hook_like(value: object) -> bool:
+    """A replacement, or a function of torchmetrics' SSIM module named like a hook point."""
+    return type(value) is types.FunctionType and (
+        "__ssim_patch__" in value.__dict__
+        or (value.__module__ == _releases.MODULE and value.__qualname__ in _HOOK_NAMES)
+    )
+
+
+def _is_hook_function(value: object, name: str) -> bool:
+    """The hook function ``name``: the current one, an older copy (``importlib.reload`` of the
+    module makes a new function and leaves the old one bound wherever it was imported by name),
+    or a replacement of one."""
+    return (
+        type(value) is types.FunctionType
+        and value.__qualname__ == name
+        and (value.__module__ == _releases.MODULE or "__ssim_patch__" in value.__dict__)
+    )
 
 
 def _signature_problem(func: object, hook: _releases.HookPoint) -> Optional[str]:
@@ -106,54 +156,131 @@ def _signature_problem(func: object, hook: _releases.HookPoint) -> Optional[str]
     return None
 
 
-def _module_dicts() -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for name, module in list(sys.modules.items()):
-        if not isinstance(module, types.ModuleType):
-            continue
-        try:
-            namespace = object.__getattribute__(module, "__dict__")
-        except Exception:
-            continue
-        if isinstance(namespace, dict):
-            out.append((name, namespace))
-    return out
+def _namespace(module: object) -> Optional[dict[str, Any]]:
+    if not isinstance(module, types.ModuleType):
+        return None
+    try:
+        namespace = object.__getattribute__(module, "__dict__")
+    except Exception:
+        return None
+    return namespace if isinstance(namespace, dict) else None
 
 
-def _rebind(match: Callable[[object], bool], make: Callable[[Any], Any]) -> list[str]:
-    places = []
-    for name, namespace in _module_dicts():
-        for attr, value in list(namespace.items()):
-            if type(value) is types.FunctionType and match(value):
-                namespace[attr] = make(value)
-                places.append(f"{name}.{attr}")
-    return sorted(places)
+def _importing(namespace: dict[str, Any]) -> bool:
+    """The module is still executing (a later line may bind the hook function)."""
+    return bool(getattr(namespace.get("__spec__"), "_initializing", False))
 
 
-def _is_hook_function(value: object, hook: _releases.HookPoint) -> bool:
-    """A torchmetrics hook function, the current one or an older copy: ``importlib.reload`` of the
-    module makes a new function and leaves the old one bound wherever it was imported by name."""
-    return (
-        type(value) is types.FunctionType
-        and value.__qualname__ == hook.name
-        and value.__module__ == _releases.MODULE
-        and not _is_replacement(value)
-    )
+class _Bindings:
+    """Every module attribute that held a hook function when its module was last read.
+
+    A module is read again when, since the last read, its ``sys.modules`` entry changed, its
+    namespace gained or lost names, or it was still being imported. Callers check the current
+    value of each place before touching it. Not seen: a name that already held something else
+    being rebound to the hook function later (``importlib.reload`` rebinds the same names).
+    """
+
+    def __init__(self) -> None:
+        self._modules: dict[str, types.ModuleType] = {}  # a copy of sys.modules as last synced
+        self._names: list[str] = []  # the modules with a namespace, and in the same order:
+        self._namespaces: list[dict[str, Any]] = []
+        self._sizes: list[int] = []  # len(namespace) when last read (-1: never read)
+        self._importing: set[int] = set()  # modules still being imported when last read
+        self.places: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {}
+
+    def _read(self, i: int) -> None:
+        name, namespace = self._names[i], self._namespaces[i]
+        attrs = tuple(attr for attr, value in list(namespace.items()) if _is_hook_like(value))
+        if attrs:
+            self.places[name] = (namespace, attrs)
+        else:
+            self.places.pop(name, None)
+        if _importing(namespace):
+            self._importing.add(i)
+        else:
+            self._importing.discard(i)
+
+    def _sync(self) -> None:
+        """Follow imports, removals and replacements in ``sys.modules`` (read by refresh())."""
+        current = dict(sys.modules)
+        old = {
+            name: (namespace, size)
+            for name, namespace, size in zip(self._names, self._namespaces, self._sizes)
+        }
+        importing = {self._names[i] for i in self._importing}
+        self._modules = current
+        self._names, self._namespaces, self._sizes = [], [], []
+        for name, module in current.items():
+            namespace = _namespace(module)
+            if namespace is None:
+                continue
+            before = old.get(name)
+            # A new module, or another module object under this name, is read by refresh().
+            self._sizes.append(before[1] if before is not None and before[0] is namespace else -1)
+            self._names.append(name)
+            self._namespaces.append(namespace)
+        now = dict(zip(self._names, self._namespaces))
+        self.places = {name: place for name, place in self.places.items() if now.get(name) is place[0]}
+        self._importing = {i for i, name in enumerate(self._names) if name in importing}
+
+    def refresh(self) -> None:
+        """Bring the index up to date with the loaded modules."""
+        if sys.modules != self._modules:
+            self._sync()
+        sizes = list(map(len, self._namespaces))
+        changed = set(self._importing)
+        if sizes != self._sizes:
+            changed.update(i for i, (a, b) in enumerate(zip(sizes, self._sizes)) if a != b)
+            self._sizes = sizes
+        for i in sorted(changed):
+            self._read(i)
+
+    def read_all(self) -> None:
+        """Read every module again (an original that does not look like a hook function)."""
+        self.refresh()
+        for i in range(len(self._names)):
+            self._read(i)
+
+    def rebind(self, match: Callable[[object], bool], make: Callable[[Any], Any]) -> list[str]:
+        """Replace every indexed binding whose value matches; the places changed."""
+        changed = []
+        for name, (namespace, attrs) in self.places.items():
+            for attr in attrs:
+                value = namespace.get(attr)
+                if match(value):
+                    namespace[attr] = make(value)
+                    changed.append(f"{name}.{attr}")
+        return sorted(changed)
+
+    def bound(self, match: Callable[[object], bool]) -> tuple[str, ...]:
+        return tuple(
+            sorted(
+                f"{name}.{attr}"
+                for name, (namespace, attrs) in self.places.items()
+                for attr in attrs
+                if match(namespace.get(attr))
+            )
+        )
+
+
+_bindings = _Bindings()
 
 
 def _unpatch_all() -> list[str]:
-    return _rebind(_is_replacement, lambda value: value.__wrapped__)
+    _bindings.refresh()
+    return _bindings.rebind(_is_replacement, lambda value: value.__wrapped__)
 
 
 def _fail(strict: bool, message: str) -> None:
     if strict:
         raise PatchError(message + " Nothing was changed.")
-    warnings.warn(message + " Nothing was changed (strict=False).", UserWarning, stacklevel=4)
+    # _fail <- _swap or _check_release <- _apply <- apply <- the caller
+    warnings.warn(message + " Nothing was changed (strict=False).", UserWarning, stacklevel=5)
 
 
 def _swap(options: _Options) -> bool:
     """Bind the corrected function everywhere; True when applied. Caller holds the lock."""
-    global _applied
+    global _applied, _hook_name
     version = _release()
     hook = _releases.hook_point(version)
     assert hook is not None
@@ -165,20 +292,45 @@ def _swap(options: _Options) -> bool:
         _fail(options.strict, f"Cannot patch torchmetrics {version}: {problem}.")
         return False
     assert original is not None
+    from ssim_patch._adapters import make_replacement  # torch: torchmetrics has imported it
+
+    replacement = make_replacement(hook, original, options.padding)
     if not any(original is known for known in _originals):
         _originals.append(original)
-    _unpatch_all()
-    replacement = make_replacement(hook, original, options.padding)
+        if not _is_hook_like(original):
+            _bindings.read_all()  # its other bindings cannot be told by name: look at everything
+    _bindings.refresh()
     known = {id(k) for k in _originals}
-    # Every binding of any original (a reloaded module leaves older ones around) gets the new one.
-    _rebind(
-        lambda value: id(value) in known or _is_hook_function(value, hook),
+    # Every binding of any original (a reloaded module leaves older ones around), and every
+    # earlier replacement, gets the new one.
+    _bindings.rebind(
+        lambda value: _is_replacement(value) or _is_hook_function(value, hook.name) or id(value) in known,
         lambda value: replacement,
     )
     if getattr(module, hook.name, None) is not replacement:
         setattr(module, hook.name, replacement)
     _applied = True
+    _hook_name = hook.name
     return True
+
+
+def _bound_now() -> bool:
+    """The swapped hook point of torchmetrics' loaded SSIM module holds a replacement."""
+    module = sys.modules.get(_releases.MODULE)
+    return (
+        module is not None and _hook_name is not None and _is_replacement(getattr(module, _hook_name, None))
+    )
+
+
+def _lost() -> bool:
+    """The patch no longer holds in torchmetrics' SSIM module: it was dropped from ``sys.modules``,
+    or its hook point holds an unpatched hook function again (``importlib.reload``, a fresh import,
+    or the original put back by hand). Someone else's function bound there does not count."""
+    module = sys.modules.get(_releases.MODULE)
+    if module is None or _hook_name is None:
+        return True
+    value = getattr(module, _hook_name, None)
+    return _is_hook_function(value, _hook_name) and not _is_replacement(value)
 
 
 def _on_import(module: types.ModuleType) -> None:
@@ -187,11 +339,14 @@ def _on_import(module: types.ModuleType) -> None:
         # wrapt calls a post-import hook once and forgets it: a later pending apply() (after
         # torchmetrics was dropped from sys.modules, or its import failed) must register it again.
         _hook_registered = False
-        if _options is None or _applied:
+        if _options is None or (_applied and not _lost()):
             return
         wanted, _options = _options, None  # if the swap fails, nothing is pending any more
-        if _swap(wanted):
-            _options = wanted
+        try:
+            if _swap(wanted):
+                _options = wanted
+        finally:
+            _export(_options)
 
 
 def _check_release(strict: bool) -> bool:
@@ -210,9 +365,35 @@ def _check_release(strict: bool) -> bool:
             f"torchmetrics {version} is newer than {_releases.NEWEST}, the newest release ssim-patch "
             f"was tested with; its {hook.name} signature matches, so the patch is applied.",
             UntestedReleaseWarning,
-            stacklevel=3,
+            stacklevel=4,  # _check_release <- _apply <- apply <- the caller
         )
     return True
+
+
+# --- the environment that child processes read ---------------------------------------------------
+
+
+def _environ() -> tuple[Optional[str], Optional[str]]:
+    """The exported variables as they are now (to put back later)."""
+    return os.environ.get(ENV_AUTO), os.environ.get(ENV_PADDING)
+
+
+def _set_environ(saved: tuple[Optional[str], Optional[str]]) -> None:
+    for name, value in zip((ENV_AUTO, ENV_PADDING), saved):
+        if value is None:
+            os.environ.pop(name, None)
+        elif os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def _export(options: Optional[_Options]) -> None:
+    """Make processes started from now on follow this state, unless ``SSIM_PATCH_AUTO`` is off."""
+    if os.environ.get(ENV_AUTO, "").strip().lower() in _ENV_OFF:
+        return  # the user's opt-out: children are not patched through the environment
+    _set_environ((None, None) if options is None else ("1", options.padding))
+
+
+# --- the public API ------------------------------------------------------------------------------
 
 
 def apply(*, padding: str = "same", strict: bool = True) -> PatchReport:
@@ -220,71 +401,90 @@ def apply(*, padding: str = "same", strict: bool = True) -> PatchReport:
 
     Works before or after torchmetrics is imported. Calling it again with the same options does
     nothing; with other options it re-applies. ``strict``: raise :class:`PatchError` on an
-    unsupported release or signature (else warn); either way nothing is changed then.
+    unsupported release or signature (else warn); either way nothing is changed then. Processes
+    started afterwards get the same patch (``SSIM_PATCH_AUTO``/``SSIM_PATCH_PADDING`` are set),
+    unless ``SSIM_PATCH_AUTO`` is off (``0``, ``false``, ``no``, ``off``).
     """
-    global _options, _hook_registered, _applied
     _check_padding(padding)
     with _lock:
-        if not _check_release(strict):
-            return status()
-        wanted = _Options(padding, bool(strict))
-        if _applied and _options == wanted and _still_bound():
-            return status()
-        if _releases.MODULE not in sys.modules:
-            _options = wanted
-            _applied = False
-            if not _hook_registered:
-                wrapt.register_post_import_hook(_on_import, _releases.MODULE)
-                _hook_registered = True
-            return status()
-        if _swap(wanted):  # on failure (strict=False) the previous state is left as it was
-            _options = wanted
-        return status()
+        swapped = _apply(padding, bool(strict))
+        return _report(refresh=not swapped)
 
 
-def _still_bound() -> bool:
-    hook = _releases.hook_point(_release())
-    module = sys.modules.get(_releases.MODULE)
-    return hook is not None and _is_replacement(getattr(module, hook.name, None))
+def _apply(padding: str, strict: bool) -> bool:
+    """apply() without the report; True when it swapped (the index is up to date)."""
+    global _options, _hook_registered, _applied
+    if not _check_release(strict):
+        return False
+    wanted = _Options(padding, strict)
+    if _applied and _options == wanted and _bound_now():
+        _export(wanted)
+        return False
+    if _releases.MODULE not in sys.modules:
+        _options = wanted
+        _applied = False
+        if not _hook_registered:
+            wrapt.register_post_import_hook(_on_import, _releases.MODULE)
+            _hook_registered = True
+        _export(wanted)
+        return False
+    if not _swap(wanted):  # on failure (strict=False) the previous state is left as it was
+        return False
+    _options = wanted
+    _export(wanted)
+    return True
 
 
 def revert() -> PatchReport:
-    """Put back the very same original objects wherever the corrected function is bound."""
-    global _options, _applied
+    """Put back the very same original objects wherever the corrected function is bound, and
+    stop exporting the patch to processes started afterwards."""
     with _lock:
-        _options = None
-        _applied = False
-        _unpatch_all()
-        return status()
+        _revert()
+        return _report(refresh=False)
+
+
+def _revert() -> None:
+    global _options, _applied
+    _options = None
+    _applied = False
+    _unpatch_all()
+    _export(None)
 
 
 def is_applied() -> bool:
     """True when the corrected function is bound in torchmetrics now."""
     with _lock:
-        return _applied
+        return _applied and not _lost()
 
 
 def status() -> PatchReport:
     """The installed release, its hook point and upstream bugs, and where the patch is bound."""
     with _lock:
-        try:
-            version: Optional[Version] = _release()
-        except PatchError:
-            version = None
-        hook = _releases.hook_point(version) if version is not None else None
-        places = tuple(_rebind(_is_replacement, lambda value: value)) if _applied else ()
-        return PatchReport(
-            applied=_applied,
-            pending=_options is not None and not _applied,
-            release=str(version) if version is not None else None,
-            hook=hook.name if hook is not None else None,
-            padding=_options.padding if _options is not None else None,
-            strict=_options.strict if _options is not None else None,
-            supported=hook is not None,
-            tested=version is not None and _releases.is_pinned(version),
-            upstream_bugs=_releases.upstream_bugs(version) if version is not None else (),
-            places=places,
-        )
+        return _report(refresh=True)
+
+
+def _report(refresh: bool) -> PatchReport:
+    """status(); ``refresh=False`` when the index was brought up to date just now."""
+    try:
+        version: Optional[Version] = _release()
+    except PatchError:
+        version = None
+    hook = _releases.hook_point(version) if version is not None else None
+    applied = _applied and not _lost()
+    if applied and refresh:
+        _bindings.refresh()
+    return PatchReport(
+        applied=applied,
+        pending=_options is not None and not _applied,
+        release=str(version) if version is not None else None,
+        hook=hook.name if hook is not None else None,
+        padding=_options.padding if _options is not None else None,
+        strict=_options.strict if _options is not None else None,
+        supported=hook is not None,
+        tested=version is not None and _releases.is_pinned(version),
+        upstream_bugs=_releases.upstream_bugs(version) if version is not None else (),
+        places=_bindings.bound(_is_replacement) if applied else (),
+    )
 
 
 def _snapshot() -> Optional[_Options]:
@@ -293,26 +493,30 @@ def _snapshot() -> Optional[_Options]:
 
 
 def _restore(saved: Optional[_Options]) -> None:
-    if saved is None:
-        revert()
-    else:
-        apply(padding=saved.padding, strict=saved.strict)
+    with _lock:
+        if saved is None:
+            _revert()
+        else:
+            _apply(saved.padding, saved.strict)
 
 
 class patched(contextlib.ContextDecorator):
-    """Context manager and decorator: apply with these options, then restore the previous state."""
+    """Context manager and decorator: apply with these options, then restore the previous state
+    (and the previous ``SSIM_PATCH_AUTO``/``SSIM_PATCH_PADDING``)."""
 
     def __init__(self, *, padding: str = "same", strict: bool = True) -> None:
         _check_padding(padding)
         self.padding = padding
         self.strict = strict
-        self._saved: list[Optional[_Options]] = []
+        self._saved: list[tuple[Optional[_Options], tuple[Optional[str], Optional[str]]]] = []
 
     def __enter__(self) -> PatchReport:
         with _lock:
-            self._saved.append(_snapshot())
+            self._saved.append((_snapshot(), _environ()))
             return apply(padding=self.padding, strict=self.strict)
 
     def __exit__(self, *exc: object) -> None:
         with _lock:
-            _restore(self._saved.pop())
+            options, environ = self._saved.pop()
+            _restore(options)
+            _set_environ(environ)

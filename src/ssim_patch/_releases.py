@@ -67,6 +67,9 @@ SSIM_UPDATE = HookPoint(
 
 OLDEST = Version("0.8.2")
 NEWEST = Version("1.9.0")
+_V0_9 = Version("0.9.0")
+_V0_10 = Version("0.10.0")
+_V1_4_2 = Version("1.4.2")  # 2-D SSIM fixed upstream
 
 #: The releases the compatibility matrix runs against.
 PINNED: tuple[str, ...] = (
@@ -92,17 +95,17 @@ def hook_point(version: Version) -> Optional[HookPoint]:
     """The hook point of a release at or after 0.8.2, or None for older ones."""
     if version < OLDEST:
         return None
-    return SSIM_COMPUTE if version < Version("0.10.0") else SSIM_UPDATE
+    return SSIM_COMPUTE if version < _V0_10 else SSIM_UPDATE
 
 
 def upstream_bugs(version: Version) -> tuple[str, ...]:
     """Ids of the defects a release has upstream (keys of ``BUGS``), in ``BUGS`` order."""
     bugs = {"host-sync", "small-input", "half-precision"}
-    if version < Version("1.4.2"):
+    if version < _V1_4_2:
         bugs |= {"border-crop", "gaussian-pad"}
     else:
         bugs |= {"cs-crop", "depth-pad"}
-    if version < Version("0.9.0"):
+    if version < _V0_9:
         bugs.add("uniform-window-error")
     return tuple(b for b in BUGS if b in bugs)
 
