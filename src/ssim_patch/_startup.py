@@ -8,7 +8,9 @@ torch or wrapt) and registers a one-shot import hook on torchmetrics' SSIM modul
 raise: problems become warnings.
 
 ``SSIM_PATCH_AUTO``: ``1``/``true``/``yes``/``on`` enables it; ``0``/``false``/``no``/``off`` or
-empty leaves it off. ``SSIM_PATCH_PADDING``: ``same`` (default) or ``valid``.
+empty leaves it off. ``SSIM_PATCH_PADDING``: ``same`` (default) or ``valid``. ``apply()``,
+``patched()`` and the pytest plugin set both for the processes a program starts (``revert()``
+clears them), unless ``SSIM_PATCH_AUTO`` was set off.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ MODULE = "torchmetrics.functional.image.ssim"
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
-_PADDINGS = ("same", "valid")
 
 
 class StartupWarning(RuntimeWarning):
@@ -61,13 +62,30 @@ def settings(environ: Mapping[str, str]) -> Optional[str]:
         )
         return None
     padding = environ.get("SSIM_PATCH_PADDING", "").strip().lower() or "same"
-    if padding not in _PADDINGS:
+    paddings = _paddings()
+    if padding not in paddings:
         _warn(
-            f"SSIM_PATCH_PADDING={environ['SSIM_PATCH_PADDING']!r} is not 'same' or 'valid'; "
-            "the patch is not applied."
+            f"SSIM_PATCH_PADDING={environ['SSIM_PATCH_PADDING']!r} is not "
+            f"{' or '.join(map(repr, paddings))}; the patch is not applied."
         )
         return None
     return padding
+
+
+def _paddings() -> Sequence[str]:
+    """``ssim_patch._options.PADDINGS``, read without importing ssim_patch: ``_options.py`` is
+    loaded by path (it imports nothing), as the stand-alone module ``_ssim_patch_options``."""
+    module = sys.modules.get("ssim_patch._options") or sys.modules.get("_ssim_patch_options")
+    if module is None:
+        import importlib.machinery
+
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_options.py")
+        module = type(sys)("_ssim_patch_options")
+        module.__file__ = path
+        importlib.machinery.SourceFileLoader("_ssim_patch_options", path).exec_module(module)
+        sys.modules["_ssim_patch_options"] = module
+    paddings: Sequence[str] = module.PADDINGS
+    return paddings
 
 
 def _apply(padding: str) -> None:

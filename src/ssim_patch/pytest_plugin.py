@@ -3,6 +3,9 @@
 Installed means active: ``pytest_configure`` applies the patch before collection, in the
 controller and in every pytest-xdist worker (with the controller's settings), and
 ``pytest_unconfigure`` restores the state found before. ``-p no:ssim_patch`` disables the plugin.
+Like ``apply()``, the plugin exports the patch to processes the tests start (``SSIM_PATCH_AUTO``,
+``SSIM_PATCH_PADDING``); the variables are put back at the end. Loading the plugin imports
+neither torch nor torchmetrics.
 
 Settings (command line, else ini, else default):
 
@@ -25,6 +28,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import pytest
 
+from ssim_patch._options import PADDINGS
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -33,7 +38,6 @@ if TYPE_CHECKING:
 
 _ON = ("on", "true", "yes", "1")
 _OFF = ("off", "false", "no", "0")
-_PADDINGS = ("same", "valid")
 _WORKER_KEY = "ssim_patch"
 
 
@@ -59,11 +63,16 @@ class _State:
 class _Session:
     settings: Settings
     before: Optional[_State] = None  # the state found in pytest_configure; None: nothing changed
+    environ: Optional[tuple[Optional[str], Optional[str]]] = None  # SSIM_PATCH_AUTO/_PADDING then
     header: str = ""
 
 
 _session_key = pytest.StashKey[_Session]()
 _item_key = pytest.StashKey[_State]()
+
+
+def _choices() -> str:
+    return " or ".join(repr(p) for p in PADDINGS)
 
 
 def _switch(value: str, source: str) -> bool:
@@ -77,8 +86,8 @@ def _switch(value: str, source: str) -> bool:
 
 def _padding(value: str, source: str) -> str:
     text = value.strip().lower()
-    if text not in _PADDINGS:
-        raise pytest.UsageError(f"{source} must be 'same' or 'valid', got {value!r}.")
+    if text not in PADDINGS:
+        raise pytest.UsageError(f"{source} must be {_choices()}, got {value!r}.")
     return text
 
 
@@ -193,7 +202,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if release is None:
         session.header = "ssim-patch: off (torchmetrics is not installed)"
         return
-    before = _current()
+    from ssim_patch import _patcher
+
+    before, environ = _current(), _patcher._environ()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -211,7 +222,7 @@ def pytest_configure(config: pytest.Config) -> None:
         reason = "; ".join(str(w.message) for w in caught) or "the patch was not applied"
         session.header = f"ssim-patch: off ({reason})"
         return
-    session.before = before
+    session.before, session.environ = before, environ
     session.header = _describe(report)
 
 
@@ -242,8 +253,12 @@ def pytest_report_header(config: pytest.Config) -> Optional[str]:
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(_session_key, None)
     if session is not None and session.before is not None:
+        from ssim_patch import _patcher
+
         _restore(session.before)
-        session.before = None
+        if session.environ is not None:
+            _patcher._set_environ(session.environ)  # what child processes saw before the session
+        session.before = session.environ = None
 
 
 def _misuse(message: str) -> NoReturn:
@@ -273,10 +288,8 @@ def _marker_state(item: pytest.Item) -> Optional[_State]:
             "it takes padding='same'|'valid' and strict=True|False."
         )
     padding = patch.kwargs.get("padding", "same")
-    if padding not in _PADDINGS:
-        _misuse(
-            f"{item.nodeid}: @pytest.mark.ssim_patch(padding={padding!r}): padding must be 'same' or 'valid'."
-        )
+    if padding not in PADDINGS:
+        _misuse(f"{item.nodeid}: @pytest.mark.ssim_patch(padding={padding!r}): padding must be {_choices()}.")
     return _State(True, padding, bool(patch.kwargs.get("strict", True)))
 
 
