@@ -40,3 +40,39 @@ def test_help_lists_the_options() -> None:
     for option in ("--quick", "--device", "--threads", "--out", "--plot"):
         assert option in text
     assert "--memory-worker" not in text
+
+
+def test_count_writes_its_own_section(tmp_path: Path) -> None:
+    out = tmp_path / "results.md"
+    out.write_text("# Results\n\n## Time per call\n\nkeep me\n")
+    command = [sys.executable, str(SCRIPT), "--count", "--mode", "forward", "--shape", "2x1x16x16"]
+    for _ in range(2):  # the second run replaces the section instead of adding one
+        done = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "all ops" in done.stdout and "2x1x16x16" in done.stdout
+
+    text = out.read_text()
+    assert text.count('## Launches and bytes written on device="meta"') == 1
+    assert "## Time per call\n\nkeep me" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 2x1x16x16 | fwd |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    unpatched_ops, patched_ops = (int(n) for n in cells[2].split(" / "))
+    assert unpatched_ops > 0 and patched_ops > 0
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_check.md"
+    script = SCRIPT.parent / "gpu_check.py"
+    command = [sys.executable, str(script), "--device", "cpu", "--quick", "--threads", "1", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    # 0: every check holds; 3: a check fails (reported, not a crash); anything else is a crash.
+    assert done.returncode in (0, 3), done.stderr[-3000:]
+
+    text = out.read_text()
+    for heading in ("## (a) Host syncs", "## (b) Accuracy", "## (c) Time per call"):
+        assert heading in text
+    assert "| MS-SSIM functional 1x1x48x48 | fwd+bwd | tensor |" in text
+    assert "| Metric update+compute 1x1x24x24 | fwd | None |" in text
+    assert any(line.startswith("| U(0,1) pair | 1x2x24x24 | on |") for line in text.splitlines())
+    assert any(line.startswith("| cpu | 2x1x16x16x16 | fwd+bwd |") for line in text.splitlines())
+    assert "Result: (a) " in text

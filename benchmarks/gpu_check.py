@@ -1,0 +1,634 @@
+"""One GPU check of the patched SSIM (issue 11), in under 5 minutes on one GPU.
+
+(a) No host sync: ``torch.cuda.set_sync_debug_mode("error")`` around the patched functional SSIM
+    (2-D and 3-D), the ``StructuralSimilarityIndexMeasure`` Metric class (``update`` + ``compute``)
+    and MS-SSIM, forward and forward+backward, with ``data_range`` None, a float, a (lo, hi) tuple
+    and a CUDA tensor; unpatched torchmetrics alongside, for comparison.
+(b) Accuracy in float32 against float64 references (``ssim_patch.ssim`` on float64 inputs on the
+    device, and the independent numpy reference ``tests/reference.py``), with TF32 on and off, and
+    the caller's TF32 settings unchanged by the call.
+(c) Times of unpatched torchmetrics, patched, kornia, pytorch-msssim, fused-ssim and fussim
+    (those importable) at 16x3x512x512, 5x3x1080x1920 and 2x1x96x96x96, fwd and fwd+bwd: warm-ups,
+    interleaved rounds bracketed by ``torch.cuda.synchronize()``, medians; rounds capped by time.
+
+Writes a Markdown report to ``--out`` (default ``$OUT/gpu_check.md``, else
+``benchmarks/gpu_check.md``). Exit status: 0 when every check of (a) and (b) holds, 3 when one
+fails (a contender that fails in (c) is a row in the report, never a failed run). ``--device cpu
+--quick`` is a dry run in seconds: tiny shapes, 3-scale MS-SSIM, and no sync check (that needs
+CUDA; the calls still run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib.util
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Optional, Union
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a file: make the ``benchmarks`` package importable
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from benchmarks import machine, report  # noqa: E402
+from benchmarks.cases import GPU_CHECK_SHAPES, MODE_LABELS, MODES, QUICK_SHAPES, Case, Shape, shape_text  # noqa: E402
+from benchmarks.contenders import COMPILED, GPU_CONTENDERS, Contender, make_contenders, probe  # noqa: E402
+from benchmarks.memory import Peaks, measure_cuda_memory  # noqa: E402
+from benchmarks.timing import Timing, failure, time_case  # noqa: E402
+
+DataRange = Union[None, float, tuple[float, float], Tensor]
+FAILED = 3  # exit status when a check of (a) or (b) fails
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# (a) host syncs
+
+
+@dataclass(frozen=True)
+class SyncCall:
+    """One API call checked for host syncs: its name, pass, data range label and input shape."""
+
+    api: str
+    mode: str
+    data_range: str
+    shape: Shape
+    betas: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # MS-SSIM's scales
+
+
+def _data_ranges(device: str) -> dict[str, DataRange]:
+    return {"None": None, "1.0": 1.0, "(0.0, 1.0)": (0.0, 1.0), "tensor": torch.tensor(1.0, device=device)}
+
+
+def _sync_calls(quick: bool) -> list[SyncCall]:
+    image = (1, 1, 24, 24) if quick else (2, 3, 192, 192)
+    volume = (1, 1, 12, 12, 12) if quick else (1, 2, 32, 32, 32)
+    # MS-SSIM's 5 scales need more than 160 pixels a side; 3 scales (--quick) more than 40.
+    ms_image, betas = ((1, 1, 48, 48), (0.3, 0.3, 0.4)) if quick else (image, SyncCall.betas)
+    calls = []
+    for label in ("None", "1.0", "(0.0, 1.0)", "tensor"):
+        for mode in MODES:
+            calls.append(SyncCall("functional", mode, label, image))
+            calls.append(SyncCall("functional 3-D", mode, label, volume))
+            calls.append(SyncCall("MS-SSIM functional", mode, label, ms_image, betas))
+        calls.append(SyncCall("Metric update+compute", "forward", label, image))
+    return calls
+
+
+def _api_call(call: SyncCall, data_range: DataRange, device: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """A function of (preds, target) making the call; the Metric object is built here, outside."""
+    from torchmetrics.functional.image import (
+        multiscale_structural_similarity_index_measure,
+        structural_similarity_index_measure,
+    )
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+    if call.api.startswith("functional"):
+        return lambda x, y: structural_similarity_index_measure(x, y, data_range=data_range)
+    if call.api.startswith("MS-SSIM"):
+        return lambda x, y: multiscale_structural_similarity_index_measure(
+            x, y, data_range=data_range, betas=call.betas
+        )
+    metric = StructuralSimilarityIndexMeasure(data_range=data_range).to(device)
+
+    def update_compute(x: Tensor, y: Tensor) -> Tensor:  # states accumulate over the two runs
+        metric.update(x, y)
+        out = metric.compute()
+        assert isinstance(out, Tensor)
+        return out
+
+    return update_compute
+
+
+def _run(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, mode: str) -> None:
+    if mode == "forward":
+        with torch.no_grad():
+            fn(x, y)
+    else:
+        x.grad = None
+        (1.0 - fn(x, y)).backward()  # type: ignore[no-untyped-call]
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost ssim_patch or torchmetrics frame of ``exc``'s traceback, as ``package/file:line``."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        for package in ("ssim_patch", "torchmetrics"):
+            marker = f"{os.sep}{package}{os.sep}"
+            if marker in frame.filename:
+                return f"{package}/{frame.filename.split(marker, 1)[1]}:{frame.lineno}"
+    return "torch"
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one checked call did: ``ok``, ``sync``, ``error`` or ``ran`` (CPU: nothing to check)."""
+
+    kind: str
+    where: str = ""  # the innermost ssim_patch or torchmetrics line, else "torch"
+    message: str = ""
+
+    def text(self) -> str:
+        """The table cell."""
+        if self.kind == "sync":
+            return f"**sync** at {self.where}"
+        if self.kind == "error":
+            return f"error at {self.where}: {self.message}"
+        return "ok" if self.kind == "ok" else "ran (no check on cpu)"
+
+    def fails_patched(self, unpatched: SyncResult) -> bool:
+        """As the patched call's result: a sync outside torchmetrics' own code (in ssim_patch, or in
+        a backward, where no Python line is known), or an error the unpatched call does not raise."""
+        if self.kind == "sync":
+            return not self.where.startswith("torchmetrics/")
+        return self.kind == "error" and unpatched.kind != "error"
+
+
+def check_sync(call: SyncCall, patched: bool, device: str) -> SyncResult:
+    """Run ``call`` once as a warm-up, then once under ``set_sync_debug_mode("error")`` (CUDA)."""
+    import ssim_patch
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(call.shape, generator=gen).to(device)
+    y = (x + 0.1 * torch.rand(call.shape, generator=gen).to(device)).clamp(0, 1)
+    x.requires_grad_(call.mode == "backward")
+    data_range = _data_ranges(device)[call.data_range]
+    try:
+        with ssim_patch.patched() if patched else contextlib.nullcontext():
+            fn = _api_call(call, data_range, device)
+            _run(fn, x, y, call.mode)  # warm-up: lazy initialisation of torch itself is not the call's
+            if not device.startswith("cuda"):
+                return SyncResult("ran")
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                _run(fn, x, y, call.mode)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            torch.cuda.synchronize()
+    except Exception as exc:
+        kind = "sync" if "synchroniz" in str(exc).lower() else "error"
+        return SyncResult(kind, _where(exc), failure("call", exc).split(": ", 1)[1])
+    return SyncResult("ok")
+
+
+def sync_section(device: str, quick: bool) -> tuple[report.Rows, bool]:
+    """The sync table, and whether no patched call failed (see :meth:`SyncResult.fails_patched`)."""
+    rows = [["API", "pass", "data_range", "patched", "unpatched", "holds"]]
+    ok = True
+    for call in _sync_calls(quick):
+        patched = check_sync(call, True, device)
+        unpatched = check_sync(call, False, device)
+        fails = patched.fails_patched(unpatched)
+        ok = ok and not fails
+        label = f"{call.api} {shape_text(call.shape)}"
+        row = [label, MODE_LABELS[call.mode], call.data_range, patched.text(), unpatched.text()]
+        rows.append([*row, "**no**" if fails else "yes"])
+    return rows, ok
+
+
+# --------------------------------------------------------------------------------------------------
+# (b) accuracy against float64, TF32 on and off
+
+
+def _read(path: str) -> Callable[[], object]:
+    """A reader of the attribute ``path`` under ``torch`` (``"backends.cudnn.allow_tf32"``)."""
+
+    def read() -> object:
+        value: Any = torch
+        for part in path.split("."):
+            value = getattr(value, part)
+        return value
+
+    return read
+
+
+#: Every TF32 setting: the legacy flags, the matmul precision and (torch >= 2.9) ``fp32_precision``.
+TF32_SETTINGS: dict[str, Callable[[], object]] = {
+    "cudnn.allow_tf32": _read("backends.cudnn.allow_tf32"),
+    "cuda.matmul.allow_tf32": _read("backends.cuda.matmul.allow_tf32"),
+    "float32_matmul_precision": torch.get_float32_matmul_precision,
+    "fp32_precision": _read("backends.fp32_precision"),
+    "cuda.matmul.fp32_precision": _read("backends.cuda.matmul.fp32_precision"),
+    "cudnn.fp32_precision": _read("backends.cudnn.fp32_precision"),
+    "cudnn.conv.fp32_precision": _read("backends.cudnn.conv.fp32_precision"),
+}
+
+
+def tf32_state() -> dict[str, str]:
+    """Every TF32 setting this torch has, as text (``n/a (...)`` where reading it fails)."""
+    state = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, read in TF32_SETTINGS.items():
+            try:
+                state[name] = repr(read())
+            except Exception as exc:
+                state[name] = f"n/a ({type(exc).__name__})"
+    return state
+
+
+def set_tf32(on: bool) -> None:
+    """TF32 on (``allow_tf32`` flags, matmul precision "high") or off ("highest")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.backends.cudnn.allow_tf32 = on
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.set_float32_matmul_precision("high" if on else "highest")
+
+
+#: Writable TF32 settings (object path under torch, attribute), restored in this order.
+_WRITABLE = (
+    ("backends.cudnn", "allow_tf32"),
+    ("backends.cuda.matmul", "allow_tf32"),
+    ("backends", "fp32_precision"),
+    ("backends.cuda.matmul", "fp32_precision"),
+    ("backends.cudnn", "fp32_precision"),
+    ("backends.cudnn.conv", "fp32_precision"),
+)
+
+
+@contextlib.contextmanager
+def kept_tf32() -> Iterator[None]:
+    """Put back every TF32 setting found on entry (the settings this torch has)."""
+    saved: list[tuple[object, str, object]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path, attr in _WRITABLE:
+            with contextlib.suppress(Exception):
+                owner = _read(path)()
+                saved.append((owner, attr, getattr(owner, attr)))
+    precision = torch.get_float32_matmul_precision()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.set_float32_matmul_precision(precision)
+            for owner, attr, value in saved:
+                with contextlib.suppress(Exception):
+                    setattr(owner, attr, value)
+
+
+def _numpy_reference() -> Optional[ModuleType]:
+    path = ROOT / "tests" / "reference.py"
+    try:
+        spec = importlib.util.spec_from_file_location("ssim_numpy_reference", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except Exception as exc:
+        log(f"numpy reference {path} not usable: {exc}")
+        return None
+
+
+def float32_bound(x: Tensor, y: Tensor, data_range: float) -> float:
+    """What float32 moments can promise (tests/test_properties.py): the variance is E[x^2] - E[x]^2,
+    so its rounding error is ~eps * max(x^2), over a denominator no smaller than (0.03 L)^2."""
+    top = max(float(x.abs().max()), float(y.abs().max()))
+    return 1e-6 + 8 * torch.finfo(torch.float32).eps * top**2 / (0.03 * data_range) ** 2
+
+
+#: Float32 gradient against the float64 one: max |difference| / max |float64 gradient|.
+GRAD_BOUND = 1e-4
+#: With TF32 on, errors may exceed the TF32-off ones by at most this factor, plus TF32_SLACK.
+TF32_FACTOR, TF32_SLACK = 2.0, 1e-7
+#: The two float64 references (engine on the device, numpy) must agree this closely.
+REFERENCE_BOUND = 1e-9
+
+
+def _torchmetrics_per_image(x: Tensor, y: Tensor, patched: bool) -> tuple[Tensor, Tensor]:
+    """Per-image SSIM (data range 1) and the gradient of ``1 - mean`` w.r.t. ``x``."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    import ssim_patch
+
+    x = x.detach().requires_grad_(True)
+    with ssim_patch.patched() if patched else contextlib.nullcontext():
+        per_image = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
+    assert isinstance(per_image, Tensor)
+    (1.0 - per_image.mean()).backward()  # type: ignore[no-untyped-call]
+    assert x.grad is not None
+    return per_image.detach(), x.grad
+
+
+ACCURACY_HEAD = ["data", "shape", "TF32", "patched err", "bound", "unpatched err", "patched grad err"]
+ACCURACY_HEAD += ["unpatched grad err", "refs agree", "TF32 settings kept", "holds"]
+
+
+def _references(
+    x32: Tensor, y32: Tensor, device: str, numpy_ref: Optional[ModuleType]
+) -> tuple[Tensor, Tensor, str, bool]:
+    """Float64 per-image SSIM (numpy's where available), the float64 gradient of ``1 - mean`` (the
+    engine on the device), the two references' gap as text, and whether it is within bounds."""
+    import ssim_patch
+
+    xr, yr = x32.double().to(device).requires_grad_(True), y32.double().to(device)
+    ref = ssim_patch.ssim(xr, yr, data_range=1.0, reduction="none")
+    assert isinstance(ref, Tensor)
+    (1.0 - ref.mean()).backward()  # type: ignore[no-untyped-call]
+    assert xr.grad is not None
+    values = ref.detach().cpu()
+    if numpy_ref is None:
+        return values, xr.grad, "n/a (no numpy reference)", True
+    np_values = torch.from_numpy(
+        numpy_ref.ssim_reference(x32.double().numpy(), y32.double().numpy(), data_range=1.0).per_image
+    )
+    gap = float((values - np_values).abs().max())
+    return np_values, xr.grad, f"{gap:.1e}", gap <= REFERENCE_BOUND
+
+
+def _errors(
+    x: Tensor, y: Tensor, patched: bool, ref: Tensor, ref_grad: Tensor
+) -> tuple[str, str, float, float]:
+    """Max value error and relative gradient error of one torchmetrics call, as text and numbers."""
+    try:
+        values, grad = _torchmetrics_per_image(x, y, patched)
+    except Exception as exc:
+        text = failure("call", exc).split(": ", 1)[1][:80]
+        return f"error: {text}", "n/a", float("inf"), float("inf")
+    err = float((values.double().cpu() - ref).abs().max())
+    g_err = float((grad.double() - ref_grad).abs().max()) / (float(ref_grad.abs().max()) or 1.0)
+    return f"{err:.1e}", f"{g_err:.1e}", err, g_err
+
+
+def accuracy_section(device: str, quick: bool) -> tuple[report.Rows, bool]:
+    """The accuracy table, and whether every patched row holds its bounds with TF32 on and off."""
+    numpy_ref = _numpy_reference()
+    shapes: tuple[Shape, ...] = (
+        ((1, 2, 24, 24), (1, 1, 12, 12, 12)) if quick else ((4, 3, 256, 256), (2, 1, 48, 48, 48))
+    )
+    data = {"U(0,1) pair": (0.0, 1.0), "0.9 + U(0,0.03)": (0.9, 0.03)}
+    rows = [ACCURACY_HEAD]
+    ok = True
+    for label, (offset, amplitude) in data.items():
+        for shape in shapes:
+            gen = torch.Generator().manual_seed(2)
+            u = torch.rand(shape, generator=gen, dtype=torch.float64)
+            x32 = (offset + amplitude * u).float()
+            y32 = (
+                offset + amplitude * (0.7 * u + 0.3 * torch.rand(shape, generator=gen, dtype=torch.float64))
+            ).float()
+            try:
+                ref, ref_grad, gap, refs_ok = _references(x32, y32, device, numpy_ref)
+            except Exception as exc:
+                ok = False
+                rows.append([label, shape_text(shape), "-", f"reference failed: {failure('ssim', exc)}"])
+                rows[-1] += ["n/a"] * (len(ACCURACY_HEAD) - len(rows[-1]))
+                continue
+            bound = float32_bound(x32, y32, 1.0)
+            xd, yd = x32.to(device), y32.to(device)
+            off = (0.0, 0.0)
+            for tf32 in (False, True):
+                with kept_tf32():
+                    set_tf32(tf32)
+                    before = tf32_state()
+                    err_text, g_text, err, g_err = _errors(xd, yd, True, ref, ref_grad)
+                    kept = tf32_state() == before
+                    u_err_text, u_g_text, _, _ = _errors(xd, yd, False, ref, ref_grad)
+                holds = err <= bound and g_err <= GRAD_BOUND and kept and refs_ok
+                if tf32:  # no accuracy lost to TF32
+                    holds = holds and err <= TF32_FACTOR * off[0] + TF32_SLACK
+                    holds = holds and g_err <= TF32_FACTOR * off[1] + TF32_SLACK
+                off = (err, g_err)
+                ok = ok and holds
+                row = [
+                    label,
+                    shape_text(shape),
+                    "on" if tf32 else "off",
+                    err_text,
+                    f"{bound:.1e}",
+                    u_err_text,
+                ]
+                row += [g_text, u_g_text, gap, "yes" if kept else "**no**", "yes" if holds else "**no**"]
+                rows.append(row)
+    return rows, ok
+
+
+# --------------------------------------------------------------------------------------------------
+# (c) timings
+
+
+def gpu_contenders(device: str) -> dict[str, Contender]:
+    """Every contender of GPU_CONTENDERS; compiled ones are first called in a child process."""
+    names = [n for n in GPU_CONTENDERS if n not in COMPILED]
+    found = make_contenders(names)
+    for name in COMPILED:
+        module = {"fused-ssim": "fused_ssim", "fussim": "fussim"}[name]
+        if importlib.util.find_spec(module) is None:
+            found[name] = Contender(name, None, contextlib.nullcontext, missing=f"{name} not installed")
+        elif not device.startswith("cuda"):
+            found[name] = Contender(name, None, contextlib.nullcontext, missing=f"{name} runs on CUDA only")
+        else:
+            reason = probe(name, device)
+            found[name] = (
+                make_contenders([name])[name]
+                if reason is None
+                else Contender(name, None, contextlib.nullcontext, missing=reason)
+            )
+    return found
+
+
+def timing_section(
+    device: str, quick: bool, deadline: float
+) -> tuple[list[Case], dict[str, dict[str, Timing]], Peaks, list[str]]:
+    """Time every case within ``deadline`` (``time.monotonic()``); cases left when it passes are noted."""
+    shapes = QUICK_SHAPES if quick else GPU_CHECK_SHAPES
+    cases = [Case(device, shape, mode) for shape in shapes for mode in MODES]
+    contenders = gpu_contenders(device)
+    notes = [c.missing for c in contenders.values() if c.missing is not None]
+    timings: dict[str, dict[str, Timing]] = {}
+    memory: Peaks = {}
+    for i, case in enumerate(cases):
+        left = deadline - time.monotonic()
+        label = f"{shape_text(case.shape)} {MODE_LABELS[case.mode]}"
+        if left <= 5:
+            notes.append(f"{label}: not timed (time budget spent)")
+            timings[case.key] = {name: Timing(skipped="time budget spent") for name in contenders}
+            continue
+        share = left / (len(cases) - i)
+        log(f"timing {device} {label} (up to {share:.0f} s)...")
+        try:
+            timings[case.key] = time_case(
+                case,
+                contenders,
+                rounds=2 if quick else 25,
+                warmup=1 if quick else 2,
+                log=log,
+                max_seconds=0.6 * share,
+                min_rounds=1,
+            )
+            if device.startswith("cuda") and time.monotonic() < deadline - 0.4 * share:
+                memory.update(measure_cuda_memory(contenders, [case]))
+        except Exception as exc:  # the patched-value check, or anything else: a row, not a crash
+            notes.append(f"{label}: {failure('case', exc)}")
+            timings[case.key] = {name: Timing(skipped=str(exc)) for name in contenders}
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    missing = {c.missing for c in contenders.values()}
+    notes += [n for n in report.skipped_notes(cases, timings) if n.split(": ", 1)[1] not in missing]
+    return cases, timings, memory, notes
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/gpu_check.py",
+        description="Host syncs, TF32 accuracy and timings of the patched SSIM on one GPU (issue 11).",
+    )
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a dry run")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and 1-2 rounds (a dry run)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=240.0,
+        help="seconds for the whole run (default 240); timing rounds stop in time",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--skip-timing", action="store_true", help="checks (a) and (b) only")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown report (default $OUT/gpu_check.md)")
+    return parser
+
+
+def default_out() -> Path:
+    """``$OUT/gpu_check.md`` when OUT is set, else ``benchmarks/gpu_check.md``."""
+    out = os.environ.get("OUT")
+    return Path(out) / "gpu_check.md" if out else ROOT / "benchmarks" / "gpu_check.md"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the three parts, write the report; returns the exit status."""
+    start = time.monotonic()
+    args = build_parser().parse_args(argv)
+    deadline = start + args.budget
+    device = args.device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SystemExit(
+                f"--device {device}: torch.cuda.is_available() is False (use --device cpu for a dry run)"
+            )
+        if torch.device(device).index is not None:
+            torch.cuda.set_device(torch.device(device))
+    out = args.out or default_out()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    tf32_at_start = tf32_state()
+    log("(a) host syncs...")
+    sync_rows, sync_ok = sync_section(device, args.quick)
+    log("(b) accuracy, TF32 on and off...")
+    accuracy_rows, accuracy_ok = accuracy_section(device, args.quick)
+    tf32_at_end_of_checks = tf32_state()
+    if args.skip_timing:
+        cases: list[Case] = []
+        timings: dict[str, dict[str, Timing]] = {}
+        memory: Peaks = {}
+        notes = ["timings skipped (--skip-timing)"]
+    else:
+        log("(c) timings...")
+        cases, timings, memory, notes = timing_section(device, args.quick, deadline - 10)
+
+    header = [
+        "# GPU check: host syncs, TF32 accuracy and timings of the patched SSIM",
+        "",
+        f"- Date: {machine.utc_now()}; command: `{machine.command_line('gpu_check.py')}`; run time "
+        f"{time.monotonic() - start:.0f} s",
+        f"- Device: {device}"
+        + (
+            f" ({torch.cuda.get_device_name()}, CUDA {torch.version.cuda})"
+            if device.startswith("cuda")
+            else ""
+        ),
+        *machine.machine_lines(),
+        f"- fused-ssim {machine.package_version('fused-ssim')}, fussim {machine.package_version('fussim')}",
+        "- TF32 settings at start: " + ", ".join(f"`{k}` = {v}" for k, v in tf32_at_start.items()),
+        f"- TF32 settings restored after (b): {'yes' if tf32_at_end_of_checks == tf32_at_start else '**no**'}",
+    ]
+    if args.quick:
+        header.append("- --quick: tiny shapes, a dry run; the numbers mean nothing")
+    names = list(GPU_CONTENDERS)
+    text = [*header, "", "## (a) Host syncs", "", SYNC_NOTES, "", report.markdown(sync_rows), ""]
+    text += ["## (b) Accuracy in float32 against float64, TF32 on and off", "", ACCURACY_NOTES, ""]
+    text += [report.markdown(accuracy_rows), ""]
+    if cases:
+        text += ["## (c) Time per call (median, ms) and ratios", "", TIMING_NOTES, ""]
+        text += [report.markdown(report.speed_table(cases, timings, names)), ""]
+        mem = report.memory_table(cases, memory, names)
+        if len(mem) > 1:
+            text += ["### Peak extra memory of one call (MiB)", "", report.markdown(mem), ""]
+        text += ["### Spread and values", "", report.markdown(report.detail_table(cases, timings, names)), ""]
+    if notes:
+        text += ["## Notes", "", *[f"- {note}" for note in notes], ""]
+    verdict = f"(a) {'holds' if sync_ok else 'FAILS'}, (b) {'holds' if accuracy_ok else 'FAILS'}"
+    text += [f"Result: {verdict}.", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(text))
+    print(report.plain(sync_rows))
+    print()
+    print(report.plain(accuracy_rows))
+    if cases:
+        print()
+        print(report.plain(report.speed_table(cases, timings, names)))
+    print(f"\n{verdict}; wrote {out} in {time.monotonic() - start:.0f} s")
+    return 0 if sync_ok and accuracy_ok else FAILED
+
+
+SYNC_NOTES = """\
+Each call runs once as a warm-up, then again under `torch.cuda.set_sync_debug_mode("error")`,
+which turns every implicit host-device synchronisation (a device-to-host read, a blocking copy)
+into an error. `fwd` runs under `no_grad`; `fwd+bwd` includes `(1 - ssim).backward()`; the Metric
+class runs `update` + `compute` (its states carry no gradient). Inputs and the tensor `data_range`
+are made before the checked call. A sync is reported at the innermost ssim_patch or torchmetrics
+line on its stack ("torch" when there is none, as in a backward, which autograd runs on its own
+thread). `holds` is "no" for a patched call that syncs anywhere but in torchmetrics' own code
+outside the replaced function (upstream's: the unpatched column shows what torchmetrics does alone),
+or that raises where the unpatched call does not."""
+
+ACCURACY_NOTES = f"""\
+Float32 inputs, `data_range=1.0`, per-image SSIM (`reduction="none"`) of torchmetrics'
+`structural_similarity_index_measure`, patched and unpatched. `err`: max absolute error against
+the numpy float64 reference (`tests/reference.py`) of the float32-rounded inputs; `bound`: what
+float32 moments can promise (`1e-6 + 8 eps max|x|^2 / (0.03 L)^2`, as in tests/test_properties.py).
+`grad err`: max |float32 gradient of `1 - mean(ssim)` - float64 gradient| / max |float64 gradient|
+(float64: `ssim_patch.ssim` on the device; bound {GRAD_BOUND:g}). `refs agree`: the two float64
+references' max difference (bound {REFERENCE_BOUND:g}). TF32 on: `torch.backends.cudnn.allow_tf32 =
+True`, `torch.backends.cuda.matmul.allow_tf32 = True`, `torch.set_float32_matmul_precision("high")`;
+off: False, False, "highest". `TF32 settings kept`: every TF32 setting read back after the patched
+call equals what it was before. `holds`: patched err <= bound, patched grad err <= {GRAD_BOUND:g}, settings
+kept, references agree, and with TF32 on both errors at most {TF32_FACTOR:g} x the TF32-off ones +
+{TF32_SLACK:g} (no accuracy lost to TF32). Unpatched numbers are for comparison only."""
+
+TIMING_NOTES = """\
+Median ms of one call (warm-ups first, then interleaved rounds in rotating order, each call
+bracketed by `torch.cuda.synchronize()`; rounds stop when the case's share of the time budget is
+spent, see the rounds column). `fwd`: under `no_grad`; `fwd+bwd`: `preds.requires_grad_()` and
+`(1 - ssim).backward()`. Float32, 11-tap Gaussian window (sigma 1.5), data range 1; the caller's TF32
+settings as found (torch's defaults unless changed). `unpatched/patched` is the speed-up of the patch;
+`patched/<other>` are time ratios (< 1: patched is faster). pytorch-msssim keeps only whole windows
+("valid"); fused-ssim and fussim zero-pad ("same") and support 2-D only. Peak memory:
+`max_memory_allocated()` minus `memory_allocated()` around one call."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
