@@ -8,13 +8,14 @@ import shutil
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pytest
 from packaging.version import Version
 
 import ssim_patch
-from ssim_patch import _patcher, cli
+from ssim_patch import UntestedReleaseWarning, _patcher, cli
 
 KEYS = {
     "ssim_patch",
@@ -23,6 +24,7 @@ KEYS = {
     "tested",
     "hook",
     "upstream_bugs",
+    "warnings",
     "padding",
     "applied",
     "places",
@@ -72,6 +74,7 @@ def test_python_m_ssim_patch_check_json():
     border = report["checks"][0]
     assert abs(border["patched"] - 0.98349) < 1e-5 and abs(border["reference"] - 0.98349) < 1e-5
     assert any(c["name"].startswith("3-D") for c in report["checks"])
+    assert report["warnings"] == []
     assert result.stderr == ""
 
 
@@ -111,6 +114,39 @@ def test_unsupported_release_fails_with_one_line(monkeypatch, capsys, as_json):
         assert not report["ok"] and not report["supported"] and message in report["error"]
     else:
         assert "torchmetrics 0.7.0: NOT supported" in out
+    assert _patcher._snapshot() == before
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_an_untested_newer_release_is_a_line_of_the_report(monkeypatch, capsys, as_json):
+    """UntestedReleaseWarning: a line under the release (text) and an entry of "warnings" (JSON),
+    not a Python warning on stderr."""
+    examples = cli._examples
+    monkeypatch.setattr(cli, "_examples", lambda padding: examples(padding)[:1])
+    monkeypatch.setattr(_patcher, "_release", lambda: Version("1.10.0"))
+    monkeypatch.setattr(_patcher, "_warned", set())  # the patcher warns once per release and process
+    before = _patcher._snapshot()
+    with warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=UntestedReleaseWarning)  # must be reported anyway
+        assert cli.main(["check", *(["--json"] if as_json else [])]) == 0
+    assert [str(w.message) for w in leaked if issubclass(w.category, UserWarning)] == []
+    out, err = capsys.readouterr()
+    assert err == ""
+    message = (
+        "torchmetrics 1.10.0 is newer than 1.9.0, the newest release ssim-patch was tested with; "
+        "its _ssim_update signature matches, so the patch is applied."
+    )
+    if as_json:
+        report = json.loads(out)
+        assert report["ok"] and report["supported"] and not report["tested"]
+        assert report["warnings"] == [{"category": "UntestedReleaseWarning", "message": message}]
+    else:
+        lines = out.splitlines()
+        at = lines.index("torchmetrics 1.10.0: supported, not tested (not a pinned release)")
+        assert lines[at + 1] == f"warning: {message} (UntestedReleaseWarning)"
+        assert sum(line.startswith("warning: ") for line in lines) == 1
+        assert lines[-1].startswith("OK: torchmetrics 1.10.0")
     assert _patcher._snapshot() == before
 
 

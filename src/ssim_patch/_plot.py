@@ -1,10 +1,16 @@
-"""``ssim-patch check --plot FILE.png``: the unpatched and the patched SSIM maps of the zeroed-border
-example side by side, with what each score counts.
+"""``ssim-patch check --plot FILE.png``: what the patch changes on the installed torchmetrics
+release, drawn on the zeroed-border example (``rand(3, 3, 256, 256)``, seed 0; the target is the
+same images with their 1-pixel frame set to 0), unpatched and patched side by side.
 
-On torchmetrics <= 1.4.1 the full map returned with ``return_full_image=True`` is the uncropped
-map, but the score is the mean of that map cropped by the pad: the unpatched panel greys out what
-the score leaves out, read off the release itself (the crop whose mean is the score). matplotlib
-is an optional extra (``ssim-patch[plot]``) and is imported only here, only when drawing.
+- A release with the 2-D border crop (up to 1.4.1): the SSIM maps. The map torchmetrics returns
+  with ``return_full_image=True`` is uncropped, but the score is the mean of that map cropped by
+  the pad.
+- A release without it (1.4.2 on): the contrast-sensitivity maps, the term MS-SSIM multiplies over
+  its scales, which those releases still crop. torchmetrics returns only its mean, so the map is
+  computed here (torchmetrics' default window and data range).
+
+Either way, what each value counts is read off the release itself: the crop of the map whose mean
+is the value returned. matplotlib is an optional extra and is imported only here, only when drawing.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -23,12 +29,20 @@ if TYPE_CHECKING:
 
     from ssim_patch.engine import Padding
 
-#: The line ``check --plot`` prints when matplotlib is missing.
-INSTALL_HINT = "pip install 'ssim-patch[plot]'"
+Quantity = Literal["ssim", "contrast"]
+
+#: The line ``check --plot`` prints when matplotlib is missing (the extra only pins matplotlib).
+INSTALL_HINT = "pip install matplotlib (from a checkout of ssim-patch also: pip install -e '.[plot]')"
 #: The corner drawn big: a 1-pixel frame is invisible on a whole 256x256 map.
 ZOOM = 24
-#: A crop counts as what the score counts when its mean is the score within this.
+#: A crop counts as what a value counts when its mean is the value within this.
 CROP_TOL = 1e-5
+#: MS-SSIM's default scales: the contrast term of each but the last, SSIM of the last.
+SCALES = 5
+#: torchmetrics' defaults, which the example uses.
+SIGMA, K2 = 1.5, 0.03
+
+_LABEL = {"ssim": "SSIM", "contrast": "contrast term"}
 
 
 class PlotUnavailable(RuntimeError):
@@ -47,20 +61,29 @@ def require_matplotlib() -> None:
 
 @dataclass(frozen=True)
 class Panel:
-    """One SSIM map as torchmetrics returned it, and what its score counts."""
+    """One map, the value torchmetrics returned for it, and what that value counts."""
 
     title: str
-    score: float  # the mean of the per-image scores, as ``check`` prints it
-    full: Tensor  # (N, C, *map) as returned with return_full_image=True
-    crop: Optional[int]  # map pixels left out on each side by the score; None: not found
+    score: float  # the mean over the batch of the per-image values torchmetrics returned
+    full: Tensor  # (N, C, *map)
+    crop: Optional[int]  # map pixels left out on each side by the value; None: not found
 
     def counted(self, image: Sequence[int]) -> Optional[tuple[int, int]]:
-        """[lo, hi) of the rows (and columns) of an (N, C, H, W) image the score counts, or None
+        """[lo, hi) of the rows (and columns) of an (N, C, H, W) image the value counts, or None
         when not found."""
         if self.crop is None:
             return None
         offset = (image[-2] - self.full.shape[-2]) // 2
         return offset + self.crop, offset + self.full.shape[-2] - self.crop
+
+
+@dataclass(frozen=True)
+class Scale:
+    """MS-SSIM's contrast term at one scale, unpatched and patched (means over the batch)."""
+
+    size: tuple[int, int]
+    unpatched: float
+    patched: float
 
 
 @dataclass(frozen=True)
@@ -70,13 +93,26 @@ class BorderMaps:
     release: str
     padding: str
     image: tuple[int, ...]  # (N, C, H, W) of the inputs
+    quantity: Quantity  # what the panels map
     unpatched: Panel
     patched: Panel
-    same_map: Optional[float]  # max |unpatched map - patched map| when the shapes agree
+    ssim: tuple[float, float]  # SSIM, unpatched and patched
+    same_map: Optional[float] = None  # "ssim": max |unpatched map - patched map| when the shapes agree
+    ms_ssim: Optional[tuple[float, float]] = None  # "contrast": MS-SSIM, unpatched and patched
+    scales: tuple[Scale, ...] = ()  # "contrast": the contrast term at each scale but the last
+
+    @property
+    def label(self) -> str:
+        return _LABEL[self.quantity]
+
+
+def default_quantity(upstream_bugs: Sequence[str]) -> Quantity:
+    """The SSIM map where the release crops it, else the contrast map where that is cropped."""
+    return "contrast" if "cs-crop" in upstream_bugs and "border-crop" not in upstream_bugs else "ssim"
 
 
 def _score_crop(per_image: Tensor, full: Tensor) -> Optional[int]:
-    """The crop c for which the mean of full[..., c:-c, c:-c] is each image's score."""
+    """The crop c for which the mean of full[..., c:-c, c:-c] is each image's value."""
     spatial = full.shape[2:]
     for crop in range(min(spatial) // 2):
         index: tuple[Any, ...] = (Ellipsis, *(slice(crop, n - crop) for n in spatial))
@@ -100,35 +136,123 @@ def _full_image_ssim(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return per_image.detach().reshape(-1), full.detach()
 
 
-def border_maps(preds: Tensor, target: Tensor, padding: Padding = "same") -> BorderMaps:
-    """SSIM maps of ``preds`` against ``target`` through torchmetrics, unpatched and patched;
-    the patch state found on entry is put back."""
+def _contrast_by_scale(preds: Tensor, target: Tensor) -> list[Tensor]:
+    """torchmetrics' per-image contrast term at each MS-SSIM scale but the last."""
+    import torch.nn.functional as F
+    import torchmetrics.functional.image as tmf
+
+    values = []
+    for _ in range(SCALES - 1):
+        out = tmf.structural_similarity_index_measure(
+            preds, target, return_contrast_sensitivity=True, reduction="none"
+        )
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise RuntimeError(
+                "structural_similarity_index_measure(return_contrast_sensitivity=True) returned no contrast term"
+            )
+        values.append(out[1].detach().reshape(-1))
+        preds, target = F.avg_pool2d(preds, 2), F.avg_pool2d(target, 2)
+    return values
+
+
+def _ms_ssim(preds: Tensor, target: Tensor) -> float:
+    import torchmetrics.functional.image as tmf
+
+    return float(tmf.multiscale_structural_similarity_index_measure(preds, target))
+
+
+def contrast_map(preds: Tensor, target: Tensor) -> Tensor:
+    """The whole contrast-sensitivity map ``(2*s_xy + c2) / (s_x^2 + s_y^2 + c2)`` of (N, C, H, W)
+    images in float32 (as torchmetrics computes it), with torchmetrics' defaults: a Gaussian window
+    of sigma 1.5 (11 taps), reflect padding by 5, ``c2 = (0.03 * L)^2`` with L the larger
+    ``max - min`` of preds and of target (``data_range=None``)."""
+    import torch.nn.functional as F
+
+    x, y = preds.float(), target.float()
+    big_l = torch.maximum(x.max() - x.min(), y.max() - y.min())
+    c2 = (K2 * big_l) ** 2
+    half = int(3.5 * SIGMA + 0.5)
+    offsets = torch.arange(-half, half + 1, dtype=torch.float32)
+    taps = torch.exp(-((offsets / SIGMA) ** 2) / 2)
+    taps = taps / taps.sum()
+    planes = x.shape[1]
+    rows, cols = (
+        taps.view(1, 1, -1, 1).expand(planes, 1, -1, 1),
+        taps.view(1, 1, 1, -1).expand(planes, 1, 1, -1),
+    )
+
+    def local_mean(v: Tensor) -> Tensor:  # the 2-D Gaussian window is separable: rows, then columns
+        v = F.pad(v, (half, half, half, half), mode="reflect")
+        return F.conv2d(F.conv2d(v, rows, groups=planes), cols, groups=planes)
+
+    mean_x, mean_y = local_mean(x), local_mean(y)
+    var_x = (local_mean(x * x) - mean_x * mean_x).clamp_min(0.0)
+    var_y = (local_mean(y * y) - mean_y * mean_y).clamp_min(0.0)
+    cov = local_mean(x * y) - mean_x * mean_y
+    return (2 * cov + c2) / (var_x + var_y + c2)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What torchmetrics returns for the example in one patch state."""
+
+    scores: Tensor  # per-image SSIM
+    full: Tensor  # the SSIM map
+    contrast: list[Tensor]  # "contrast": the per-image contrast term at each scale but the last
+    ms_ssim: Optional[float]  # "contrast": MS-SSIM
+
+
+def _measure(preds: Tensor, target: Tensor, quantity: Quantity) -> _Measured:
+    scores, full = _full_image_ssim(preds, target)
+    if quantity == "ssim":
+        return _Measured(scores, full, [], None)
+    return _Measured(scores, full, _contrast_by_scale(preds, target), _ms_ssim(preds, target))
+
+
+def border_maps(
+    preds: Tensor, target: Tensor, padding: Padding = "same", quantity: Optional[Quantity] = None
+) -> BorderMaps:
+    """The maps of ``preds`` against ``target`` through torchmetrics, unpatched and patched;
+    ``quantity`` None picks it from the release's upstream bugs (:func:`default_quantity`).
+    The patch state found on entry is put back."""
     import ssim_patch
 
-    release = ssim_patch.status().release or "?"
+    status = ssim_patch.status()
+    release = status.release or "?"
+    what: Quantity = quantity or default_quantity(status.upstream_bugs)
     with ssim_patch.patched(padding=padding):  # puts back the state found on entry
         ssim_patch.revert()
-        up_scores, up_full = _full_image_ssim(preds, target)
+        up = _measure(preds, target, what)
         ssim_patch.apply(padding=padding)
-        p_scores, p_full = _full_image_ssim(preds, target)
-    same = float((up_full - p_full).abs().max()) if up_full.shape == p_full.shape else None
+        p = _measure(preds, target, what)
+    titles = (f"torchmetrics {release}, unpatched", f"patched, padding={padding!r}")
+    ssim = (float(up.scores.mean()), float(p.scores.mean()))
+    if what == "ssim":
+        return BorderMaps(
+            release=release,
+            padding=padding,
+            image=tuple(preds.shape),
+            quantity=what,
+            unpatched=Panel(titles[0], ssim[0], up.full, _score_crop(up.scores, up.full)),
+            patched=Panel(titles[1], ssim[1], p.full, _score_crop(p.scores, p.full)),
+            ssim=ssim,
+            same_map=float((up.full - p.full).abs().max()) if up.full.shape == p.full.shape else None,
+        )
+    cs_map = contrast_map(preds, target)
+    up_cs, p_cs = up.contrast[0], p.contrast[0]
     return BorderMaps(
         release=release,
         padding=padding,
         image=tuple(preds.shape),
-        unpatched=Panel(
-            f"torchmetrics {release}, unpatched",
-            float(up_scores.mean()),
-            up_full,
-            _score_crop(up_scores, up_full),
+        quantity=what,
+        unpatched=Panel(titles[0], float(up_cs.mean()), cs_map, _score_crop(up_cs, cs_map)),
+        patched=Panel(titles[1], float(p_cs.mean()), cs_map, _score_crop(p_cs, cs_map)),
+        ssim=ssim,
+        ms_ssim=(up.ms_ssim, p.ms_ssim) if up.ms_ssim is not None and p.ms_ssim is not None else None,
+        scales=tuple(
+            Scale((preds.shape[-2] >> i, preds.shape[-1] >> i), float(u.mean()), float(q.mean()))
+            for i, (u, q) in enumerate(zip(up.contrast, p.contrast))
         ),
-        patched=Panel(
-            f"patched, padding={padding!r}",
-            float(p_scores.mean()),
-            p_full,
-            _score_crop(p_scores, p_full),
-        ),
-        same_map=same,
     )
 
 
@@ -151,6 +275,50 @@ def _counted_text(panel: Panel, image: Sequence[int]) -> str:
     if side == height and side == width:
         return f"counts the whole {height}x{width} map"
     return f"counts the inner {side}x{side}: a {span[0]}-px frame left out"
+
+
+def notes(maps: BorderMaps) -> list[str]:
+    """The lines under the figure: the data, what is greyed out, and what it does to the values."""
+    n, c, h, w = maps.image
+    lines = [
+        f"preds = torch.rand({n}, {c}, {h}, {w}) (seed 0); target = preds with a 1-pixel frame set to 0. "
+        "Values: means over the batch.",
+    ]
+    crop = maps.unpatched.crop
+    if crop:
+        lines.append(
+            f"Grey, hatched: the {crop}-px frame of the map that the unpatched {maps.label} crops away, "
+            "so the damaged border never counts."
+        )
+    elif crop == 0:
+        lines.append(
+            f"torchmetrics {maps.release} counts the whole {maps.label} map upstream: no border is lost."
+        )
+    if maps.quantity == "ssim" and crop and maps.same_map is not None and maps.same_map < 1e-4:
+        lines.append(
+            "The full map torchmetrics returns unpatched is the patched map "
+            f"(max difference {maps.same_map:.0e}); only its score leaves the frame out."
+        )
+    if maps.quantity == "contrast":
+        up, p = maps.ssim
+        if abs(up - p) < CROP_TOL:
+            lines.append(
+                f"On this release the SSIM already counts the whole map ({up:.5f} unpatched and patched)."
+            )
+        lines.append(
+            "MS-SSIM multiplies the contrast term of each scale but the last (each scale halves the image):"
+        )
+        lines += [
+            f"    {s.size[0]}x{s.size[1]}: {s.unpatched:.5f} unpatched, {s.patched:.5f} patched"
+            for s in maps.scales
+        ]
+        if maps.ms_ssim is not None:
+            lines.append(f"MS-SSIM: {maps.ms_ssim[0]:.5f} unpatched, {maps.ms_ssim[1]:.5f} patched.")
+    if maps.padding == "valid":
+        lines.append(
+            "padding='valid' leaves the frame out on purpose: no window fits there (Wang et al.'s ssim_index.m)."
+        )
+    return lines
 
 
 def _grey_frame(ax: Axes, span: Optional[tuple[int, int]], size: int) -> None:
@@ -195,12 +363,30 @@ def draw(maps: BorderMaps, path: str) -> None:
     low = min(float(torch.from_numpy(c).nan_to_num(1.0).min()) for c in canvases)
     vmin = min(math.floor(low * 10) / 10, 0.9)
     cmap = colormaps["viridis"].with_extremes(bad="#d9d9d9")
+    text = notes(maps)
 
-    fig = Figure(figsize=(9.0, 10.0))
+    # Inches: the four panels take 8.6, the notes a line each at the bottom.
+    note_h = 0.3 + 0.17 * len(text)
+    height = 8.6 + note_h
+    fig = Figure(figsize=(9.0, height))
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2)
-    fig.subplots_adjust(left=0.07, right=0.86, top=0.87, bottom=0.15, hspace=0.32, wspace=0.18)
-    fig.suptitle("SSIM maps of the zeroed-border example, channel 0 of image 0", fontsize=13)
+    fig.subplots_adjust(
+        left=0.07,
+        right=0.86,
+        top=1 - (1.3 if maps.quantity == "ssim" else 1.55) / height,
+        bottom=(note_h + 0.45) / height,
+        hspace=0.32,
+        wspace=0.18,
+    )
+    if maps.quantity == "ssim":
+        title = "SSIM maps of the zeroed-border example, channel 0 of image 0"
+    else:
+        title = (
+            "Contrast-sensitivity maps (MS-SSIM's per-scale term) of the zeroed-border example,\n"
+            "full resolution, channel 0 of image 0"
+        )
+    fig.suptitle(title, fontsize=13)
     shown: Any = None
     for col, (panel, canvas) in enumerate(zip(panels, canvases)):
         span = panel.counted(image)
@@ -210,7 +396,7 @@ def draw(maps: BorderMaps, path: str) -> None:
             _grey_frame(ax, span, size)
             if row == 0:
                 ax.set_title(
-                    f"{panel.title}\nSSIM = {panel.score:.5f}\n{_counted_text(panel, image)}",
+                    f"{panel.title}\n{maps.label} = {panel.score:.5f}\n{_counted_text(panel, image)}",
                     fontsize=11,
                 )
                 ax.add_patch(
@@ -240,43 +426,23 @@ def draw(maps: BorderMaps, path: str) -> None:
                     ax.text(
                         (span[0] + ZOOM) / 2,
                         (span[0] - 1) / 2,
-                        "not counted by the score",
+                        f"not counted in the {maps.label}",
                         ha="center",
                         va="center",
                         fontsize=9,
                         bbox={"boxstyle": "round", "fc": "white", "alpha": 0.9, "lw": 0},
                     )
             ax.tick_params(labelsize=8)
-    fig.colorbar(shown, cax=fig.add_axes((0.89, 0.3, 0.022, 0.42)), label="local SSIM")
-
-    n, c, h, w = image
-    notes = [
-        f"preds = torch.rand({n}, {c}, {h}, {w}) (seed 0); target = preds with a 1-pixel frame set to 0. "
-        "SSIM = mean over the batch.",
-    ]
-    if maps.unpatched.crop:
-        notes.append(
-            f"Grey, hatched: the {maps.unpatched.crop}-px frame of the map that the unpatched score crops "
-            "away, so the damaged border never counts."
-        )
-        if maps.same_map is not None and maps.same_map < 1e-4:
-            notes.append(
-                "The full map torchmetrics returns unpatched is the patched map "
-                f"(max difference {maps.same_map:.0e}); only its score leaves the frame out."
-            )
-    elif maps.unpatched.crop == 0:
-        notes.append(f"torchmetrics {maps.release} counts the whole map upstream: no border is lost.")
-    if maps.padding == "valid":
-        notes.append(
-            "padding='valid' leaves the frame out on purpose: no window fits there (Wang et al.'s ssim_index.m)."
-        )
-    fig.text(0.07, 0.025, "\n".join(notes), fontsize=9, va="bottom")
+    fig.colorbar(shown, cax=fig.add_axes((0.89, 0.35, 0.022, 0.4)), label=f"local {maps.label}")
+    fig.text(0.07, 0.3 / height, "\n".join(text), fontsize=9, va="bottom", linespacing=1.35)
     fig.savefig(path, dpi=90, metadata={"Software": None})
 
 
-def plot_border(path: str, preds: Tensor, target: Tensor, padding: Padding = "same") -> BorderMaps:
+def plot_border(
+    path: str, preds: Tensor, target: Tensor, padding: Padding = "same", quantity: Optional[Quantity] = None
+) -> BorderMaps:
     """Compute both maps and write the figure to ``path``."""
     require_matplotlib()
-    maps = border_maps(preds, target, padding)
+    maps = border_maps(preds, target, padding, quantity)
     draw(maps, path)
     return maps

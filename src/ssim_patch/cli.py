@@ -4,8 +4,10 @@
 torchmetrics release (supported, tested, hook point, upstream bugs), then compute torchmetrics' SSIM,
 MS-SSIM and Metric classes on built-in examples unpatched and patched, and check the patched values
 against ``ssim_patch.ssim`` on float64 inputs. Exit status 0 only when the patch applied and every
-check passed. ``--plot`` also draws the unpatched and patched SSIM maps of the zeroed-border example
-(``ssim_patch._plot``; needs matplotlib, the ``[plot]`` extra).
+check passed. Warnings raised while checking (e.g. ``UntestedReleaseWarning`` for a release newer
+than the newest tested one) are lines of the report, not Python warnings. ``--plot`` also draws
+what the patch changes on the installed release, unpatched and patched, on the zeroed-border
+example (``ssim_patch._plot``; needs matplotlib, the ``[plot]`` extra).
 
 ``ssim-patch matrix [ARGS...]``: run the compatibility matrix from a checkout
 (``ssim_patch._matrix.main(ARGS)``).
@@ -18,6 +20,7 @@ import importlib
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -63,6 +66,7 @@ class Report:
     tested: bool = False
     hook: Optional[str] = None
     upstream_bugs: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {"category", "message"}, in order
     padding: str = "same"
     applied: bool = False
     places: list[str] = field(default_factory=list)
@@ -227,10 +231,16 @@ def run_check(padding: Padding = "same") -> Report:
     from ssim_patch._version import __version__
 
     report = Report(ssim_patch=__version__, padding=padding)
-    try:
-        _run_check(report, padding)
-    except CheckFailed as exc:
-        report.error = str(exc)
+    # Warnings become lines of the report instead of being printed (the filters in force apply).
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            _run_check(report, padding)
+        except CheckFailed as exc:
+            report.error = str(exc)
+    for item in caught:
+        entry = {"category": item.category.__name__, "message": str(item.message)}
+        if entry not in report.warnings:
+            report.warnings.append(entry)
     report.verified = bool(report.checks) and all(c.ok for c in report.checks)
     report.ok = report.error is None and report.applied and report.verified
     if report.error is None and not report.ok:
@@ -245,6 +255,8 @@ def _run_check(report: Report, padding: Padding) -> None:
         from ssim_patch import _releases
     except ImportError as exc:
         raise CheckFailed(f"ssim_patch cannot be imported: {exc}") from None
+    # An untested release is always reported, whatever the filters (run_check restores them).
+    warnings.simplefilter("always", ssim_patch.UntestedReleaseWarning)
     try:
         importlib.import_module("torchmetrics")
     except ImportError as exc:
@@ -299,11 +311,13 @@ def _fmt(value: Optional[float], error: Optional[str] = None) -> str:
 def render(report: Report) -> str:
     """The human-readable report."""
     lines = [f"ssim-patch {report.ssim_patch}"]
+    warned = [f"warning: {w['message']} ({w['category']})" for w in report.warnings]
     if report.torchmetrics is None:
-        return "\n".join(lines)
+        return "\n".join(lines + warned)
     support = "supported" if report.supported else "NOT supported"
     tested = "tested in the compatibility matrix" if report.tested else "not tested (not a pinned release)"
     lines.append(f"torchmetrics {report.torchmetrics}: {support}, {tested}")
+    lines += warned
     if report.hook:
         lines.append(f"hook point: {report.hook}")
     lines.append("upstream bugs in this release:")
@@ -350,8 +364,9 @@ def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plot",
         metavar="FILE.png",
-        help="also draw the unpatched and patched SSIM maps of the zeroed-border example to FILE.png "
-        "(needs matplotlib: pip install 'ssim-patch[plot]')",
+        help="also draw what the patch changes on this release, unpatched and patched, on the "
+        "zeroed-border example: the SSIM maps up to torchmetrics 1.4.1, the contrast-sensitivity "
+        "maps MS-SSIM uses from 1.4.2 (needs matplotlib)",
     )
 
 
