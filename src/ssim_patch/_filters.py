@@ -1,16 +1,28 @@
-"""Separable window filtering: 1-D windows, reflect source indices, shifted multiply-adds.
+"""Separable window filtering: the 1-D windows, the blur ``W`` and its adjoint ``W^T``.
 
-A window is applied along one axis as ``sum_j w[j] * x[j : j + m]`` over a copy of the axis that
-already holds its padding (gathered with :func:`source_rows`). Along a non-innermost axis every
-shifted slice is a run of whole rows, so each multiply-add streams contiguous memory; the engine
-swaps the innermost axis outwards once to filter it the same way. The weights are Python floats,
-so no device data is read and no matrix product (and so no TF32) is involved.
+``W`` reflect-pads every spatial axis by ``(k - 1) // 2`` ("same"; torch's reflect, the edge sample
+is not repeated) or not at all ("valid"), then correlates each axis with its 1-D window. Three
+implementations, all exact in the working precision (no matrix products, TF32 off):
+
+- :func:`blur` / :func:`blur_adjoint`: plain tensor ops (``F.pad`` and shifted multiply-adds).
+  Autograd, every ``torch.func`` transform and ``torch.compile`` work through them (inductor fuses
+  the taps into one kernel).
+- :class:`BandBlur` (CPU, no autograd): bands of rows gathered with their halo, filtered in place
+  in reused buffers so that each band stays in cache.
+- :func:`conv_blur` / :func:`conv_blur_adjoint` (other devices, no autograd): one depthwise
+  convolution per pass over a whole stack of maps, a few launches instead of one per tap.
+
+Tensors are ``(..., *spatial)``: the last ``len(blur.taps)`` axes are filtered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from typing import Any, Literal, Optional
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,100 +36,120 @@ def gaussian_size(sigma: float) -> int:
     return 2 * int(3.5 * sigma + 0.5) + 1
 
 
-def window_values(gaussian: bool, sigma: float, size: int) -> tuple[float, ...]:
-    """The 1-D window in float64: normalised ``exp(-(d/sigma)^2/2)`` or ``size`` taps of ``1/size``."""
-    if gaussian:
-        n = gaussian_size(sigma)
-        raw = [math.exp(-(((d - (n - 1) / 2) / sigma) ** 2) / 2) for d in range(n)]
-        total = math.fsum(raw)
-        return tuple(v / total for v in raw)
+def gaussian_taps(sigma: float, size: int) -> tuple[float, ...]:
+    """``size`` taps of ``exp(-(d/sigma)^2/2)``, d the offsets from the centre, normalised (float64)."""
+    raw = [math.exp(-(((d - (size - 1) / 2) / sigma) ** 2) / 2) for d in range(size)]
+    total = math.fsum(raw)
+    return tuple(v / total for v in raw)
+
+
+def uniform_taps(size: int) -> tuple[float, ...]:
+    """``size`` taps of ``1/size``."""
     return (1.0 / size,) * size
 
 
-def source_rows(n: int, k: int, mode: Mode, lo: int, hi: int, device: torch.device) -> Tensor:
-    """Indices of the input samples that outputs ``lo:hi`` of a ``k``-tap window read.
+@dataclass(frozen=True)
+class Blur:
+    """``W``: one 1-D window per spatial axis (odd lengths), with "same" or "valid" padding."""
 
-    "same" reflects about the edges (torch's reflect: the edge sample is not repeated);
-    "valid" reads whole windows only. Gathering them gives the band with its halo, ready for
-    :func:`correlate_valid`.
-    """
-    if mode == "valid":
-        return torch.arange(lo, hi + k - 1, device=device)
-    pad = (k - 1) // 2
-    idx = torch.arange(lo - pad, hi + pad, device=device).abs()
-    return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+    taps: tuple[tuple[float, ...], ...]
+    padding: Mode
 
+    @property
+    def pads(self) -> tuple[int, ...]:
+        return tuple((len(t) - 1) // 2 if self.padding == "same" else 0 for t in self.taps)
 
-def _shifted_sum(x: Tensor, dim: int, weights: tuple[float, ...], out: Optional[Tensor] = None) -> Tensor:
-    k = len(weights)
-    m = x.shape[dim] - k + 1
-    out = (
-        torch.mul(x.narrow(dim, 0, m), weights[0], out=out)
-        if out is not None
-        else x.narrow(dim, 0, m) * weights[0]
-    )
-    for j in range(1, k):
-        out.add_(x.narrow(dim, j, m), alpha=weights[j])
-    return out
+    def out_size(self, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        """Spatial size of ``W``'s output for an input of spatial size ``sizes``."""
+        if self.padding == "same":
+            return tuple(sizes)
+        return tuple(n - len(t) + 1 for n, t in zip(sizes, self.taps))
 
 
-def _spread(g: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
-    """The adjoint of :func:`_shifted_sum`: each output's gradient spread back over its window."""
-    k = len(weights)
-    shape = list(g.shape)
-    shape[dim] += k - 1
-    grad = g.new_zeros(shape)
-    for j, w in enumerate(weights):
-        grad.narrow(dim, j, g.shape[dim]).add_(g, alpha=w)
-    return grad
+# --- plain tensor ops: differentiable, transformable, compilable --------------------------------
 
 
-class _CorrelateValid(torch.autograd.Function):
-    # Autograd through k narrow views would allocate a full zero gradient per tap; the adjoint
-    # written out needs one buffer and k multiply-adds.
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
-        ctx.dim, ctx.weights = dim, weights
-        return _shifted_sum(x, dim, weights)
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
-        return _CorrelateValidAdjoint.apply(g, ctx.dim, ctx.weights), None, None  # type: ignore[no-untyped-call]
+def _pad_spec(ndim: int, dim: int, before: int, after: int) -> list[int]:
+    """``F.pad``'s list for padding axis ``dim`` of an ``ndim``-d tensor."""
+    return [0, 0] * (ndim - 1 - dim) + [before, after]
 
 
-class _CorrelateValidAdjoint(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, g: Tensor, dim: int, weights: tuple[float, ...]) -> Tensor:
-        ctx.dim, ctx.weights = dim, weights
-        return _spread(g, dim, weights)
-
-    @staticmethod
-    def backward(ctx: Any, gg: Tensor) -> tuple[Tensor, None, None]:
-        return _CorrelateValid.apply(gg, ctx.dim, ctx.weights), None, None  # type: ignore[no-untyped-call]
-
-
-def correlate_valid(x: Tensor, dim: int, weights: tuple[float, ...], out: Optional[Tensor] = None) -> Tensor:
-    """``sum_j weights[j] * x[j : j + m]`` along ``dim``, with ``m = x.shape[dim] - k + 1``.
-
-    ``out`` (no autograd only): a buffer of the result's shape to write into.
-    """
-    if torch.is_grad_enabled() and x.requires_grad:
-        result: Tensor = _CorrelateValid.apply(x, dim % x.ndim, weights)  # type: ignore[no-untyped-call]
-        return result
-    return _shifted_sum(x, dim, weights, out)
-
-
-def reflect_pad(x: Tensor, pads: tuple[int, ...]) -> Tensor:
-    """Reflect-pad the last ``len(pads)`` axes of ``x`` by ``pads[i]`` on both sides."""
+def reflect_pad(t: Tensor, pads: tuple[int, ...]) -> Tensor:
+    """Reflect-pad the last ``len(pads)`` axes of ``t`` by ``pads[i]`` on both sides."""
+    if not any(pads):
+        return t
     flat: list[int] = []
     for pad in reversed(pads):
         flat += [pad, pad]
-    if not any(flat):
-        return x
-    lead = x.shape[: x.ndim - len(pads)]
-    return F.pad(x.reshape(-1, *x.shape[x.ndim - len(pads) :]), flat, mode="reflect").reshape(
-        *lead, *(n + 2 * p for n, p in zip(x.shape[x.ndim - len(pads) :], pads))
+    nd = len(pads)
+    spatial = t.shape[t.ndim - nd :]
+    padded = F.pad(t.reshape(-1, *spatial), flat, mode="reflect")
+    return padded.reshape(*t.shape[: t.ndim - nd], *padded.shape[1:])
+
+
+def _correlate(t: Tensor, dim: int, taps: tuple[float, ...]) -> Tensor:
+    m = t.shape[dim] - len(taps) + 1
+    out = t.narrow(dim, 0, m) * taps[0]
+    for j in range(1, len(taps)):
+        out = torch.add(out, t.narrow(dim, j, m), alpha=taps[j])
+    return out
+
+
+def _fold_reflect(g: Tensor, dim: int, pad: int) -> Tensor:
+    """The adjoint of reflect padding by ``pad`` along ``dim``: the pads folded back onto the edge."""
+    if pad == 0:
+        return g
+    n = g.shape[dim] - 2 * pad
+    left = g.narrow(dim, 0, pad).flip(dim)  # padded sample i is image sample pad - i
+    right = g.narrow(dim, n + pad, pad).flip(dim)  # padded sample n + pad + j is n - 2 - j
+    return (
+        g.narrow(dim, pad, n)
+        + F.pad(left, _pad_spec(g.ndim, dim, 1, n - 1 - pad))
+        + F.pad(right, _pad_spec(g.ndim, dim, n - 1 - pad, 1))
     )
+
+
+def blur(t: Tensor, blur: Blur) -> Tensor:
+    """``W t`` in plain tensor ops."""
+    nd = len(blur.taps)
+    t = reflect_pad(t, blur.pads)
+    for i, taps in enumerate(blur.taps):
+        t = _correlate(t, t.ndim - nd + i, taps)
+    return t
+
+
+def blur_adjoint(g: Tensor, blur: Blur) -> Tensor:
+    """``W^T g`` in plain tensor ops: each window spread back, then the reflect pads folded."""
+    nd = len(blur.taps)
+    for i in reversed(range(nd)):
+        dim, k = g.ndim - nd + i, len(blur.taps[i])
+        g = _correlate(F.pad(g, _pad_spec(g.ndim, dim, k - 1, k - 1)), dim, blur.taps[i][::-1])
+    for i, pad in enumerate(blur.pads):
+        g = _fold_reflect(g, g.ndim - nd + i, pad)
+    return g
+
+
+# --- CPU: bands in cache, in place ------------------------------------------------------------
+
+
+def source_rows(n: int, k: int, mode: Mode, lo: int, hi: int) -> Tensor:
+    """Indices of the input rows that output rows ``lo:hi`` of a ``k``-tap window read.
+
+    "same" reflects about the edges (torch's reflect); "valid" reads whole windows only.
+    """
+    if mode == "valid":
+        return torch.arange(lo, hi + k - 1)
+    pad = (k - 1) // 2
+    idx = torch.arange(lo - pad, hi + pad).abs()
+    return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+
+
+def _shifted_sum(src: Tensor, dim: int, taps: tuple[float, ...], out: Tensor) -> Tensor:
+    m = out.shape[dim]
+    torch.mul(src.narrow(dim, 0, m), taps[0], out=out)
+    for j in range(1, len(taps)):
+        out.add_(src.narrow(dim, j, m), alpha=taps[j])
+    return out
 
 
 class Workspace:
@@ -129,7 +161,162 @@ class Workspace:
     def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         size = math.prod(shape)
         buf = self._buffers.get(name)
-        if buf is None or buf.numel() < size:
+        if buf is None or buf.numel() < size or buf.dtype != like.dtype:
             buf = like.new_empty(size)
             self._buffers[name] = buf
         return buf[:size].view(shape)
+
+
+class BandBlur:
+    """``W`` and ``W^T`` on CPU, without autograd, in buffers reused from call to call of one run.
+
+    ``filter`` blurs the output rows ``r0:r1`` (first spatial axis) of a stack ``(S, P, *spatial)``
+    built by ``make(rows)`` from the gathered input rows, so only a band and its halo is live.
+    """
+
+    def __init__(self, blur: Blur, spatial: tuple[int, ...]) -> None:
+        self.blur = blur
+        self.spatial = spatial
+        self.work = Workspace()
+
+    def rows(self, r0: int, r1: int) -> Tensor:
+        """The input rows (with the halo, reflected at the edges) that output rows r0:r1 read."""
+        return source_rows(self.spatial[0], len(self.blur.taps[0]), self.blur.padding, r0, r1)
+
+    def pad_rest(self, t: Tensor) -> Tensor:
+        """Reflect-pad every spatial axis but the first (already gathered with its halo)."""
+        return reflect_pad(t, self.blur.pads[1:])
+
+    def filter(self, stack: Tensor) -> Tensor:
+        """Correlate every axis of a gathered, padded stack ``(S, P, *padded)``; a buffer view."""
+        nd = len(self.blur.taps)
+        for i, taps in enumerate(self.blur.taps):
+            shape = list(stack.shape)
+            shape[stack.ndim - nd + i] -= len(taps) - 1
+            out = self.work.take("blur-even" if i % 2 == 0 else "blur-odd", tuple(shape), stack)
+            stack = _shifted_sum(stack, stack.ndim - nd + i, taps, out)
+        return stack
+
+    def adjoint(self, g: Tensor, slot: str = "") -> Tensor:
+        """``W^T g`` for whole planes ``(..., *out)``: a view of a buffer ``(..., *spatial)`` that
+        stays valid until the next call with the same ``slot``."""
+        nd = len(self.blur.taps)
+        for i in reversed(range(nd)):
+            taps, dim = self.blur.taps[i], g.ndim - nd + i
+            shape = list(g.shape)
+            shape[dim] += len(taps) - 1
+            spread = self.work.take(f"adjoint{slot}-{i % 2}", tuple(shape), g).zero_()
+            for j, w in enumerate(taps):
+                spread.narrow(dim, j, g.shape[dim]).add_(g, alpha=w)
+            g = spread
+        for i, pad in enumerate(self.blur.pads):
+            if pad:
+                dim, n = g.ndim - nd + i, self.spatial[i]
+                core = g.narrow(dim, pad, n)
+                core.narrow(dim, 1, pad).add_(g.narrow(dim, 0, pad).flip(dim))
+                core.narrow(dim, n - 1 - pad, pad).add_(g.narrow(dim, n + pad, pad).flip(dim))
+                g = core
+        return g
+
+
+# --- other devices: depthwise convolutions ----------------------------------------------------
+
+
+def _conv_shapes(taps: tuple[tuple[float, ...], ...]) -> list[tuple[int, ...]]:
+    """The kernel shapes of the passes: 2-D one (kh, kw) pass; 3-D (1, kh, kw) then (kd, 1, 1)."""
+    if len(taps) == 2:
+        return [(len(taps[0]), len(taps[1]))]
+    return [(1, len(taps[1]), len(taps[2])), (len(taps[0]), 1, 1)]
+
+
+@functools.lru_cache(maxsize=64)
+def _conv_weights(
+    taps: tuple[tuple[float, ...], ...], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, ...]:
+    """The passes' kernels on ``device`` (built once: no host-to-device copy per call)."""
+    vectors = [torch.tensor(t, dtype=torch.float64) for t in taps]
+    if len(taps) == 2:
+        kernels = [torch.outer(vectors[0], vectors[1])]
+    else:
+        kernels = [torch.outer(vectors[1], vectors[2])[None], vectors[0].view(-1, 1, 1)]
+    out = []
+    for kernel in kernels:
+        host = kernel.to(dtype)[None, None].contiguous()
+        if device.type == "cuda":
+            host = host.pin_memory()
+        out.append(host.to(device, non_blocking=True))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """cuDNN convolutions in full float32 (no TF32) inside; the caller's setting restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        saved = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = saved
+        return
+    saved_flag = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved_flag
+
+
+def _conv(t: Tensor, weight: Tensor, transposed: bool = False) -> Tensor:
+    if t.ndim == 4:
+        return (F.conv_transpose2d if transposed else F.conv2d)(t, weight)
+    return (F.conv_transpose3d if transposed else F.conv3d)(t, weight)
+
+
+def conv_blur(t: Tensor, blur: Blur) -> Tensor:
+    """``W`` of an already padded stack ``(..., *padded)`` by depthwise convolutions."""
+    nd = len(blur.taps)
+    lead, spatial = t.shape[: t.ndim - nd], t.shape[t.ndim - nd :]
+    out = t.reshape(-1, 1, *spatial)
+    with exact_fp32(t.device):
+        for weight in _conv_weights(blur.taps, t.dtype, t.device):
+            out = _conv(out, weight)
+    return out.reshape(*lead, *out.shape[2:])
+
+
+def conv_blur_adjoint(g: Tensor, blur: Blur, spatial: tuple[int, ...]) -> Tensor:
+    """``W^T g`` for ``g`` of shape ``(..., *out)`` by transposed convolutions, pads folded back."""
+    nd = len(blur.taps)
+    lead = g.shape[: g.ndim - nd]
+    out = g.reshape(-1, 1, *g.shape[g.ndim - nd :])
+    with exact_fp32(g.device):
+        for weight in reversed(_conv_weights(blur.taps, g.dtype, g.device)):
+            out = _conv(out, weight, transposed=True)
+    out = out[:, 0]
+    if any(blur.pads):
+        pads: list[int] = []
+        for pad in reversed(blur.pads):
+            pads += [pad, pad]
+        like = out.new_empty(()).expand(out.shape[0], *spatial)
+        backward = (
+            torch.ops.aten.reflection_pad2d_backward if nd == 2 else torch.ops.aten.reflection_pad3d_backward
+        )
+        out = backward(out, like, pads)
+    return out.reshape(*lead, *spatial)
+
+
+def reflect_pad_into(src: Tensor, pads: tuple[int, ...], out: Tensor) -> None:
+    """Write ``src`` ``(P, *spatial)`` reflect-padded by ``pads`` into ``out`` (one launch)."""
+    flat: list[int] = []
+    for pad in reversed(pads):
+        flat += [pad, pad]
+    if not any(pads):
+        out.copy_(src)
+    elif len(pads) == 2:
+        torch.ops.aten.reflection_pad2d.out(src, flat, out=out)
+    else:
+        torch.ops.aten.reflection_pad3d.out(src, flat, out=out)

@@ -16,7 +16,7 @@ from typing import Literal, Optional, Union
 import torch
 from torch import Tensor
 
-from ssim_patch import _filters
+from ssim_patch import _filters, _kernel
 from ssim_patch._options import check_padding as _check_padding
 from ssim_patch._options import check_reduction as _check_reduction
 
@@ -125,18 +125,22 @@ def _finite_range(images: Tensor) -> Tensor:
 def _data_range(
     preds: Tensor, target: Tensor, data_range: DataRange
 ) -> tuple[Tensor, Tensor, Union[float, Tensor]]:
-    """Clamp for a (lo, hi) range and return L, as a float or a 0-d tensor (never synced)."""
+    """Clamp for a (lo, hi) range and return L, as a float or a 0-d tensor (never synced).
+
+    With ``data_range=None`` L is a function of the pixels, and the gradient flows through it.
+    """
     if data_range is None:
         big = torch.maximum(_finite_range(preds), _finite_range(target))
         # A batch with no range at all (both images constant) scores with L=1 instead of 0/0.
-        return preds, target, torch.where(big > 0, big, torch.ones_like(big)).detach()
+        return preds, target, torch.where(big > 0, big, 1.0)
     if isinstance(data_range, Tensor):
         if data_range.numel() != 1:
             raise ValueError(
                 f"A tensor `data_range` must hold one number, got shape {tuple(data_range.shape)}."
             )
-        if data_range.device.type == "cpu":  # checked only where reading it costs no device sync
-            _check_positive(float(data_range))
+        readable = _readable(data_range)
+        if readable is not None:
+            _check_positive(readable)
         return preds, target, data_range.reshape(()).to(device=preds.device, dtype=preds.dtype)
     if isinstance(data_range, (tuple, list)):
         if len(data_range) != 2 or not all(
@@ -156,6 +160,36 @@ def _data_range(
 def _check_positive(value: float) -> None:
     if not 0 < value < math.inf:
         raise ValueError(f"`data_range` must be positive and finite, got {value!r}.")
+
+
+#: The smallest positive number of each compute dtype: a constant below it rounds to 0.
+_SMALLEST = {torch.float32: 2.0**-149, torch.float64: 2.0**-1074}
+
+
+def _readable(value: Union[float, Tensor]) -> Optional[float]:
+    """``value`` as a float where reading it costs no device sync and breaks no trace, else None."""
+    if not isinstance(value, Tensor):
+        return float(value)
+    if value.device.type == "cpu" and not value.requires_grad and not _kernel.traced():
+        return float(value)
+    return None
+
+
+def _constants(
+    big_l: Union[float, Tensor], k1: float, k2: float, dtype: torch.dtype
+) -> tuple[Union[float, Tensor], Union[float, Tensor]]:
+    """c1 = (k1 L)^2 and c2 = (k2 L)^2; a ValueError where a nonzero one underflows to 0 (SSIM would
+    then be 0/0 on flat windows), checked wherever L can be read."""
+    c1, c2 = (k1 * big_l) ** 2, (k2 * big_l) ** 2
+    for name, k, c in (("k1", k1, c1), ("k2", k2, c2)):
+        value = _readable(c)
+        if value is not None and k != 0 and value < _SMALLEST[dtype]:
+            raise ValueError(
+                f"`data_range`={_readable(big_l)!r} with {name}={k!r} gives ({name} * data_range)^2 = "
+                f"{value:.3g}, which is 0 in {str(dtype).replace('torch.', '')}: SSIM would be 0/0 on flat "
+                "windows. Express the images and data_range in a larger unit (e.g. both times 1e6)."
+            )
+    return c1, c2
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -191,137 +225,18 @@ def _ssim_per_image(
 
     out_dtype = preds.dtype if preds.is_floating_point() else torch.float32
     dtype = _compute_dtype(preds.dtype)
-    x = preds.to(dtype)
-    y = target.to(dtype)
-    x, y, big_l = _data_range(x, y, data_range)
-    c1 = (k1 * big_l) ** 2
-    c2 = (k2 * big_l) ** 2
-
-    n, channels = x.shape[:2]
-    planes_x = x.reshape(n * channels, *x.shape[2:])
-    planes_y = y.reshape(n * channels, *y.shape[2:])
-    grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
-    sums, cs_sums, maps = [], [], []
-    first = windows[0]
-    weights = [_filters.window_values(gaussian, s, size) for gaussian, s, size, _ in windows]
-    rows = x.shape[2]
-    out_rows = rows if padding == "same" else rows - first[3] + 1
-    pads = tuple((w[3] - 1) // 2 if padding == "same" else 0 for w in windows)
-    work = None if grad else _filters.Workspace()
-    for (p0, p1), bands in _chunks(planes_x.shape, out_rows, x.device):
-        band_sums, band_cs, band_maps = [], [], []
-        for r0, r1 in bands:
-            if len(bands) == 1:  # the whole axis: pad every axis in one go
-                xb = _filters.reflect_pad(planes_x[p0:p1], pads)
-                yb = _filters.reflect_pad(planes_y[p0:p1], pads)
-            else:  # rows r0:r1 with their halo (reflected at the edges), then the other axes
-                src = _filters.source_rows(rows, first[3], padding, r0, r1, x.device)  # type: ignore[arg-type]
-                xb = _filters.reflect_pad(planes_x[p0:p1].index_select(1, src), pads[1:])
-                yb = _filters.reflect_pad(planes_y[p0:p1].index_select(1, src), pads[1:])
-            ssim_map, cs_map = _maps(xb, yb, weights, c1, c2, work)
-            band_sums.append(ssim_map.sum(tuple(range(1, ssim_map.ndim))))
-            if return_contrast_sensitivity:
-                band_cs.append(cs_map.sum(tuple(range(1, cs_map.ndim))))
-            if return_full_image:
-                band_maps.append(ssim_map if work is None else ssim_map.clone())
-        sums.append(sum(band_sums[1:], band_sums[0]))
-        if return_contrast_sensitivity:
-            cs_sums.append(sum(band_cs[1:], band_cs[0]))
-        if return_full_image:
-            maps.append(torch.cat(band_maps, 1) if len(band_maps) > 1 else band_maps[0])
-    spatial = ssim_map.shape[2:]
-    size = channels * out_rows * math.prod(spatial)
-    per_image = (torch.cat(sums).reshape(n, channels).sum(1) / size).to(out_dtype)
-    if return_contrast_sensitivity:
-        cs = (torch.cat(cs_sums).reshape(n, channels).sum(1) / size).to(out_dtype)
-        return per_image, cs
-    if return_full_image:
-        full = torch.cat(maps).reshape(n, channels, out_rows, *spatial)
-        return per_image, full.to(out_dtype)
-    return per_image
-
-
-#: On CPU the work is cut into pieces of about this many samples (whole planes, or bands of
-#: rows of one plane), so that the five moment maps and their filtered copies stay in cache.
-_CHUNK = 1 << 17
-
-
-def _chunks(
-    shape: Sequence[int], out_rows: int, device: torch.device
-) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
-    """Pieces of work: (plane range, [output row bands]) along the first spatial axis."""
-    count = shape[0]
-    if device.type != "cpu":
-        return [((0, count), [(0, out_rows)])]
-    row = math.prod(shape[2:])
-    plane = out_rows * row
-    if plane <= _CHUNK:
-        per = max(1, _CHUNK // max(1, plane))
-        return [((lo, min(lo + per, count)), [(0, out_rows)]) for lo in range(0, count, per)]
-    band = max(8, _CHUNK // max(1, row))
-    bands = [(r0, min(r0 + band, out_rows)) for r0 in range(0, out_rows, band)]
-    return [((p, p + 1), bands) for p in range(count)]
-
-
-def _maps(
-    x: Tensor,
-    y: Tensor,
-    weights: list[tuple[float, ...]],
-    c1: Union[float, Tensor],
-    c2: Union[float, Tensor],
-    work: Optional[_filters.Workspace],
-) -> tuple[Tensor, Tensor]:
-    """SSIM and contrast-sensitivity maps of a padded band (P, rows + halo, *padded rest).
-
-    The five moment maps are formed once on the padded band and every axis is filtered by
-    shifted multiply-adds. ``work`` is None under autograd; otherwise the maps are computed in
-    its reusable buffers, and the returned maps live there until the next band.
-    """
-    # Moments of x - a and y - a, a the band's mean per plane: the variance as a difference of
-    # squares is then well conditioned whatever the images' offset. a is added back to the means.
-    dims = tuple(range(1, x.ndim))
-    shift = ((x.mean(dims, keepdim=True) + y.mean(dims, keepdim=True)) / 2).detach()
-    if work is None:
-        xs, ys = x - shift, y - shift
-        stack = torch.stack((xs, ys, xs * xs, ys * ys, xs * ys))  # (5, P, *padded band)
-    else:
-        stack = work.take("a", (5, *x.shape), x)
-        xs = torch.sub(x, shift, out=stack[0])
-        ys = torch.sub(y, shift, out=stack[1])
-        torch.mul(xs, xs, out=stack[2])
-        torch.mul(ys, ys, out=stack[3])
-        torch.mul(xs, ys, out=stack[4])
-    for axis, taps in enumerate(weights):
-        out = None
-        if work is not None:
-            shape = list(stack.shape)
-            shape[2 + axis] -= len(taps) - 1
-            out = work.take("b" if axis % 2 == 0 else "a", tuple(shape), x)
-        stack = _filters.correlate_valid(stack, 2 + axis, taps, out)
-    ms_x, ms_y, e_xx, e_yy, e_xy = stack.unbind(0)  # means and moments of the shifted images
-    if work is None:
-        var_x = (e_xx - ms_x * ms_x).clamp_min(0.0)
-        var_y = (e_yy - ms_y * ms_y).clamp_min(0.0)
-        # |cov| <= sqrt(var_x var_y) holds exactly; enforce it against rounding.
-        bound = (var_x * var_y).sqrt().detach()
-        cov = torch.minimum(torch.maximum(e_xy - ms_x * ms_y, -bound), bound)
-        cs_map = (2 * cov + c2) / (var_x + var_y + c2)
-        mu_x, mu_y = ms_x + shift, ms_y + shift
-        lum = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-        return lum * cs_map, cs_map
-    # No autograd: the same formula, in place and in reused buffers.
-    var_x = e_xx.addcmul_(ms_x, ms_x, value=-1).clamp_min_(0.0)
-    var_y = e_yy.addcmul_(ms_y, ms_y, value=-1).clamp_min_(0.0)
-    bound = torch.mul(var_x, var_y, out=work.take("c", tuple(var_x.shape), x)).sqrt_()
-    low = torch.neg(bound, out=work.take("d", tuple(var_x.shape), x))
-    cov = e_xy.addcmul_(ms_x, ms_y, value=-1)
-    cov = torch.clamp(cov, min=low, max=bound, out=cov)
-    lower = var_x.add_(var_y).add_(c2)
-    cs_map = cov.mul_(2).add_(c2).div_(lower)
-    mu_x, mu_y = ms_x.add_(shift), ms_y.add_(shift)
-    lum_den = torch.mul(mu_x, mu_x, out=bound).addcmul_(mu_y, mu_y).add_(c1)
-    lum = mu_x.mul_(mu_y).mul_(2).add_(c1).div_(lum_den)
-    return lum.mul_(cs_map), cs_map
+    x, y, big_l = _data_range(preds.to(dtype), target.to(dtype), data_range)
+    c1, c2 = _constants(big_l, k1, k2, dtype)
+    taps = tuple(
+        _filters.gaussian_taps(s, size) if gaussian else _filters.uniform_taps(size)
+        for gaussian, s, _, size in windows
+    )
+    output: _kernel.Output = "map" if return_full_image else "cs" if return_contrast_sensitivity else "ssim"
+    plan = _kernel.Plan(_filters.Blur(taps, padding), output=output)  # type: ignore[arg-type]
+    per_image, extra = _kernel.similarity(x, y, c1, c2, plan)
+    if extra is None:
+        return per_image.to(out_dtype)
+    return per_image.to(out_dtype), extra.to(out_dtype)
 
 
 def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
