@@ -187,10 +187,14 @@ class _Bindings:
         self._sizes: list[int] = []  # len(namespace) when last read (-1: never read)
         self._importing: set[int] = set()  # modules still being imported when last read
         self.places: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {}
+        self.originals: set[int] = set()  # ids of the originals (kept alive by _originals)
+
+    def _wanted(self, value: object) -> bool:
+        return _is_hook_like(value) or (type(value) is types.FunctionType and id(value) in self.originals)
 
     def _read(self, i: int) -> None:
         name, namespace = self._names[i], self._namespaces[i]
-        attrs = tuple(attr for attr, value in list(namespace.items()) if _is_hook_like(value))
+        attrs = tuple(attr for attr, value in list(namespace.items()) if self._wanted(value))
         if attrs:
             self.places[name] = (namespace, attrs)
         else:
@@ -297,10 +301,11 @@ def _swap(options: _Options) -> bool:
     replacement = make_replacement(hook, original, options.padding)
     if not any(original is known for known in _originals):
         _originals.append(original)
+        _bindings.originals.add(id(original))
         if not _is_hook_like(original):
             _bindings.read_all()  # its other bindings cannot be told by name: look at everything
     _bindings.refresh()
-    known = {id(k) for k in _originals}
+    known = _bindings.originals
     # Every binding of any original (a reloaded module leaves older ones around), and every
     # earlier replacement, gets the new one.
     _bindings.rebind(
