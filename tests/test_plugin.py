@@ -8,6 +8,7 @@ inner session leaves that state behind.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -79,8 +80,14 @@ def _state_test(pytester: pytest.Pytester, applied: bool, padding: str | None) -
 
 @pytest.fixture
 def isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing exported by this session reaches the inner one (the plugin exports the patch)."""
     monkeypatch.delenv("SSIM_PATCH_AUTO", raising=False)
+    monkeypatch.delenv("SSIM_PATCH_PADDING", raising=False)
     monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+
+
+def _exported() -> tuple[str | None, str | None]:
+    return os.environ.get("SSIM_PATCH_AUTO"), os.environ.get("SSIM_PATCH_PADDING")
 
 
 @pytest.mark.ssim_unpatched
@@ -150,6 +157,41 @@ def test_off_leaves_torchmetrics_alone_and_says_so(pytester, isolated):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["ssim-patch: off (--ssim-patch = off)"])
     assert not ssim_patch.is_applied()
+
+
+# An inner test module that reports what the processes it would start inherit.
+EXPORTED = """
+import os
+
+def test_exported():
+    assert (os.environ.get("SSIM_PATCH_AUTO"), os.environ.get("SSIM_PATCH_PADDING")) == EXPECTED
+"""
+
+
+@pytest.mark.ssim_unpatched
+def test_the_session_exports_the_patch_and_puts_the_environment_back(pytester, isolated, monkeypatch):
+    monkeypatch.setenv("SSIM_PATCH_PADDING", "same")  # found before the session, without SSIM_PATCH_AUTO
+    pytester.makepyfile(test_exported=EXPORTED.replace("EXPECTED", repr(("1", "valid"))))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--ssim-patch-padding=valid")
+    result.assert_outcomes(passed=1)
+    assert _exported() == (None, "same")
+    assert not ssim_patch.is_applied()
+
+
+@pytest.mark.ssim_unpatched
+def test_off_exports_nothing(pytester, isolated):
+    pytester.makepyfile(test_exported=EXPORTED.replace("EXPECTED", repr((None, None))))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--ssim-patch=off")
+    result.assert_outcomes(passed=1)
+    assert _exported() == (None, None)
+
+
+def test_this_session_exports_its_state(request):
+    """Our own session runs with the plugin on: processes its tests start are patched too."""
+    if not _resolve(request.config)[0].enabled:
+        pytest.skip("this session runs with --ssim-patch=off")
+    report = ssim_patch.status()
+    assert report.applied and _exported() == ("1", report.padding)
 
 
 @pytest.mark.parametrize(
