@@ -362,8 +362,8 @@ HAND_WRITTEN = [
 
 
 def _spawn(sequences: list[list[str]]) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.pop("SSIM_PATCH_AUTO", None)  # the start-up hook would apply the patch on its own
+    # The child starts unpatched: nothing this session exported (the plugin exports the patch).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, json.dumps(sequences)],
         stdout=subprocess.PIPE,
