@@ -288,25 +288,24 @@ def conv_blur(t: Tensor, blur: Blur) -> Tensor:
     return out.reshape(*lead, *out.shape[2:])
 
 
-def conv_blur_adjoint(g: Tensor, blur: Blur, spatial: tuple[int, ...]) -> Tensor:
-    """``W^T g`` for ``g`` of shape ``(..., *out)`` by transposed convolutions, pads folded back."""
+def conv_blur_adjoint(g: Tensor, blur: Blur, like: Tensor) -> Tensor:
+    """``W^T g`` for ``g`` of shape ``(S, *images.shape[:-nd], *out)`` by transposed convolutions,
+    the pads folded back; ``like`` has the images' shape ``(..., *spatial)``."""
     nd = len(blur.taps)
-    lead = g.shape[: g.ndim - nd]
     out = g.reshape(-1, 1, *g.shape[g.ndim - nd :])
     with exact_fp32(g.device):
         for weight in reversed(_conv_weights(blur.taps, g.dtype, g.device)):
             out = _conv(out, weight, transposed=True)
-    out = out[:, 0]
+    out = out.view(g.shape[0], -1, *out.shape[2:])  # (S, planes, *padded)
     if any(blur.pads):
         pads: list[int] = []
         for pad in reversed(blur.pads):
             pads += [pad, pad]
-        like = out.new_empty(()).expand(out.shape[0], *spatial)
-        backward = (
+        fold = (
             torch.ops.aten.reflection_pad2d_backward if nd == 2 else torch.ops.aten.reflection_pad3d_backward
         )
-        out = backward(out, like, pads)
-    return out.reshape(*lead, *spatial)
+        out = fold(out, like.new_empty((g.shape[0], out.shape[1], *like.shape[like.ndim - nd :])), pads)
+    return out.view(*g.shape[: g.ndim - nd], *out.shape[2:])
 
 
 def reflect_pad_into(src: Tensor, pads: tuple[int, ...], out: Tensor) -> None:

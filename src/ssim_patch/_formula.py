@@ -5,28 +5,50 @@ The moments are taken of the sum and the difference of the images, ``s = x + y``
 the variances, differences of squares, well conditioned). With ``W`` the window (``_filters``)::
 
     m = W(s', d', s'^2, d'^2)            s' = s - a_s, d' = d - a_d
-    mu_s = m[0] + a_s,  mu_d = m[1] + a_d                     (mu_s = mu_x + mu_y, mu_d = mu_x - mu_y)
-    v_s = max(m[2] - m[0]^2, 0),  v_d = max(m[3] - m[1]^2, 0)   (v_s = var_x + var_y + 2 cov, v_d = ... - 2 cov)
-    L_den = 2 c1 + mu_s^2 + mu_d^2,  L_num = L_den - 2 mu_d^2    (twice 2 mu_x mu_y + c1 and mu_x^2 + mu_y^2 + c1)
-    C_den = 2 c2 + v_s + v_d,        C_num = C_den - 2 v_d       (twice 2 cov + c2 and var_x + var_y + c2)
+    mu_s = m[0] + a_s,  mu_d = m[1] + a_d                        (mu_x + mu_y, mu_x - mu_y)
+    v_s = max(m[2] - m[0]^2, 0),  v_d = max(m[3] - m[1]^2, 0)    (var_x + var_y +- 2 cov)
+    L_den = 2 c1 + mu_s^2 + mu_d^2,  L_num = L_den - 2 mu_d^2    (2 (mu_x^2 + mu_y^2 + c1), 2 (2 mu_x mu_y + c1))
+    C_den = 2 c2 + v_s + v_d,        C_num = C_den - 2 v_d       (2 (var_x + var_y + c2), 2 (2 cov + c2))
     S = L_num C_num / (L_den C_den + 4 eps)                      cs = C_num / C_den
 
 which is SSIM's ``(2 mu_x mu_y + c1)(2 cov + c2) / ((mu_x^2 + mu_y^2 + c1)(var_x + var_y + c2))``
 term for term (``eps`` is 0 for SSIM, torchmetrics' epsilon for UQI). In this form the bounds hold
 in floating point too: ``|L_num| <= L_den`` and ``|C_num| <= C_den``, so ``|S|, |cs| <= 1``, and
-equal images (``d = 0``) give exactly 1. The clamps guard rounding only: their derivative is taken
-as the identity (straight through), so they never zero a gradient where the formula is
-differentiable.
+equal images (``d = 0``) give exactly 1 and a gradient of exactly 0. The clamps guard rounding
+only: their derivative is taken as the identity (straight through), so they never zero a gradient
+where the formula is differentiable.
 
 Every function here is plain tensor ops: it runs as is under autograd, ``torch.func`` and
-``torch.compile``, on any device. ``c1``, ``c2`` and ``eps`` are 0-d tensors.
+``torch.compile``, on any device, in any layout (everything broadcasts).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
+import torch
 from torch import Tensor
+
+
+class Constants(NamedTuple):
+    """``2 c1``, ``2 c2`` and ``4 eps`` (None for SSIM) as 0-d tensors."""
+
+    two_c1: Tensor
+    two_c2: Tensor
+    four_eps: Optional[Tensor]
+
+
+def constants(
+    c1: Union[float, Tensor], c2: Union[float, Tensor], eps: Optional[float], like: Tensor
+) -> Constants:
+    """The constants in ``like``'s dtype and device (numbers become 0-d tensors, one fill each)."""
+
+    def scaled(value: Union[float, Tensor], factor: float) -> Tensor:
+        if isinstance(value, Tensor):
+            return value * factor
+        return torch.full((), value * factor, dtype=like.dtype, device=like.device)
+
+    return Constants(scaled(c1, 2), scaled(c2, 2), None if eps is None else scaled(eps, 4))
 
 
 class Terms(NamedTuple):
@@ -37,29 +59,32 @@ class Terms(NamedTuple):
     c_den: Tensor
 
 
-def terms(m: Tensor, shift: Tensor, c2: Tensor, straight_through: bool = False) -> Terms:
+def terms(m: Tensor, shift: Tensor, k: Constants, straight_through: bool = False) -> Terms:
     """The means and contrast factors from the moments ``m`` ``(4, ...)``; ``shift`` ``(2, ...)``."""
-    var = m[2:4].addcmul(m[:2], m[:2], value=-1)
+    means, squares = m.tensor_split(2)
+    var = squares.addcmul(means, means, value=-1)
     clamped = var.clamp_min(0)
     var = var + (clamped - var).detach() if straight_through else clamped
-    c_den = (2 * c2).add(var[0]).add(var[1])
-    return Terms(mu=m[:2] + shift, c_num=c_den.add(var[1], alpha=-2), c_den=c_den)
+    v_s, v_d = var.unbind(0)
+    c_den = k.two_c2.add(v_s).add_(v_d)
+    return Terms(mu=means + shift, c_num=c_den.add(v_d, alpha=-2), c_den=c_den)
 
 
-def luminance(mu: Tensor, c1: Tensor) -> tuple[Tensor, Tensor]:
-    """``(L_num, L_den)`` from the means ``mu`` ``(2, ...)``."""
-    l_den = (2 * c1).addcmul(mu[0], mu[0]).addcmul(mu[1], mu[1])
-    return l_den.addcmul(mu[1], mu[1], value=-2), l_den
+def luminance(mu_s: Tensor, mu_d: Tensor, k: Constants) -> tuple[Tensor, Tensor]:
+    """``(L_num, L_den)`` from the means."""
+    l_den = k.two_c1.addcmul(mu_s, mu_s).addcmul_(mu_d, mu_d)
+    return l_den.addcmul(mu_d, mu_d, value=-2), l_den
 
 
-def _denominator(l_den: Tensor, c_den: Tensor, eps: Optional[Tensor]) -> Tensor:
-    return l_den * c_den if eps is None else (4 * eps).addcmul(l_den, c_den)
+def _denominator(l_den: Tensor, c_den: Tensor, k: Constants) -> Tensor:
+    return l_den * c_den if k.four_eps is None else k.four_eps.addcmul(l_den, c_den)
 
 
-def similarity(t: Terms, c1: Tensor, eps: Optional[Tensor]) -> Tensor:
+def similarity(t: Terms, k: Constants) -> Tensor:
     """The SSIM (or UQI) map."""
-    l_num, l_den = luminance(t.mu, c1)
-    return (l_num * t.c_num).div_(_denominator(l_den, t.c_den, eps))
+    mu_s, mu_d = t.mu.unbind(0)
+    l_num, l_den = luminance(mu_s, mu_d, k)
+    return (l_num * t.c_num).div_(_denominator(l_den, t.c_den, k))
 
 
 def contrast(t: Terms) -> Tensor:
@@ -68,58 +93,57 @@ def contrast(t: Terms) -> Tensor:
 
 
 class Adjoints(NamedTuple):
-    """The loss's gradient through the formula, in the form the backward applies ``W^T`` to.
+    """The loss's gradient through the formula, in the form the backward applies ``W^T`` to::
 
-    ``grad_x = W^T(g_x) + (x - a_x) W^T(g_sq) + (y - a_y) W^T(g_cross)`` and
-    ``grad_y = W^T(g_y) + (y - a_y) W^T(g_sq) + (x - a_x) W^T(g_cross)``, with
-    ``a_x = (a_s + a_d) / 2``, ``a_y = (a_s - a_d) / 2``; ``g_c1``, ``g_c2`` are maps to sum.
+        grad_x = W^T(g_x) - 2 (x - a_x) W^T(g_sq) + 2 (y - a_y) W^T(g_cross)
+        grad_y = W^T(g_y) - 2 (y - a_y) W^T(g_sq) + 2 (x - a_x) W^T(g_cross)
+
+    with ``a_x = (a_s + a_d) / 2``, ``a_y = (a_s - a_d) / 2``; ``g_c1``, ``g_c2`` are maps to sum.
     """
 
     g_x: Optional[Tensor]
     g_y: Optional[Tensor]
     g_sq: Tensor
     g_cross: Tensor
-    g_c1: Optional[Tensor]
-    g_c2: Optional[Tensor]
+    g_c1: Tensor
+    g_c2: Tensor
 
 
 def adjoints(
     t: Terms,
     shift: Tensor,
-    c1: Tensor,
-    eps: Optional[Tensor],
+    k: Constants,
     grad_map: Optional[Tensor],
     grad_cs: Optional[Tensor],
-    needs: tuple[bool, bool, bool, bool],
+    need_x: bool = True,
+    need_y: bool = True,
 ) -> Adjoints:
-    """The moments' gradient from the loss's gradient with respect to the S map and the cs map.
-
-    ``needs``: which of x, y, c1, c2 need a gradient.
-    """
-    need_x, need_y, need_c1, need_c2 = needs
-    l_num, l_den = luminance(t.mu, c1)
-    # 4 dS/dL_num = a, 4 dS/dL_den = b, 4 dS/dC_num = c, 4 dS/dC_den = d (the 4 of grad_x folded in).
+    """The moments' gradient from the loss's gradient with respect to the S map and the cs map."""
+    mu_s, mu_d = t.mu.unbind(0)
+    l_num, l_den = luminance(mu_s, mu_d, k)
+    # a = 2 dS/dL_num, b = -2 dS/dL_den, c = 2 dS/dC_num, d = -2 dS/dC_den, times the loss's gradient.
     if grad_map is not None:
-        q = _denominator(l_den, t.c_den, eps)
-        u = (4 * grad_map) / q
-        v = u * (l_num * t.c_num / q)  # grad S / Q, with S exactly as the forward has it
-        a, b = u * t.c_num, -v * t.c_den
-        c, d = u * l_num, -v * l_den
+        q = _denominator(l_den, t.c_den, k)
+        u = (2 * grad_map).div(q)
+        v = u * (l_num * t.c_num).div_(q)  # u S, with S exactly as the forward has it
+        a, b = u * t.c_num, v * t.c_den
+        c, d = u * l_num, v * l_den
     else:
         a = b = c = d = t.c_den.new_zeros(())
     if grad_cs is not None:  # dcs/dC_num = 1/C_den, dcs/dC_den = -cs/C_den
-        h = (4 * grad_cs) / t.c_den
+        h = (2 * grad_cs).div(t.c_den)
         c = c + h
-        d = d - h * t.c_num / t.c_den
-    # L depends on mu_s, mu_d; C on v_s = m2 - m0^2 and v_d = m3 - m1^2; m0 = mu_s - a_s, m1 = mu_d - a_d.
-    ab, ba, cd, dc = a + b, b - a, c + d, d - c
-    g_m0 = (t.mu[0] * ab).addcmul_(t.mu[0] - shift[0], cd, value=-1).mul_(0.5)
-    g_m1 = (t.mu[1] * ba).addcmul_(t.mu[1] - shift[1], dc, value=-1).mul_(0.5)
+        d = d.addcmul(h, t.c_num / t.c_den)
+    # L depends on mu_s, mu_d; C on v_s = m2 - m0^2, v_d = m3 - m1^2; m0 = mu_s - a_s, m1 = mu_d - a_d.
+    ab, a_b, cd, c_d = a - b, a + b, c - d, c + d  # 2 (A + B), 2 (A - B), 2 (C + D), 2 (C - D)
+    m0, m1 = (t.mu - shift).unbind(0)
+    g_m0 = (mu_s * ab).addcmul_(m0, cd, value=-1)
+    g_m1 = (m1 * c_d).addcmul_(mu_d, a_b, value=-1)
     return Adjoints(
         g_x=g_m0 + g_m1 if need_x else None,
         g_y=g_m0 - g_m1 if need_y else None,
         g_sq=d,
         g_cross=c,
-        g_c1=ab / 2 if need_c1 else None,
-        g_c2=cd / 2 if need_c2 else None,
+        g_c1=ab,
+        g_c2=cd,
     )

@@ -72,63 +72,54 @@ def traced() -> bool:
     return level >= 0
 
 
-def _as_tensor(c: Scalar, like: Tensor) -> Tensor:
-    if isinstance(c, Tensor):
-        return c
-    return torch.full((), c, dtype=like.dtype, device=like.device)
+def _constants(c1: Scalar, c2: Scalar, plan: Plan, like: Tensor) -> _formula.Constants:
+    return _formula.constants(c1, c2, plan.eps, like)
 
 
-def _eps(plan: Plan, like: Tensor) -> Optional[Tensor]:
-    return None if plan.eps is None else _as_tensor(plan.eps, like)
+def _image_dims(t: Tensor) -> tuple[int, ...]:
+    return tuple(range(1, t.ndim))
 
 
-def _finish(
-    maps: Tensor, cs: Optional[Tensor], n: int, channels: int, plan: Plan
-) -> tuple[Tensor, Optional[Tensor]]:
-    """Per-image means of the ``(P, *out)`` maps, and what ``plan.output`` asks for."""
-    per_image = maps.reshape(n, -1).mean(1)
+def _finish(maps: Tensor, t: _formula.Terms, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
+    """Per-image mean of the ``(N, C, *out)`` map, and what ``plan.output`` asks for."""
+    per_image = maps.mean(_image_dims(maps))
     if plan.output == "map":
-        return per_image, maps.reshape(n, channels, *maps.shape[1:])
+        return per_image, maps
     if plan.output == "cs":
-        assert cs is not None
-        return per_image, cs.reshape(n, -1).mean(1)
+        cs = _formula.contrast(t)
+        return per_image, cs.mean(_image_dims(cs))
     return per_image, None
 
 
-def _planes(x: Tensor) -> Tensor:
-    return x.reshape(-1, *x.shape[2:])
-
-
-def _shifts(xp: Tensor, yp: Tensor) -> Tensor:
-    """The per-plane shifts ``(2, P)`` of s = x + y and d = x - y: their means."""
-    dims = tuple(range(1, xp.ndim))
-    mx, my = xp.mean(dims), yp.mean(dims)
+def _sd_shift(x: Tensor, y: Tensor) -> Tensor:
+    """The shifts ``(2, N, C, 1, ..)`` of s = x + y and d = x - y: the per-plane means."""
+    dims = tuple(range(2, x.ndim))
+    mx, my = x.mean(dims, keepdim=True), y.mean(dims, keepdim=True)
     return torch.stack((mx + my, mx - my))
 
 
 def _own_shifts(shift: Tensor) -> tuple[Tensor, Tensor]:
     """The shifts of x and y that go with ``shift`` ``(2, ...)``: (a_s + a_d) / 2, (a_s - a_d) / 2."""
-    return (shift[0] + shift[1]) / 2, (shift[0] - shift[1]) / 2
+    a_s, a_d = shift.unbind(0)
+    return (a_s + a_d) / 2, (a_s - a_d) / 2
 
 
 # --- traced: plain tensor ops --------------------------------------------------------------------
 
 
-def _traced_terms(x: Tensor, y: Tensor, c2: Tensor, plan: Plan) -> tuple[_formula.Terms, Tensor]:
-    xp, yp = _planes(x), _planes(y)
-    shift = _shifts(xp, yp).detach().view(2, -1, *[1] * (x.ndim - 2))
-    sd = torch.stack((xp + yp, xp - yp)) - shift
+def _traced_terms(x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan) -> tuple[_formula.Terms, Tensor]:
+    shift = _sd_shift(x, y).detach()
+    sd = torch.stack((x + y, x - y)) - shift
     m = _filters.blur(torch.cat((sd, sd * sd)), plan.blur)
-    return _formula.terms(m, shift, c2, straight_through=True), shift
+    return _formula.terms(m, shift, k, straight_through=True), shift
 
 
 def _traced_similarity(
     x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan
 ) -> tuple[Tensor, Optional[Tensor]]:
-    c1t, c2t = _as_tensor(c1, x), _as_tensor(c2, x)
-    t, _ = _traced_terms(x, y, c2t, plan)
-    cs = _formula.contrast(t) if plan.output == "cs" else None
-    return _finish(_formula.similarity(t, c1t, _eps(plan, x)), cs, x.shape[0], x.shape[1], plan)
+    k = _constants(c1, c2, plan, x)
+    t, _ = _traced_terms(x, y, k, plan)
+    return _finish(_formula.similarity(t, k), t, plan)
 
 
 # --- fused: no autograd inside ----------------------------------------------------------------
@@ -136,8 +127,7 @@ def _traced_similarity(
 
 @dataclass
 class _Kept:
-    """What the fused forward keeps for the backward: the terms ``(.., P, *out)`` and the shifts
-    ``(2, P)``."""
+    """What the fused forward keeps for the backward: the terms and the shifts ``(2, N, C, 1, ..)``."""
 
     terms: _formula.Terms
     shift: Tensor
@@ -154,30 +144,25 @@ def _fused(
     x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan, keep: bool
 ) -> tuple[Tensor, Optional[Tensor], Optional[_Kept]]:
     forward = _cpu_forward if _on_cpu(x) else _device_forward
-    return forward(x, y, _as_tensor(c1, x), _as_tensor(c2, x), plan, keep)
+    return forward(x, y, _constants(c1, c2, plan, x), plan, keep)
 
 
 def _device_forward(
-    x: Tensor, y: Tensor, c1: Tensor, c2: Tensor, plan: Plan, keep: bool
+    x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: bool
 ) -> tuple[Tensor, Optional[Tensor], Optional[_Kept]]:
     """The whole batch at once: each pass of the window is one convolution over four maps."""
-    n, channels, *spatial = x.shape
-    planes, nd = n * channels, len(spatial)
-    padded = [size + 2 * pad for size, pad in zip(spatial, plan.blur.pads)]
-    xp, yp = _planes(x), _planes(y)
-    stack = x.new_empty((4, planes, *padded))
-    _filters.reflect_pad_into(xp + yp, plan.blur.pads, stack[0])
-    _filters.reflect_pad_into(xp - yp, plan.blur.pads, stack[1])
-    shift = stack[:2].mean(tuple(range(2, 2 + nd)), keepdim=True)  # (2, P, 1, ..): a_s, a_d
-    stack[:2].sub_(shift)
-    torch.mul(stack[:2], stack[:2], out=stack[2:4])
-    m = _filters.conv_blur(stack, plan.blur)
-    del stack
-    t = _formula.terms(m, shift, c2)
-    maps = _formula.similarity(t, c1, _eps(plan, x))
-    cs = _formula.contrast(t) if plan.output == "cs" else None
-    per_image, extra = _finish(maps, cs, n, channels, plan)
-    return per_image, extra, (_Kept(t, shift.view(2, planes)) if keep else None)
+    pads = plan.blur.pads
+    padded = [size + 2 * pad for size, pad in zip(x.shape[2:], pads)]
+    stack = x.new_empty((4, *x.shape[:2], *padded))
+    s, d, _, _ = stack.unbind(0)
+    _filters.reflect_pad_into(x + y, pads, s)
+    _filters.reflect_pad_into(x - y, pads, d)
+    sd, squares = stack.tensor_split(2)
+    shift = sd.mean(tuple(range(3, stack.ndim)), keepdim=True)  # (2, N, C, 1, ..): a_s, a_d
+    torch.mul(sd.sub_(shift), sd, out=squares)
+    t = _formula.terms(_filters.conv_blur(stack, plan.blur), shift, k)
+    per_image, extra = _finish(_formula.similarity(t, k), t, plan)
+    return per_image, extra, (_Kept(t, shift) if keep else None)
 
 
 def _pieces(
@@ -195,25 +180,23 @@ def _pieces(
 
 
 def _cpu_forward(
-    x: Tensor, y: Tensor, c1: Tensor, c2: Tensor, plan: Plan, keep: bool
+    x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: bool
 ) -> tuple[Tensor, Optional[Tensor], Optional[_Kept]]:
-    """Cache-sized pieces: the four moment maps of a piece are formed, filtered and reduced in place."""
+    """Cache-sized pieces of planes: four moment maps formed, filtered and reduced in place."""
     n, channels, *spatial = x.shape
     planes, nd = n * channels, len(spatial)
-    xp, yp = _planes(x), _planes(y)
-    shift = _shifts(xp, yp)
+    xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
+    shift = _sd_shift(xp[None], yp[None])[:, 0]  # (2, P, 1, ..)
     out = plan.blur.out_size(tuple(spatial))
-    eps = _eps(plan, x)
     dims = tuple(range(1, nd + 1))
     sums = x.new_zeros(planes)
     cs_sums = x.new_zeros(planes) if plan.output == "cs" else None
     full = x.new_empty((planes, *out)) if plan.output == "map" else None
     # One tensor per term, each under glibc's largest mmap threshold: reused from call to call.
-    kept = (x.new_empty((2, planes, *out)), x.new_empty((1, planes, *out)), x.new_empty((1, planes, *out)))
+    kept = _formula.Terms(*(x.new_empty((size, planes, *out)) for size in (2, 1, 1))) if keep else None
     band = _filters.BandBlur(plan.blur, tuple(spatial))
-    ones = [1] * nd
     for p0, p1, bands in _pieces(planes, spatial, out[0]):
-        sh = shift[:, p0:p1].reshape(2, -1, *ones)
+        sh = shift[:, p0:p1]
         for r0, r1 in bands:
             if len(bands) == 1:
                 xb = _filters.reflect_pad(xp[p0:p1], plan.blur.pads)
@@ -223,18 +206,18 @@ def _cpu_forward(
                 xb = band.pad_rest(xp[p0:p1].index_select(1, rows))
                 yb = band.pad_rest(yp[p0:p1].index_select(1, rows))
             stack = band.work.take("stack", (4, *xb.shape), xb)
+            sd, squares = stack.tensor_split(2)
             torch.add(xb, yb, out=stack[0])
             torch.sub(xb, yb, out=stack[1])
-            stack[:2].sub_(sh)
-            torch.mul(stack[:2], stack[:2], out=stack[2:4])
-            t = _formula.terms(band.filter(stack), sh, c2)
-            maps = _formula.similarity(t, c1, eps)
+            torch.mul(sd.sub_(sh), sd, out=squares)
+            t = _formula.terms(band.filter(stack), sh, k)
+            maps = _formula.similarity(t, k)
             sums[p0:p1] += maps.sum(dims)
             if cs_sums is not None:
                 cs_sums[p0:p1] += _formula.contrast(t).sum(dims)
             if full is not None:
                 full[p0:p1, r0:r1] = maps
-            if keep:
+            if kept is not None:
                 for store, value in zip(kept, t):
                     store[:, p0:p1, r0:r1] = value
     size = math.prod(out) * channels
@@ -244,60 +227,69 @@ def _cpu_forward(
         extra = full.view(n, channels, *out)
     elif cs_sums is not None:
         extra = cs_sums.view(n, channels).sum(1) / size
-    terms = _Kept(_formula.Terms(kept[0], kept[1][0], kept[2][0]), shift) if keep else None
-    return per_image, extra, terms
+    if kept is None:
+        return per_image, extra, None
+    images = (n, channels, *out)
+    terms = _formula.Terms(kept.mu.view(2, *images), kept.c_num.view(images), kept.c_den.view(images))
+    return per_image, extra, _Kept(terms, shift.view(2, n, channels, *[1] * nd))
 
 
 # --- the gradient ---------------------------------------------------------------------------------
 
 
 def _upstream(
-    g_image: Optional[Tensor], g_extra: Optional[Tensor], plan: Plan, n: int, planes: int, out: Sequence[int]
+    g_image: Optional[Tensor], g_extra: Optional[Tensor], plan: Plan, images: Sequence[int]
 ) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """The loss's gradient with respect to the S map and the cs map, per plane ``(P, *out)`` or
-    broadcastable ``(P, 1, ..)``, from the gradients of the outputs (None where there is none)."""
-    size = (planes // n) * math.prod(out)
-    ones = [1] * len(out)
-
-    def per_plane(g: Tensor) -> Tensor:
-        return (g / size).repeat_interleave(planes // n).view(planes, *ones)
-
-    grad_map = per_plane(g_image) if g_image is not None else None
-    grad_cs = None
+    """The loss's gradient with respect to the S map and the cs map, ``(N, C, *out)`` or
+    broadcastable ``(N, 1, ..)``, from the gradients of the outputs (None where there is none);
+    ``images``: the maps' shape ``(N, C, *out)``."""
+    size = math.prod(images[1:])  # the per-image means are over channels and space
+    per_image = [-1, *[1] * (len(images) - 1)]
+    grad_map = grad_cs = None
+    if g_image is not None:
+        grad_map = g_image.view(per_image) / size
     if g_extra is not None and plan.output == "map":
-        g_map = g_extra.reshape(planes, *out)
-        grad_map = g_map if grad_map is None else grad_map + g_map
+        grad_map = g_extra if grad_map is None else grad_map + g_extra
     elif g_extra is not None and plan.output == "cs":
-        grad_cs = per_plane(g_extra)
+        grad_cs = g_extra.view(per_image) / size
     return grad_map, grad_cs
 
 
-def _gradients(
-    adj: _formula.Adjoints,
-    adjoint: Callable[[Tensor, str], Tensor],
+def _back_project(
+    adj: _formula.Adjoints, adjoint: Callable[[Tensor], Tensor]
+) -> tuple[Optional[Tensor], Optional[Tensor], Tensor, Tensor]:
+    """``W^T`` of the adjoint maps, stacked into one pass: (g_x, g_y where needed, g_sq, g_cross)."""
+    maps = [g for g in (adj.g_x, adj.g_y) if g is not None] + [adj.g_sq, adj.g_cross]
+    shape = torch.broadcast_shapes(*(g.shape for g in maps))  # type: ignore[no-untyped-call]
+    back = iter(adjoint(torch.stack([g if g.shape == shape else g.expand(shape) for g in maps])).unbind(0))
+    bx = next(back) if adj.g_x is not None else None
+    by = next(back) if adj.g_y is not None else None
+    return bx, by, next(back), next(back)
+
+
+def _combine(
+    back: tuple[Optional[Tensor], Optional[Tensor], Tensor, Tensor],
     xs: Tensor,
     ys: Tensor,
     out: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
 ) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """``grad_x = W^T g_x + xs W^T g_sq + ys W^T g_cross`` and the same for y (x, y swapped),
+    """``grad_x = W^T g_x - 2 xs W^T g_sq + 2 ys W^T g_cross`` and the same for y (x, y swapped),
     ``xs``, ``ys`` the images less their shifts; written into ``out`` where given."""
-    sq, cross = adjoint(adj.g_sq, "sq"), adjoint(adj.g_cross, "cross")
+    bx, by, sq, cross = back
     grads: list[Optional[Tensor]] = []
-    for g, a, b, o in ((adj.g_x, xs, ys, out[0]), (adj.g_y, ys, xs, out[1])):
-        if g is None:
+    for b, own, other, o in ((bx, xs, ys, out[0]), (by, ys, xs, out[1])):
+        if b is None:
             grads.append(None)
             continue
-        back = adjoint(g, "")
-        grads.append(
-            (torch.addcmul(back, a, sq, out=o) if o is not None else back.addcmul(a, sq)).addcmul_(b, cross)
-        )
+        first = torch.addcmul(b, own, sq, value=-2, out=o) if o is not None else b.addcmul(own, sq, value=-2)
+        grads.append(first.addcmul_(other, cross, value=2))
     return grads[0], grads[1]
 
 
 def _fused_backward(
     x: Tensor,
     y: Tensor,
-    c1: Tensor,
+    k: _formula.Constants,
     kept: _Kept,
     grad_map: Optional[Tensor],
     grad_cs: Optional[Tensor],
@@ -305,46 +297,48 @@ def _fused_backward(
     needs: tuple[bool, bool, bool, bool],
 ) -> tuple[Optional[Tensor], ...]:
     """Gradients for x, y, c1, c2 from what the fused forward kept (no autograd inside)."""
-    n, channels, *spatial = x.shape
-    planes, nd = n * channels, len(spatial)
     need_x, need_y, need_c1, need_c2 = needs
-    xp, yp = _planes(x), _planes(y)
-    out = plan.blur.out_size(tuple(spatial))
+    spatial = tuple(x.shape[2:])
+    if not _on_cpu(x):  # the whole batch at once, one transposed convolution per pass
+        adj = _formula.adjoints(kept.terms, kept.shift, k, grad_map, grad_cs, need_x, need_y)
+        gx = gy = None
+        if need_x or need_y:
+            back = _back_project(adj, lambda g: _filters.conv_blur_adjoint(g, plan.blur, x))
+            ax, ay = _own_shifts(kept.shift)
+            gx, gy = _combine(back, x - ax, y - ay)
+        return gx, gy, (adj.g_c1.sum() if need_c1 else None), (adj.g_c2.sum() if need_c2 else None)
+    n, channels = x.shape[:2]
+    planes, nd = n * channels, len(spatial)
+    out = plan.blur.out_size(spatial)
+    xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
     gx = x.new_empty((planes, *spatial)) if need_x else None
     gy = x.new_empty((planes, *spatial)) if need_y else None
     g_c1 = x.new_zeros(()) if need_c1 else None
     g_c2 = x.new_zeros(()) if need_c2 else None
-    eps = _eps(plan, x)
-    ones = [1] * nd
-    if _on_cpu(x):
-        band = _filters.BandBlur(plan.blur, tuple(spatial))
-        per = max(1, _CHUNK // max(1, math.prod(out)))
-        chunks = [(lo, min(lo + per, planes)) for lo in range(0, planes, per)]
-    else:
-        band = None
-        chunks = [(0, planes)]
-    for p0, p1 in chunks:
-        t = _formula.Terms(kept.terms.mu[:, p0:p1], kept.terms.c_num[p0:p1], kept.terms.c_den[p0:p1])
-        sh = kept.shift[:, p0:p1].reshape(2, -1, *ones)
+    band = _filters.BandBlur(plan.blur, spatial)
 
-        def part(g: Optional[Tensor], lo: int = p0, hi: int = p1) -> Optional[Tensor]:
-            return None if g is None else (g[lo:hi] if g.shape[0] == planes else g)
+    def planar(g: Optional[Tensor]) -> Optional[Tensor]:
+        return None if g is None else g.expand(n, channels, *g.shape[2:]).reshape(planes, *g.shape[2:])
 
-        adj = _formula.adjoints(t, sh, c1, eps, part(grad_map), part(grad_cs), needs)
+    grad_map_p, grad_cs_p = planar(grad_map), planar(grad_cs)
+    mu = kept.terms.mu.reshape(2, planes, *out)
+    c_num, c_den = kept.terms.c_num.reshape(planes, *out), kept.terms.c_den.reshape(planes, *out)
+    shift = kept.shift.reshape(2, planes, *[1] * nd)
+    per = max(1, _CHUNK // max(1, math.prod(out)))
+    for p0 in range(0, planes, per):
+        p1 = min(p0 + per, planes)
+        t = _formula.Terms(mu[:, p0:p1], c_num[p0:p1], c_den[p0:p1])
+        sh = shift[:, p0:p1]
+        grad_map_c = None if grad_map_p is None else grad_map_p[p0:p1]
+        grad_cs_c = None if grad_cs_p is None else grad_cs_p[p0:p1]
+        adj = _formula.adjoints(t, sh, k, grad_map_c, grad_cs_c, need_x, need_y)
         if need_x or need_y:
             ax, ay = _own_shifts(sh)
-            shape = (p1 - p0, *out)
-
-            def adjoint(g: Tensor, slot: str, shape: tuple[int, ...] = shape) -> Tensor:
-                if band is not None:
-                    return band.adjoint(g.expand(shape), slot)
-                return _filters.conv_blur_adjoint(g.expand(shape), plan.blur, tuple(spatial))
-
             targets = (None if gx is None else gx[p0:p1], None if gy is None else gy[p0:p1])
-            _gradients(adj, adjoint, xp[p0:p1] - ax, yp[p0:p1] - ay, targets)
-        if g_c1 is not None and adj.g_c1 is not None:
+            _combine(_back_project(adj, band.adjoint), xp[p0:p1] - ax, yp[p0:p1] - ay, targets)
+        if g_c1 is not None:
             g_c1 += adj.g_c1.sum()
-        if g_c2 is not None and adj.g_c2 is not None:
+        if g_c2 is not None:
             g_c2 += adj.g_c2.sum()
     return (
         None if gx is None else gx.view(x.shape),
@@ -366,24 +360,15 @@ def _traced_backward(
 ) -> tuple[Optional[Tensor], ...]:
     """The same gradients in plain differentiable ops, recomputed from the inputs: for double
     backward, and for the backward under torch.func transforms."""
-    c1t, c2t = _as_tensor(c1, x), _as_tensor(c2, x)
-    t, shift = _traced_terms(x, y, c2t, plan)
-    adj = _formula.adjoints(t, shift, c1t, _eps(plan, x), grad_map, grad_cs, needs)
+    need_x, need_y, need_c1, need_c2 = needs
+    k = _constants(c1, c2, plan, x)
+    t, shift = _traced_terms(x, y, k, plan)
+    adj = _formula.adjoints(t, shift, k, grad_map, grad_cs, need_x, need_y)
     gx = gy = None
-    if adj.g_x is not None or adj.g_y is not None:
+    if need_x or need_y:
         ax, ay = _own_shifts(shift)
-        out = t.c_den.shape
-
-        def adjoint(g: Tensor, slot: str) -> Tensor:
-            return _filters.blur_adjoint(g.expand(out), plan.blur)
-
-        gx, gy = _gradients(adj, adjoint, _planes(x) - ax, _planes(y) - ay)
-    return (
-        None if gx is None else gx.reshape(x.shape),
-        None if gy is None else gy.reshape(y.shape),
-        adj.g_c1.sum() if adj.g_c1 is not None else None,
-        adj.g_c2.sum() if adj.g_c2 is not None else None,
-    )
+        gx, gy = _combine(_back_project(adj, lambda g: _filters.blur_adjoint(g, plan.blur)), x - ax, y - ay)
+    return gx, gy, (adj.g_c1.sum() if need_c1 else None), (adj.g_c2.sum() if need_c2 else None)
 
 
 def _sum_to(g: Optional[Tensor], c: Any) -> Optional[Tensor]:
@@ -423,18 +408,17 @@ class _Similarity(torch.autograd.Function):
         x, y, mu, c_num, c_den, shift = ctx.saved_tensors
         c1, c2 = ctx.scalars
         plan: Plan = ctx.plan
-        n, channels, *spatial = x.shape
         need_x, need_y, need_c1, need_c2 = (bool(v) for v in ctx.needs_input_grad[:4])
         needs = (need_x, need_y, need_c1, need_c2)
-        out = plan.blur.out_size(tuple(spatial))
-        grad_map, grad_cs = _upstream(g_image, g_extra, plan, n, n * channels, out)
+        images = (*x.shape[:2], *plan.blur.out_size(tuple(x.shape[2:])))
+        grad_map, grad_cs = _upstream(g_image, g_extra, plan, images)
         if grad_map is None and grad_cs is None:
             return None, None, None, None, None
         if torch.is_grad_enabled() or traced():
             grads = _traced_backward(x, y, c1, c2, grad_map, grad_cs, plan, needs)
         else:
             kept = _Kept(_formula.Terms(mu, c_num, c_den), shift)
-            grads = _fused_backward(x, y, _as_tensor(c1, x), kept, grad_map, grad_cs, plan, needs)
+            grads = _fused_backward(x, y, _constants(c1, c2, plan, x), kept, grad_map, grad_cs, plan, needs)
         return grads[0], grads[1], _sum_to(grads[2], c1), _sum_to(grads[3], c2), None
 
     @staticmethod
@@ -444,7 +428,10 @@ class _Similarity(torch.autograd.Function):
         x, y = ctx.saved_tensors[:2]
         c1, c2 = ctx.scalars
         plan: Plan = ctx.plan
-        primals = (x, y, _as_tensor(c1, x), _as_tensor(c2, x))
+        primals = tuple(
+            c if isinstance(c, Tensor) else torch.tensor(c, dtype=x.dtype, device=x.device)
+            for c in (x, y, c1, c2)
+        )
         tangents = tuple(
             t if isinstance(t, Tensor) else torch.zeros_like(p) for p, t in zip(primals, (tx, ty, tc1, tc2))
         )
