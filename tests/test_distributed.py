@@ -129,6 +129,30 @@ def test_unset_does_nothing_and_set_imports_no_torch():
     assert result.stderr == ""
 
 
+FOLLOWS = """
+import ssim_patch
+{before}
+import torchmetrics
+report = ssim_patch.status()
+print(report.applied, report.padding)
+"""
+
+
+@pytest.mark.parametrize(
+    ("before", "expected"),
+    [
+        ("", "True same"),  # the start-up hook applies with the exported settings
+        ("ssim_patch.revert()", "False None"),  # the program said no before the import
+        ("ssim_patch.apply(padding='valid')", "True valid"),  # the program's own apply() wins
+        ("import os; os.environ['SSIM_PATCH_AUTO'] = '0'", "False None"),  # opted out meanwhile
+    ],
+    ids=["hook", "revert-first", "apply-first", "opt-out-first"],
+)
+def test_the_startup_hook_reads_the_environment_when_torchmetrics_is_imported(before, expected):
+    result = _python(FOLLOWS.format(before=before), SSIM_PATCH_AUTO="1", SSIM_PATCH_PADDING="same")
+    assert result.stdout.strip() == expected, result.stderr[-3000:]
+
+
 def test_bad_value_at_startup_is_one_warning_not_a_crash():
     result = _python("print('alive')", SSIM_PATCH_AUTO="1", SSIM_PATCH_PADDING="full")
     assert result.returncode == 0 and result.stdout == "alive\n"

@@ -99,6 +99,13 @@ def _apply(padding: str) -> None:
         _warn(f"SSIM_PATCH_AUTO is set but the patch was not applied: {type(exc).__name__}: {exc}")
 
 
+def _apply_as_asked(environ: Mapping[str, str]) -> None:
+    """At the import of torchmetrics' SSIM module: apply as ``environ`` asks now."""
+    padding = settings(environ)
+    if padding is not None:
+        _apply(padding)
+
+
 class _HookedLoader(_LoaderBase):
     """Runs the real loader, then the hook; leaves the real loader on the module afterwards."""
 
@@ -168,10 +175,13 @@ def install(environ: Optional[Mapping[str, str]] = None) -> bool:
     """Arrange for ``ssim_patch.apply()`` when torchmetrics' SSIM module is imported.
 
     Does nothing (False) unless ``environ`` (default ``os.environ``) asks for it. If that module is
-    already imported, applies at once. Never raises.
+    already imported, applies at once. Otherwise ``environ`` is read again at that import, so a
+    ``revert()`` (which clears the variables) or an opt-out made in the meantime is respected.
+    Never raises.
     """
     try:
-        padding = settings(os.environ if environ is None else environ)
+        source = os.environ if environ is None else environ
+        padding = settings(source)
         if padding is None:
             return False
         if MODULE in sys.modules:
@@ -180,7 +190,7 @@ def install(environ: Optional[Mapping[str, str]] = None) -> bool:
         for finder in list(sys.meta_path):
             if getattr(finder, "ssim_patch_startup", False):
                 sys.meta_path.remove(finder)
-        sys.meta_path.insert(0, PostImportFinder(MODULE, lambda module: _apply(padding)))
+        sys.meta_path.insert(0, PostImportFinder(MODULE, lambda module: _apply_as_asked(source)))
         return True
     except Exception as exc:
         _warn(f"the start-up hook failed: {type(exc).__name__}: {exc}")
