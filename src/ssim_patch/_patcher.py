@@ -229,7 +229,11 @@ class _Bindings:
 
     def refresh(self) -> None:
         """Bring the index up to date with the loaded modules."""
-        if sys.modules != self._modules:
+        try:
+            synced = sys.modules == self._modules  # identity first: a module's __eq__ rarely runs
+        except Exception:
+            synced = False
+        if not synced:
             self._sync()
         sizes = list(map(len, self._namespaces))
         changed = set(self._importing)
@@ -257,6 +261,7 @@ class _Bindings:
         return sorted(changed)
 
     def bound(self, match: Callable[[object], bool]) -> tuple[str, ...]:
+        """``module.attribute`` of every indexed binding whose value matches, sorted."""
         return tuple(
             sorted(
                 f"{name}.{attr}"
