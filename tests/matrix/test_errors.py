@@ -5,7 +5,7 @@ NaN, a silently wrong number).
 
 Cases: the invalid arguments of torchmetrics' own ``test_ssim_invalid_inputs``
 (tests/unittests/image/test_ssim.py, the same list at v1.3.2 and v1.9.0), through the functional
-API and the Metric class, and every bad input of tests/test_misuse.py (``BAD_INPUTS``).
+SSIM, the Metric class and MS-SSIM, and every bad input of tests/test_misuse.py (``BAD_INPUTS``).
 """
 
 from __future__ import annotations
@@ -106,6 +106,17 @@ def test_upstream_invalid_inputs_metric_class(preds, target, kernel, sigma):
         metric.update(p, t)
         return metric.compute()
 
+    assert_parity(*both(call))
+
+
+@pytest.mark.parametrize(("preds", "target", "kernel", "sigma"), UPSTREAM_INVALID, ids=UPSTREAM_IDS)
+def test_upstream_invalid_inputs_ms_ssim(preds, target, kernel, sigma):
+    """The same arguments through MS-SSIM, on images large enough for its five scales."""
+    big = lambda shape: (*shape[:-2], 192, 192)  # noqa: E731
+    p, t = _images(big(preds), 0), _images(big(target), 1)
+    call = lambda: F.multiscale_structural_similarity_index_measure(  # noqa: E731
+        p, t, kernel_size=kernel, sigma=sigma, data_range=1.0
+    )
     assert_parity(*both(call))
 
 
