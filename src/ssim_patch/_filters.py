@@ -38,7 +38,10 @@ def gaussian_size(sigma: float) -> int:
 
 def gaussian_taps(sigma: float, size: int) -> tuple[float, ...]:
     """``size`` taps of ``exp(-(d/sigma)^2/2)``, d the offsets from the centre, normalised (float64)."""
-    raw = [math.exp(-(((d - (size - 1) / 2) / sigma) ** 2) / 2) for d in range(size)]
+    raw = []
+    for d in range(size):
+        z = (d - (size - 1) / 2) / sigma
+        raw.append(math.exp(-z * z / 2))  # not z ** 2: dynamo cannot trace a negative float's power
     total = math.fsum(raw)
     return tuple(v / total for v in raw)
 

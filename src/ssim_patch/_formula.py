@@ -66,13 +66,13 @@ def terms(m: Tensor, shift: Tensor, k: Constants, straight_through: bool = False
     clamped = var.clamp_min(0)
     var = var + (clamped - var).detach() if straight_through else clamped
     v_s, v_d = var.unbind(0)
-    c_den = k.two_c2.add(v_s).add_(v_d)
+    c_den = k.two_c2.add(v_s).add(v_d)
     return Terms(mu=means + shift, c_num=c_den.add(v_d, alpha=-2), c_den=c_den)
 
 
 def luminance(mu_s: Tensor, mu_d: Tensor, k: Constants) -> tuple[Tensor, Tensor]:
     """``(L_num, L_den)`` from the means."""
-    l_den = k.two_c1.addcmul(mu_s, mu_s).addcmul_(mu_d, mu_d)
+    l_den = k.two_c1.addcmul(mu_s, mu_s).addcmul(mu_d, mu_d)
     return l_den.addcmul(mu_d, mu_d, value=-2), l_den
 
 
@@ -84,7 +84,7 @@ def similarity(t: Terms, k: Constants) -> Tensor:
     """The SSIM (or UQI) map."""
     mu_s, mu_d = t.mu.unbind(0)
     l_num, l_den = luminance(mu_s, mu_d, k)
-    return (l_num * t.c_num).div_(_denominator(l_den, t.c_den, k))
+    return (l_num * t.c_num).div(_denominator(l_den, t.c_den, k))
 
 
 def contrast(t: Terms) -> Tensor:
@@ -125,7 +125,7 @@ def adjoints(
     if grad_map is not None:
         q = _denominator(l_den, t.c_den, k)
         u = (2 * grad_map).div(q)
-        v = u * (l_num * t.c_num).div_(q)  # u S, with S exactly as the forward has it
+        v = u * (l_num * t.c_num).div(q)  # u S, with S exactly as the forward has it
         a, b = u * t.c_num, v * t.c_den
         c, d = u * l_num, v * l_den
     else:
@@ -137,8 +137,8 @@ def adjoints(
     # L depends on mu_s, mu_d; C on v_s = m2 - m0^2, v_d = m3 - m1^2; m0 = mu_s - a_s, m1 = mu_d - a_d.
     ab, a_b, cd, c_d = a - b, a + b, c - d, c + d  # 2 (A + B), 2 (A - B), 2 (C + D), 2 (C - D)
     m0, m1 = (t.mu - shift).unbind(0)
-    g_m0 = (mu_s * ab).addcmul_(m0, cd, value=-1)
-    g_m1 = (m1 * c_d).addcmul_(mu_d, a_b, value=-1)
+    g_m0 = (mu_s * ab).addcmul(m0, cd, value=-1)
+    g_m1 = (m1 * c_d).addcmul(mu_d, a_b, value=-1)
     return Adjoints(
         g_x=g_m0 + g_m1 if need_x else None,
         g_y=g_m0 - g_m1 if need_y else None,

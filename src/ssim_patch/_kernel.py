@@ -63,13 +63,16 @@ def similarity(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tupl
 def traced() -> bool:
     """True while torch.compile traces, a torch.func transform is active or forward AD is on."""
     compiling = getattr(torch.compiler, "is_compiling", None)
-    if compiling is not None and compiling():
-        return True
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    if active is not None and active():
+    if (compiling is not None and compiling()) or traced_transforms_active():
         return True
     level: int = getattr(torch.autograd.forward_ad, "_current_level", -1)
     return level >= 0
+
+
+def traced_transforms_active() -> bool:
+    """True while a torch.func transform (vmap, grad, jvp, ...) is active."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active is not None and active())
 
 
 def _constants(c1: Scalar, c2: Scalar, plan: Plan, like: Tensor) -> _formula.Constants:
@@ -425,23 +428,40 @@ class _Similarity(torch.autograd.Function):
     def jvp(
         ctx: Any, tx: Optional[Tensor], ty: Optional[Tensor], tc1: Any, tc2: Any, _: Any
     ) -> tuple[Any, ...]:
+        """Forward mode through the traced path: ``torch.func.jvp`` under functorch, and under
+        plain forward AD (which does not nest) reverse mode transposed: ``J v = d/du <J^T u, v>``."""
         x, y = ctx.saved_tensors[:2]
-        c1, c2 = ctx.scalars
         plan: Plan = ctx.plan
-        primals = tuple(
-            c if isinstance(c, Tensor) else torch.tensor(c, dtype=x.dtype, device=x.device)
-            for c in (x, y, c1, c2)
-        )
-        tangents = tuple(
-            t if isinstance(t, Tensor) else torch.zeros_like(p) for p, t in zip(primals, (tx, ty, tc1, tc2))
-        )
+        primals = (x, y, *ctx.scalars)
+        tangents = (tx, ty, tc1, tc2)
+        used = [i for i, t in enumerate(tangents) if isinstance(t, Tensor)]
 
-        def traced(a: Tensor, b: Tensor, k1: Tensor, k2: Tensor) -> tuple[Tensor, Tensor]:
-            per_image, extra = _traced_similarity(a, b, k1, k2, plan)
-            return per_image, extra if extra is not None else a.new_empty(0)
+        def traced(*args: Any) -> list[Tensor]:
+            full = list(primals)
+            for i, arg in zip(used, args):
+                full[i] = arg
+            per_image, extra = _traced_similarity(*full, plan)  # type: ignore[call-arg]
+            return [per_image] + ([extra] if extra is not None else [])
 
-        d_image, d_extra = torch.func.jvp(traced, primals, tangents)[1]
-        return (d_image, d_extra, None, None, None, None)
+        inputs: list[Tensor] = [primals[i] for i in used]
+        vectors: list[Optional[Tensor]] = [tangents[i] for i in used]
+        if traced_transforms_active():
+            d = list(torch.func.jvp(traced, tuple(inputs), tuple(vectors))[1])
+        else:
+            with torch.enable_grad():
+                leaves = [p.detach().requires_grad_() for p in inputs]
+                outputs = traced(*leaves)
+                probes = [torch.zeros_like(o, requires_grad=True) for o in outputs]
+                vjps = torch.autograd.grad(outputs, leaves, probes, create_graph=True, allow_unused=True)
+                dot = x.new_zeros(())
+                for v, t in zip(vjps, vectors):
+                    if v is not None and t is not None:
+                        dot = dot + (v * t).sum()
+                d = [
+                    g if g is not None else torch.zeros_like(o)
+                    for g, o in zip(torch.autograd.grad(dot, probes, allow_unused=True), outputs)
+                ]
+        return (d[0], d[1] if len(d) > 1 else x.new_empty(0), None, None, None, None)
 
     @staticmethod
     def vmap(

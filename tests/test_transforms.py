@@ -1,0 +1,343 @@
+"""Every PyTorch transform works on the patched SSIM and agrees with eager autograd (2-D and 3-D,
+through ``ssim_patch.ssim`` and through patched torchmetrics); where unpatched torchmetrics
+supports a transform, side by side with it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import reference_torch as ref
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
+from torch.utils.checkpoint import checkpoint
+
+import ssim_patch
+from ssim_patch import _kernel, _patcher
+
+F = importlib.import_module("torchmetrics.functional.image.ssim")
+TOL = dict(atol=1e-12, rtol=1e-9)
+
+CASES = {
+    "2d": ((2, 2, 12, 13), dict(sigma=1.0)),
+    "3d": ((2, 1, 7, 8, 9), dict(sigma=(0.8, 0.8, 1.0))),
+}
+APIS = ("ssim_patch", "torchmetrics")
+
+
+def _images(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(shape, generator=g, dtype=torch.float64)
+    return 0.7 * target + 0.3 * torch.rand(shape, generator=g, dtype=torch.float64), target
+
+
+def _per_image(api: str, kw: dict):
+    """preds -> per-image SSIM against a fixed target, through ``api``."""
+
+    def fn(x, y):
+        if api == "ssim_patch":
+            return ssim_patch.ssim(x, y, data_range=1.0, reduction="none", **kw)
+        return F.structural_similarity_index_measure(x, y, data_range=1.0, reduction="none", **kw)
+
+    return fn
+
+
+@pytest.fixture(autouse=True)
+def _patched():
+    saved = _patcher._snapshot()
+    ssim_patch.apply()
+    yield
+    _patcher._restore(saved)
+
+
+def _eager_jacobian(v, x):
+    return torch.autograd.functional.jacobian(v, x)
+
+
+TRANSFORMS = [
+    "grad",
+    "jacrev",
+    "jacfwd",
+    "jvp",
+    "vmap",
+    "vmap(grad)",
+    "forward-ad",
+    "checkpoint",
+    "checkpoint-reentrant",
+]
+
+
+def _run(transform: str, fn, x, y):
+    """(what the transform gives, what eager autograd gives) for ``fn(x, y)`` per image."""
+    n = x.shape[0]
+    weights = torch.arange(1.0, n + 1, dtype=x.dtype)
+
+    def loss(a):
+        return (fn(a, y) * weights).sum()
+
+    def eager_grad(a):
+        a = a.detach().requires_grad_()
+        return torch.autograd.grad(loss(a), a)[0]
+
+    tangent = torch.linspace(-1, 1, x.numel(), dtype=x.dtype).view(x.shape)
+    if transform == "grad":
+        return grad(loss)(x), eager_grad(x)
+    if transform in ("jacrev", "jacfwd"):
+        got = (jacrev if transform == "jacrev" else jacfwd)(lambda a: fn(a, y))(x)
+        return got, _eager_jacobian(lambda a: fn(a, y), x)
+    if transform == "jvp":
+        _, got = jvp(lambda a: fn(a, y), (x,), (tangent,))
+        jac = _eager_jacobian(lambda a: fn(a, y), x)
+        return got, (jac.reshape(n, -1) @ tangent.reshape(-1))
+    if transform == "vmap":
+        got = vmap(lambda a, b: fn(a[None], b[None])[0])(x, y)
+        with torch.no_grad():
+            return got, fn(x, y)
+    if transform == "vmap(grad)":
+        got = vmap(grad(lambda a, b: fn(a[None], b[None])[0]))(x, y)
+        expected = []
+        for i in range(n):
+            a = x[i : i + 1].detach().requires_grad_()
+            expected.append(torch.autograd.grad(fn(a, y[i : i + 1])[0], a)[0][0])
+        return got, torch.stack(expected)
+    if transform == "forward-ad":
+        with fwAD.dual_level():
+            got = fwAD.unpack_dual(fn(fwAD.make_dual(x, tangent), y)).tangent
+        jac = _eager_jacobian(lambda a: fn(a, y), x)
+        return got, (jac.reshape(n, -1) @ tangent.reshape(-1))
+    if transform in ("checkpoint", "checkpoint-reentrant"):
+        a = x.detach().requires_grad_()
+        checkpoint(loss, a, use_reentrant=transform == "checkpoint-reentrant").backward()
+        return a.grad, eager_grad(x)
+    raise AssertionError(transform)
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_transform_agrees_with_eager_autograd(transform, case, api):
+    shape, kw = CASES[case]
+    x, y = _images(shape)
+    got, expected = _run(transform, _per_image(api, kw), x, y)
+    torch.testing.assert_close(got, expected, **TOL)
+
+
+def _upstream_is_right() -> bool:
+    from packaging.version import Version
+
+    return Version(importlib.metadata.version("torchmetrics")) >= Version("1.4.2")
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_transform_side_by_side_with_unpatched(transform):
+    """Whatever a transform gives unpatched (2-D Gaussian SSIM, right upstream from 1.4.2), it
+    gives patched, with the same numbers."""
+    if not _upstream_is_right():
+        pytest.skip("2-D SSIM is right upstream from 1.4.2 on")
+    shape, kw = CASES["2d"]
+    x, y = _images(shape, seed=1)
+    fn = _per_image("torchmetrics", kw)
+    ssim_patch.revert()
+    try:
+        upstream, _ = _run(transform, fn, x, y)
+    except Exception as exc:  # unpatched does not support it: nothing to keep
+        pytest.skip(f"unpatched torchmetrics fails under {transform}: {type(exc).__name__}")
+    ssim_patch.apply()
+    patched, _ = _run(transform, fn, x, y)
+    torch.testing.assert_close(patched, upstream, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hessian(case):
+    """torch.func.hessian (forward over reverse), eager double backward and the reference agree."""
+    shape, kw = CASES[case]
+    shape = (1, 1, 9, 8) if case == "2d" else (1, 1, 5, 6, 7)
+    x, y = _images(shape, seed=2)
+
+    def loss(a):
+        return ssim_patch.ssim(a, y, data_range=1.0, **kw)
+
+    got = hessian(loss)(x)
+    eager = torch.autograd.functional.hessian(loss, x)  # double backward through the fused path
+    reference = torch.autograd.functional.hessian(lambda a: ref.ssim(a, y, data_range=1.0, **kw)[0].sum(), x)
+    torch.testing.assert_close(got, eager, **TOL)
+    torch.testing.assert_close(got, reference, atol=1e-12, rtol=1e-7)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradgradcheck(case):
+    _, kw = CASES[case]
+    x, y = _images((1, 1, 8, 7) if case == "2d" else (1, 1, 5, 5, 6), seed=3)
+    x.requires_grad_()
+    y.requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda a, b: ssim_patch.ssim(a, b, data_range=1.0, **kw), (x, y), eps=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("output", ["map", "cs"])
+def test_jacfwd_and_jacrev_of_the_other_outputs(output):
+    shape, kw = CASES["2d"]
+    x, y = _images((1, 1, *shape[2:]), seed=4)
+    flag = {"return_full_image": True} if output == "map" else {"return_contrast_sensitivity": True}
+
+    def fn(a):
+        return ssim_patch.ssim(a, y, data_range=1.0, reduction="none", **flag, **kw)[1]
+
+    expected = _eager_jacobian(fn, x)
+    torch.testing.assert_close(jacrev(fn)(x), expected, **TOL)
+    torch.testing.assert_close(jacfwd(fn)(x), expected, **TOL)
+
+
+def test_vmap_with_data_range_none_and_a_tensor_range():
+    shape, kw = CASES["2d"]
+    x, y = _images(shape, seed=5)
+    got = vmap(lambda a, b: ssim_patch.ssim(a[None], b[None], **kw))(x, y)
+    expected = torch.stack([ssim_patch.ssim(x[i : i + 1], y[i : i + 1], **kw) for i in range(x.shape[0])])
+    torch.testing.assert_close(got, expected, **TOL)
+    ranges = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    got = vmap(lambda a, b, r: ssim_patch.ssim(a[None], b[None], data_range=r, **kw))(x, y, ranges)
+    expected = torch.stack(
+        [ssim_patch.ssim(x[i : i + 1], y[i : i + 1], data_range=float(ranges[i]), **kw) for i in range(2)]
+    )
+    torch.testing.assert_close(got, expected, **TOL)
+
+
+# --- the autograd.Function itself: setup_context, its vmap rule and its jvp ---------------------
+
+
+def _plan(kw):
+    from ssim_patch import _filters
+
+    taps = _filters.gaussian_taps(1.0, 7)
+    return _kernel.Plan(_filters.Blur((taps, taps), "same"), output=kw)
+
+
+@pytest.mark.parametrize("output", ["ssim", "map", "cs"])
+def test_the_function_under_vmap_jvp_and_grad(output):
+    """The fused autograd.Function is only reached outside transforms, but works inside them too."""
+    x, y = _images((3, 2, 10, 11), seed=6)
+    plan = _plan(output)
+
+    def fused(a, b, c1=1e-4):
+        out = _kernel._apply(a, b, c1, 9e-4, plan)
+        return out[1] if output != "ssim" else out[0]
+
+    def traced(a, b, c1=1e-4):
+        per_image, extra = _kernel._traced_similarity(a, b, c1, 9e-4, plan)
+        return extra if output != "ssim" else per_image
+
+    torch.testing.assert_close(vmap(fused)(x[:, None], y[:, None]).squeeze(1), traced(x, y), **TOL)
+    c1 = torch.tensor([1e-4, 2e-4, 3e-4], dtype=torch.float64)
+    got = vmap(fused)(x[:, None], y[:, None], c1)
+    expected = torch.stack([traced(x[i : i + 1], y[i : i + 1], float(c1[i]))[0] for i in range(3)])
+    torch.testing.assert_close(got.squeeze(1), expected, **TOL)
+    tangent = torch.linspace(-1, 1, x.numel(), dtype=x.dtype).view(x.shape)
+    torch.testing.assert_close(
+        jvp(lambda a: fused(a, y), (x,), (tangent,))[1],
+        jvp(lambda a: traced(a, y), (x,), (tangent,))[1],
+        **TOL,
+    )
+    with fwAD.dual_level():
+        got = fwAD.unpack_dual(fused(fwAD.make_dual(x, tangent), y)).tangent
+    torch.testing.assert_close(got, jvp(lambda a: traced(a, y), (x,), (tangent,))[1], **TOL)
+    torch.testing.assert_close(
+        grad(lambda a: fused(a, y).sum())(x), grad(lambda a: traced(a, y).sum())(x), **TOL
+    )
+
+
+# --- torch.compile ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dynamo():
+    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo.reset()
+    yield dynamo
+    dynamo.reset()
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_compile_fullgraph_dynamic_forward_and_backward(case, api, dynamo):
+    shape, kw = CASES[case]
+    fn = _per_image(api, kw)
+
+    def loss(a, b):
+        return fn(a, b).sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True, dynamic=True)
+    for grow in (0, 1, 3):  # other batch and spatial sizes: one dynamic graph, no specialisation
+        bigger = (shape[0] + grow, shape[1], *(s + grow for s in shape[2:]))
+        x, y = _images(bigger, seed=grow)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        value = compiled(a, y)
+        eager = loss(b, y)
+        torch.testing.assert_close(value, eager, **TOL)
+        torch.testing.assert_close(torch.autograd.grad(value, a)[0], torch.autograd.grad(eager, b)[0], **TOL)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_compile_with_mark_dynamic_on_batch_and_space(case, dynamo):
+    """mark_dynamic on N and every spatial axis: no ConstraintViolationError (nothing specialises
+    a marked size), and the graph is reused for other sizes."""
+    shape, kw = CASES[case]
+
+    def loss(a, b):
+        return ssim_patch.ssim(a, b, data_range=1.0, **kw)
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    for grow in (0, 2):
+        bigger = (shape[0] + grow, shape[1], *(s + grow for s in shape[2:]))
+        x, y = _images(bigger, seed=grow)
+        a = x.clone().requires_grad_()
+        for dim in (0, *range(2, x.ndim)):
+            dynamo.mark_dynamic(a, dim)
+            dynamo.mark_dynamic(y, dim)
+        value = compiled(a, y)
+        torch.testing.assert_close(value, loss(x, y), **TOL)
+        assert torch.isfinite(torch.autograd.grad(value, a)[0]).all()
+
+
+INDUCTOR_CHILD = textwrap.dedent(
+    """
+    import json, warnings
+    warnings.simplefilter("ignore")
+    import torch
+    import ssim_patch
+    from torchmetrics.functional.image.ssim import structural_similarity_index_measure as f
+    ssim_patch.apply()
+    g = torch.Generator().manual_seed(0)
+    diffs = []
+    loss = lambda a, b: 1 - f(a, b, data_range=1.0)
+    compiled = torch.compile(loss, fullgraph=True, dynamic=True)
+    for size in (24, 29):
+        x = torch.rand(2, 3, size, size + 1, generator=g)
+        y = 0.6 * x + 0.4 * torch.rand(2, 3, size, size + 1, generator=g)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out, eager = compiled(a, y), loss(b, y)
+        ga, gb = torch.autograd.grad(out, a)[0], torch.autograd.grad(eager, b)[0]
+        diffs.append(max((out - eager).abs().item(), ((ga - gb).abs().max() / gb.abs().max()).item()))
+    print(json.dumps({"diff": max(diffs)}))
+    """
+)
+
+
+def test_inductor_dynamic_forward_and_backward():
+    """Inductor (C++ on CPU) with dynamic shapes, forward and backward: capped at 100 s, a cold
+    compile cache on a slow machine skips."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", INDUCTOR_CHILD], capture_output=True, text=True, timeout=100, env=env
+        )
+    except subprocess.TimeoutExpired:
+        pytest.skip("inductor did not finish compiling within 100 s here (cold cache)")
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["diff"] < 1e-4, out.stdout
