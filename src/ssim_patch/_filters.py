@@ -18,7 +18,6 @@ Tensors are ``(..., *spatial)``: the last ``len(blur.taps)`` axes are filtered.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch._guards import detect_fake_mode
 
 Mode = Literal["same", "valid"]
 
@@ -232,11 +232,18 @@ def _conv_shapes(taps: tuple[tuple[float, ...], ...]) -> list[tuple[int, ...]]:
     return [(1, len(taps[1]), len(taps[2])), (len(taps[0]), 1, 1)]
 
 
-@functools.lru_cache(maxsize=64)
-def _conv_weights(
-    taps: tuple[tuple[float, ...], ...], dtype: torch.dtype, device: torch.device
-) -> tuple[Tensor, ...]:
-    """The passes' kernels on ``device`` (built once: no host-to-device copy per call)."""
+#: Convolution kernels already on a device, by (taps, dtype, device): made once, so a call makes
+#: no host-to-device copy.
+_WEIGHTS: dict[tuple[tuple[tuple[float, ...], ...], torch.dtype, torch.device], tuple[Tensor, ...]] = {}
+
+
+def _conv_weights(taps: tuple[tuple[float, ...], ...], like: Tensor) -> tuple[Tensor, ...]:
+    """The passes' kernels in ``like``'s dtype, on its device. Under a fake-tensor mode (export,
+    shape inference) they are made fake and not kept."""
+    fake = detect_fake_mode() is not None
+    key = (taps, like.dtype, like.device)
+    if not fake and key in _WEIGHTS:
+        return _WEIGHTS[key]
     vectors = [torch.tensor(t, dtype=torch.float64) for t in taps]
     if len(taps) == 2:
         kernels = [torch.outer(vectors[0], vectors[1])]
@@ -244,10 +251,14 @@ def _conv_weights(
         kernels = [torch.outer(vectors[1], vectors[2])[None], vectors[0].view(-1, 1, 1)]
     out = []
     for kernel in kernels:
-        host = kernel.to(dtype)[None, None].contiguous()
-        if device.type == "cuda":
-            host = host.pin_memory()
-        out.append(host.to(device, non_blocking=True))
+        host = kernel.to(like.dtype)[None, None].contiguous()
+        if like.device.type == "cuda" and not fake:
+            host = host.pin_memory()  # an asynchronous copy: no host sync
+        out.append(host.to(like.device, non_blocking=True))
+    if not fake:
+        if len(_WEIGHTS) >= 64:
+            _WEIGHTS.clear()
+        _WEIGHTS[key] = tuple(out)
     return tuple(out)
 
 
@@ -286,7 +297,7 @@ def conv_blur(t: Tensor, blur: Blur) -> Tensor:
     lead, spatial = t.shape[: t.ndim - nd], t.shape[t.ndim - nd :]
     out = t.reshape(-1, 1, *spatial)
     with exact_fp32(t.device):
-        for weight in _conv_weights(blur.taps, t.dtype, t.device):
+        for weight in _conv_weights(blur.taps, t):
             out = _conv(out, weight)
     return out.reshape(*lead, *out.shape[2:])
 
@@ -297,7 +308,7 @@ def conv_blur_adjoint(g: Tensor, blur: Blur, like: Tensor) -> Tensor:
     nd = len(blur.taps)
     out = g.reshape(-1, 1, *g.shape[g.ndim - nd :])
     with exact_fp32(g.device):
-        for weight in reversed(_conv_weights(blur.taps, g.dtype, g.device)):
+        for weight in reversed(_conv_weights(blur.taps, g)):
             out = _conv(out, weight, transposed=True)
     out = out.view(g.shape[0], -1, *out.shape[2:])  # (S, planes, *padded)
     if any(blur.pads):

@@ -15,6 +15,7 @@ from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from ssim_patch import _filters, _kernel
 from ssim_patch._options import check_padding as _check_padding
@@ -170,7 +171,7 @@ def _readable(value: Union[float, Tensor]) -> Optional[float]:
     """``value`` as a float where reading it costs no device sync and breaks no trace, else None."""
     if not isinstance(value, Tensor):
         return float(value)
-    if value.device.type == "cpu" and not value.requires_grad and not _kernel.traced():
+    if value.device.type == "cpu" and not value.requires_grad and not _kernel.traced() and not is_fake(value):
         return float(value)
     return None
 
