@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", nargs="*", choices=["plugin", "bookkeeping"], default=[])
+    parser.add_argument(
+        "what", nargs="*", metavar="plugin|bookkeeping", help="what to measure (default: both)"
+    )
     parser.add_argument("--rounds", type=int, default=7, help="rounds per measurement (default 7)")
     parser.add_argument("--calls", type=int, default=200, help="calls per bookkeeping round (default 200)")
     parser.add_argument(
@@ -197,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     what = args.what or ["plugin", "bookkeeping"]
+    unknown = sorted(set(what) - {"plugin", "bookkeeping"})
+    if unknown:
+        parser.error(f"unknown measurement {unknown}: choose plugin, bookkeeping or both")
     report: dict[str, Any] = {}
     ok = True
     if "plugin" in what:  # first: the bookkeeping run loads torch into this process
