@@ -94,6 +94,36 @@ def ssim_reference(
     return Ref(ssim_map.reshape(n, -1).mean(1), cs_map.reshape(n, -1).mean(1), ssim_map)
 
 
+def uqi_reference(
+    preds,
+    target,
+    kernel_size: Sequence[int] = (11, 11),
+    sigma: Sequence[float] = (1.5, 1.5),
+    eps: float = float(np.finfo(np.float32).eps),
+    padding: str = "same",
+) -> np.ndarray:
+    """The UQI map (Wang and Bovik 2002, as torchmetrics defines it): a Gaussian window of
+    ``kernel_size`` taps per axis, variances clamped at 0, ``eps`` in the denominator."""
+    x = np.asarray(preds, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    windows = []
+    for k, s in zip(kernel_size, sigma):
+        d = np.arange(k, dtype=np.float64) - (k - 1) / 2
+        w = np.exp(-((d / s) ** 2) / 2)
+        windows.append(w / w.sum())
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        for i, w in enumerate(windows):
+            a = correlate_axis(a, 2 + i, w, padding)
+        return a
+
+    mx, my = blur(x), blur(y)
+    vx = np.maximum(blur(x * x) - mx * mx, 0.0)
+    vy = np.maximum(blur(y * y) - my * my, 0.0)
+    cov = blur(x * y) - mx * my
+    return (2 * mx * my) * (2 * cov) / ((mx * mx + my * my) * (vx + vy) + eps)
+
+
 def reduce(values: np.ndarray, reduction) -> np.ndarray:
     if reduction == "elementwise_mean":
         return np.asarray(values.mean())
@@ -123,6 +153,7 @@ __all__ = [
     "ms_ssim_reference",
     "reduce",
     "ssim_reference",
+    "uqi_reference",
     "zeroed_border",
 ]
 

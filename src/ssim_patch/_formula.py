@@ -62,7 +62,9 @@ class Terms(NamedTuple):
 def terms(m: Tensor, shift: Tensor, k: Constants, straight_through: bool = False) -> Terms:
     """The means and contrast factors from the moments ``m`` ``(4, ...)``; ``shift`` ``(2, ...)``."""
     means, squares = m.tensor_split(2)
-    var = squares.addcmul(means, means, value=-1)
+    # Not addcmul: a fused multiply-add would keep the rounding error of means^2, so a window of
+    # one tap (or a flat image) would get a variance of rounding noise instead of exactly 0.
+    var = squares - means * means
     clamped = var.clamp_min(0)
     var = var + (clamped - var).detach() if straight_through else clamped
     v_s, v_d = var.unbind(0)

@@ -64,14 +64,10 @@ def _check_inputs(preds: Tensor, target: Tensor) -> None:
         raise ValueError(f"Expected at least one image and one channel, got shape {tuple(preds.shape)}.")
 
 
-def _windows(
-    gaussian_kernel: bool,
-    sigma: Union[float, Sequence[float]],
-    kernel_size: Union[int, Sequence[int]],
-    nd: int,
-) -> list[tuple[bool, float, int, int]]:
-    """Per axis: (gaussian, sigma, uniform size, window size). Both arguments are always checked,
-    as torchmetrics does, whichever window is used."""
+def _window_args(
+    sigma: Union[float, Sequence[float]], kernel_size: Union[int, Sequence[int]], nd: int
+) -> tuple[list[float], list[int]]:
+    """``sigma`` and ``kernel_size`` per axis, checked: positive finite sigmas, odd positive sizes."""
     sigmas = _per_axis(sigma, nd, "sigma")
     sizes = _per_axis(kernel_size, nd, "kernel_size")
     for s in sigmas:
@@ -81,9 +77,29 @@ def _windows(
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0 or k % 2 == 0:
             odd = [_odd_above(v) for v in sizes]
             raise ValueError(f"`kernel_size` must be odd positive integers, got {sizes}; try {odd}.")
+    return [float(s) for s in sigmas], [int(k) for k in sizes]  # type: ignore[arg-type, call-overload]
+
+
+def _windows(
+    gaussian_kernel: bool,
+    sigma: Union[float, Sequence[float]],
+    kernel_size: Union[int, Sequence[int]],
+    nd: int,
+) -> list[tuple[bool, float, int, int]]:
+    """SSIM's window per axis: (gaussian, sigma, uniform size, window size). Both arguments are
+    always checked, as torchmetrics does, whichever window is used."""
+    sigmas, sizes = _window_args(sigma, kernel_size, nd)
     if gaussian_kernel:
-        return [(True, float(s), 0, _filters.gaussian_size(float(s))) for s in sigmas]  # type: ignore[arg-type]
-    return [(False, 0.0, int(k), int(k)) for k in sizes]  # type: ignore[call-overload]
+        return [(True, s, 0, _filters.gaussian_size(s)) for s in sigmas]
+    return [(False, 0.0, k, k) for k in sizes]
+
+
+def _blur(windows: list[tuple[bool, float, int, int]], padding: str) -> _filters.Blur:
+    taps = tuple(
+        _filters.gaussian_taps(s, size) if gaussian else _filters.uniform_taps(size)
+        for gaussian, s, _, size in windows
+    )
+    return _filters.Blur(taps, padding)  # type: ignore[arg-type]
 
 
 def _odd_above(value: object) -> int:
@@ -228,13 +244,8 @@ def _ssim_per_image(
     dtype = _compute_dtype(preds.dtype)
     x, y, big_l = _data_range(preds.to(dtype), target.to(dtype), data_range)
     c1, c2 = _constants(big_l, k1, k2, dtype)
-    taps = tuple(
-        _filters.gaussian_taps(s, size) if gaussian else _filters.uniform_taps(size)
-        for gaussian, s, _, size in windows
-    )
     output: _kernel.Output = "map" if return_full_image else "cs" if return_contrast_sensitivity else "ssim"
-    plan = _kernel.Plan(_filters.Blur(taps, padding), output=output)  # type: ignore[arg-type]
-    per_image, extra = _kernel.similarity(x, y, c1, c2, plan)
+    per_image, extra = _kernel.similarity(x, y, c1, c2, _kernel.Plan(_blur(windows, padding), output=output))
     if extra is None:
         return per_image.to(out_dtype)
     return per_image.to(out_dtype), extra.to(out_dtype)
@@ -290,3 +301,39 @@ def ssim(
     if isinstance(out, tuple):
         return _reduce(out[0], reduction), out[1]
     return _reduce(out, reduction)
+
+
+def uqi(
+    preds: Tensor,
+    target: Tensor,
+    *,
+    kernel_size: Union[int, Sequence[int]] = (11, 11),
+    sigma: Union[float, Sequence[float]] = (1.5, 1.5),
+    reduction: Reduction = "elementwise_mean",
+    padding: Padding = "same",
+) -> Tensor:
+    """Corrected universal image quality index (Wang and Bovik) of ``preds`` against ``target``.
+
+    Arguments, defaults and return shapes are those of torchmetrics'
+    ``universal_image_quality_index``: a Gaussian window of ``kernel_size`` taps with ``sigma`` per
+    axis, ``eps`` (the machine epsilon of the input's dtype) in the denominator; the reduction is
+    over the whole map (``"none"``: the map itself). ``padding="same"`` reflect-pads by the window
+    actually used so the whole image counts; ``"valid"`` keeps only windows wholly inside it.
+    """
+    _check_reduction(reduction)
+    if isinstance(preds, Tensor) and isinstance(target, Tensor) and target.dtype != preds.dtype:
+        target = target.to(preds.dtype)
+    _check_inputs(preds, target)
+    _check_padding(padding)
+    sigmas, sizes = _window_args(sigma, kernel_size, preds.ndim - 2)
+    windows = [(True, s, k, k) for s, k in zip(sigmas, sizes)]
+    _check_sizes(preds.shape, windows, padding)
+    out_dtype = preds.dtype if preds.is_floating_point() else torch.float32
+    dtype = _compute_dtype(preds.dtype)
+    output: _kernel.Output = "ssim" if reduction == "elementwise_mean" else "map"
+    plan = _kernel.Plan(_blur(windows, padding), eps=torch.finfo(out_dtype).eps, output=output)
+    per_image, full = _kernel.similarity(preds.to(dtype), target.to(dtype), 0.0, 0.0, plan)
+    if reduction == "elementwise_mean":
+        return per_image.mean().to(out_dtype)
+    assert full is not None
+    return (full.sum() if reduction == "sum" else full).to(out_dtype)

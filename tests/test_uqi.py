@@ -1,0 +1,130 @@
+"""The corrected UQI against the independent float64 reference, its gradient, and upstream where
+upstream is right ("valid" padding with a square window)."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import reference_torch
+import torch
+from reference import reduce, uqi_reference, zeroed_border
+
+from ssim_patch import _kernel
+from ssim_patch.engine import uqi
+
+WINDOWS = [
+    dict(kernel_size=(11, 11), sigma=(1.5, 1.5)),
+    dict(kernel_size=(11, 3), sigma=(1.5, 0.5)),
+    dict(kernel_size=(5, 7), sigma=(1.0, 2.0)),
+    dict(kernel_size=(1, 1), sigma=(1.5, 1.5)),
+]
+SHAPES = [(2, 3, 40, 36), (1, 1, 23, 17)]
+
+
+def _pair(shape, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    return x.to(dtype), (0.6 * x + 0.4 * torch.rand(shape, generator=g, dtype=torch.float64)).to(dtype)
+
+
+@pytest.mark.parametrize("reduction", ["elementwise_mean", "sum", "none", None])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("window", WINDOWS, ids=lambda w: "x".join(map(str, w["kernel_size"])))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_reference(shape, window, padding, reduction):
+    x, y = _pair(shape)
+    expected = uqi_reference(
+        x.numpy(), y.numpy(), padding=padding, eps=float(np.finfo(np.float64).eps), **window
+    )
+    got = uqi(x, y, padding=padding, reduction=reduction, **window)
+    np.testing.assert_allclose(got.numpy(), reduce(expected, reduction), rtol=1e-10, atol=1e-10)
+
+
+def test_zeroed_border_counts():
+    """The issue's example: 2x3x40x36 with a zeroed 1-pixel frame."""
+    x, _ = _pair((2, 3, 40, 36), seed=1, dtype=torch.float32)
+    t = zeroed_border(x)
+    expected = uqi_reference(x.double().numpy(), t.double().numpy()).mean()
+    got = uqi(x, t)
+    assert abs(got.item() - expected) < 1e-5
+    assert got.item() < 0.95  # upstream crops the frame away and reports about 0.99
+
+
+def test_float32_and_half_use_their_own_epsilon():
+    x, y = _pair((2, 1, 24, 24), seed=2)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        xd, yd = x.to(dtype), y.to(dtype)
+        expected = uqi_reference(xd.double().numpy(), yd.double().numpy(), eps=float(torch.finfo(dtype).eps))
+        got = uqi(xd, yd)
+        assert got.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 1e-3 + float(torch.finfo(dtype).eps)
+        assert abs(got.double().item() - expected.mean()) < tol, dtype
+
+
+def test_flat_images_give_zero():
+    """Two flat images: no variance, no covariance, so the index is 0 / eps = 0. (Upstream gets
+    0.168 in float64 and -0.135 in float32 there: its variances are rounding noise over eps.)"""
+    x = torch.full((1, 1, 16, 16), 0.3, dtype=torch.float64)
+    assert abs(uqi(x, x.clone()).item()) < 1e-12
+    assert abs(uqi(x.float(), x.float().clone()).item()) < 1e-6
+
+
+@pytest.mark.parametrize("force_device_path", [False, True])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_gradient_is_the_exact_derivative(padding, force_device_path, monkeypatch):
+    monkeypatch.setattr(_kernel, "FORCE_DEVICE_PATH", force_device_path)
+    x, y = _pair((2, 2, 20, 21), seed=3)
+    kw = dict(kernel_size=(7, 5), sigma=(1.2, 0.9))
+    eps = float(torch.finfo(torch.float64).eps)
+    grads = []
+    for fn in (
+        lambda a, b: uqi(a, b, padding=padding, **kw),
+        lambda a, b: _reference_uqi(a, b, eps=eps, padding=padding, **kw).mean(),
+    ):
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        grads.append(torch.autograd.grad(fn(a, b), (a, b)))
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, atol=1e-13, rtol=1e-8)
+
+
+def _reference_uqi(x, y, kernel_size, sigma, eps, padding):
+    windows = [reference_torch.gaussian_window(s, k) for k, s in zip(kernel_size, sigma)]
+    mx, my = (reference_torch.blur(a, windows, padding) for a in (x, y))
+    vx = reference_torch.blur(x * x, windows, padding) - mx * mx
+    vy = reference_torch.blur(y * y, windows, padding) - my * my
+    cov = reference_torch.blur(x * y, windows, padding) - mx * my
+    return (2 * mx * my) * (2 * cov) / ((mx * mx + my * my) * (vx + vy) + eps)
+
+
+def test_valid_equals_upstream_for_square_windows():
+    """Upstream's cropped map is exactly the valid windows when the window is square."""
+    tm = importlib.import_module("torchmetrics.functional.image.uqi")
+    x, y = _pair((2, 3, 30, 28), seed=4)
+    for k, s in ((11, 1.5), (7, 1.0)):
+        upstream = tm._uqi_compute(x, y, (k, k), (s, s), "none")
+        got = uqi(x, y, kernel_size=(k, k), sigma=(s, s), padding="valid", reduction="none")
+        torch.testing.assert_close(got, upstream, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(kernel_size=(10, 11)), "`kernel_size` must be odd positive integers"),
+        (dict(sigma=(0.0, 1.5)), "`sigma` must be positive finite numbers"),
+        (dict(kernel_size=(11, 11, 11)), "`kernel_size` has 3 entries"),
+        (dict(padding="reflect"), "`padding` must be 'same' or 'valid'"),
+        (dict(reduction="mean"), "`reduction` must be one of"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(kw, message):
+    x, y = _pair((1, 1, 16, 16))
+    with pytest.raises(ValueError, match=message):
+        uqi(x, y, **kw)
+
+
+def test_an_image_too_small_for_its_window():
+    x, y = _pair((1, 1, 5, 16))
+    with pytest.raises(ValueError, match=r"Axis 2 \(height\) has size 5, too short for reflect padding by 5"):
+        uqi(x, y)
