@@ -6,15 +6,18 @@
   those releases do).
 
 Errors are the release's own where the release rejects the arguments: when the corrected engine
-rejects a call (ValueError/TypeError), the original is called with the same arguments, and if it
-raises anything but a RuntimeError, that exception is raised unchanged. If the original returns
-(say, a NaN) or fails inside torch (RuntimeError), the engine's clearer error is raised.
+rejects a call (ValueError/TypeError), the original is called with the same arguments, and if one
+of torchmetrics' own ``raise`` statements rejects them, that exception is raised unchanged. If the
+original returns (say, a NaN) or fails somewhere deeper (inside torch, such as ``F.pad`` on an
+image smaller than its pad, or a builtin such as ``int(nan)``), the engine's clearer error is
+raised.
 
 Imported by the patcher only when torchmetrics' SSIM module is loaded (it imports torch).
 """
 
 from __future__ import annotations
 
+import dis
 import functools
 from collections.abc import Sequence
 from typing import Any, Callable, Union
@@ -28,15 +31,30 @@ from ssim_patch.engine import _reduce, _ssim_per_image
 Result = Union[Tensor, tuple[Tensor, Tensor]]
 
 
+def _raised_by_torchmetrics(exc: BaseException) -> bool:
+    """True when ``exc`` comes from a ``raise`` statement in torchmetrics' own code (an argument
+    check of the release), not from torch, a builtin or Python below it."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    if module != "torchmetrics" and not module.startswith("torchmetrics."):
+        return False
+    for instruction in dis.get_instructions(tb.tb_frame.f_code):
+        if instruction.offset == tb.tb_lasti:
+            return instruction.opname == "RAISE_VARARGS"
+    return False
+
+
 def _error_for(original: Callable[..., Any], args: tuple[Any, ...], ours: Exception) -> BaseException:
     """The exception to raise for a call the engine rejected with ``ours``: the release's own
-    (when it rejects the call with anything but a RuntimeError), else ``ours``."""
+    when one of its argument checks rejects the call too, else ``ours``."""
     try:
         original(*args)
-    except RuntimeError:
-        return ours
     except Exception as theirs:
-        return theirs
+        return theirs if _raised_by_torchmetrics(theirs) else ours
     return ours
 
 
