@@ -98,6 +98,7 @@ def _reference_uqi(x, y, kernel_size, sigma, eps, padding):
     return (2 * mx * my) * (2 * cov) / ((mx * mx + my * my) * (vx + vy) + eps)
 
 
+@pytest.mark.ssim_unpatched
 def test_valid_equals_upstream_for_square_windows():
     """Upstream's cropped map is exactly the valid windows when the window is square."""
     tm = importlib.import_module("torchmetrics.functional.image.uqi")

@@ -10,7 +10,7 @@ implementations, all exact in the working precision (no matrix products, TF32 of
 - :class:`BandBlur` (CPU, no autograd): bands of rows gathered with their halo, filtered in place
   in reused buffers so that each band stays in cache.
 - :func:`conv_blur` / :func:`conv_blur_adjoint` (other devices, no autograd): one depthwise
-  convolution per pass over a whole stack of maps, a few launches instead of one per tap.
+  convolution per pass over a whole stack of maps, two launches instead of one per tap.
 
 Tensors are ``(..., *spatial)``: the last ``len(blur.taps)`` axes are filtered.
 """
@@ -225,16 +225,18 @@ class BandBlur:
 # --- other devices: depthwise convolutions ----------------------------------------------------
 
 
-def _conv_shapes(taps: tuple[tuple[float, ...], ...]) -> list[tuple[int, ...]]:
-    """The kernel shapes of the passes: 2-D one (kh, kw) pass; 3-D (1, kh, kw) then (kd, 1, 1)."""
-    if len(taps) == 2:
-        return [(len(taps[0]), len(taps[1]))]
-    return [(1, len(taps[1]), len(taps[2])), (len(taps[0]), 1, 1)]
-
-
 #: Convolution kernels already on a device, by (taps, dtype, device): made once, so a call makes
 #: no host-to-device copy.
-_WEIGHTS: dict[tuple[tuple[tuple[float, ...], ...], torch.dtype, torch.device], tuple[Tensor, ...]] = {}
+_WEIGHTS: dict[tuple[object, ...], tuple[Tensor, ...]] = {}
+
+
+def _kernels(taps: tuple[tuple[float, ...], ...]) -> list[Tensor]:
+    """The passes: 2-D a (kh, 1) pass then a (1, kw) one; 3-D a (1, kh, kw) plane then a (kd, 1, 1)
+    pass (three 1-D passes would write a third intermediate stack of maps)."""
+    vectors = [torch.tensor(t, dtype=torch.float64) for t in taps]
+    if len(taps) == 2:
+        return [vectors[0].view(-1, 1), vectors[1].view(1, -1)]
+    return [torch.outer(vectors[1], vectors[2])[None], vectors[0].view(-1, 1, 1)]
 
 
 def _conv_weights(taps: tuple[tuple[float, ...], ...], like: Tensor) -> tuple[Tensor, ...]:
@@ -244,13 +246,8 @@ def _conv_weights(taps: tuple[tuple[float, ...], ...], like: Tensor) -> tuple[Te
     key = (taps, like.dtype, like.device)
     if not fake and key in _WEIGHTS:
         return _WEIGHTS[key]
-    vectors = [torch.tensor(t, dtype=torch.float64) for t in taps]
-    if len(taps) == 2:
-        kernels = [torch.outer(vectors[0], vectors[1])]
-    else:
-        kernels = [torch.outer(vectors[1], vectors[2])[None], vectors[0].view(-1, 1, 1)]
     out = []
-    for kernel in kernels:
+    for kernel in _kernels(taps):
         host = kernel.to(like.dtype)[None, None].contiguous()
         if like.device.type == "cuda" and not fake:
             host = host.pin_memory()  # an asynchronous copy: no host sync
@@ -285,32 +282,35 @@ def exact_fp32(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = saved_flag
 
 
-def _conv(t: Tensor, weight: Tensor, transposed: bool = False) -> Tensor:
+def _conv(t: Tensor, weights: tuple[Tensor, ...], transposed: bool = False) -> Tensor:
+    """The passes over maps ``(1, B, *spatial)``, each a depthwise convolution (one group per
+    map): on CUDA several times faster than a batch of one-channel convolutions (measured on an
+    H200: SSIM at 16x3x512x512 in 2.9 ms instead of 4.6)."""
+    maps = t.shape[1]
     if t.ndim == 4:
-        return (F.conv_transpose2d if transposed else F.conv2d)(t, weight)
-    return (F.conv_transpose3d if transposed else F.conv3d)(t, weight)
+        conv = F.conv_transpose2d if transposed else F.conv2d
+    else:
+        conv = F.conv_transpose3d if transposed else F.conv3d
+    with exact_fp32(t.device):
+        for weight in weights:
+            t = conv(t, weight.expand(maps, *weight.shape[1:]), groups=maps)
+    return t
 
 
 def conv_blur(t: Tensor, blur: Blur) -> Tensor:
-    """``W`` of an already padded stack ``(..., *padded)`` by depthwise convolutions."""
+    """``W`` of an already padded stack ``(..., *padded)`` by convolutions."""
     nd = len(blur.taps)
     lead, spatial = t.shape[: t.ndim - nd], t.shape[t.ndim - nd :]
-    out = t.reshape(-1, 1, *spatial)
-    with exact_fp32(t.device):
-        for weight in _conv_weights(blur.taps, t):
-            out = _conv(out, weight)
-    return out.reshape(*lead, *out.shape[2:])
+    out = _conv(t.reshape(1, -1, *spatial), _conv_weights(blur.taps, t))
+    return out.view(*lead, *out.shape[2:])
 
 
 def conv_blur_adjoint(g: Tensor, blur: Blur, like: Tensor) -> Tensor:
     """``W^T g`` for ``g`` of shape ``(S, *images.shape[:-nd], *out)`` by transposed convolutions,
     the pads folded back; ``like`` has the images' shape ``(..., *spatial)``."""
     nd = len(blur.taps)
-    out = g.reshape(-1, 1, *g.shape[g.ndim - nd :])
-    with exact_fp32(g.device):
-        for weight in reversed(_conv_weights(blur.taps, g)):
-            out = _conv(out, weight, transposed=True)
-    out = out.view(g.shape[0], -1, *out.shape[2:])  # (S, planes, *padded)
+    weights = tuple(reversed(_conv_weights(blur.taps, g)))
+    out = _conv(g.reshape(1, -1, *g.shape[g.ndim - nd :]), weights, transposed=True)
     if any(blur.pads):
         pads: list[int] = []
         for pad in reversed(blur.pads):
@@ -318,7 +318,7 @@ def conv_blur_adjoint(g: Tensor, blur: Blur, like: Tensor) -> Tensor:
         fold = (
             torch.ops.aten.reflection_pad2d_backward if nd == 2 else torch.ops.aten.reflection_pad3d_backward
         )
-        out = fold(out, like.new_empty((g.shape[0], out.shape[1], *like.shape[like.ndim - nd :])), pads)
+        out = fold(out, like.new_empty((1, out.shape[1], *like.shape[like.ndim - nd :])), pads)
     return out.view(*g.shape[: g.ndim - nd], *out.shape[2:])
 
 

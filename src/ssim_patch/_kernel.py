@@ -154,15 +154,16 @@ def _device_forward(
     x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: bool
 ) -> tuple[Tensor, Optional[Tensor], Optional[_Kept]]:
     """The whole batch at once: each pass of the window is one convolution over four maps."""
-    pads = plan.blur.pads
-    padded = [size + 2 * pad for size, pad in zip(x.shape[2:], pads)]
-    stack = x.new_empty((4, *x.shape[:2], *padded))
-    s, d, _, _ = stack.unbind(0)
-    _filters.reflect_pad_into(x + y, pads, s)
-    _filters.reflect_pad_into(x - y, pads, d)
-    sd, squares = stack.tensor_split(2)
-    shift = sd.mean(tuple(range(3, stack.ndim)), keepdim=True)  # (2, N, C, 1, ..): a_s, a_d
-    torch.mul(sd.sub_(shift), sd, out=squares)
+    n, channels, *spatial = x.shape
+    sd = x.new_empty((2, n, channels, *spatial))
+    torch.add(x, y, out=sd[0])
+    torch.sub(x, y, out=sd[1])
+    shift = sd.mean(tuple(range(3, sd.ndim)), keepdim=True)  # (2, N, C, 1, ..): a_s, a_d
+    sd.sub_(shift)
+    padded = [size + 2 * pad for size, pad in zip(spatial, plan.blur.pads)]
+    stack = x.new_empty((4, n, channels, *padded))
+    _filters.reflect_pad_into(sd.view(-1, *spatial), plan.blur.pads, stack[:2].view(-1, *padded))
+    torch.mul(stack[:2], stack[:2], out=stack[2:])
     t = _formula.terms(_filters.conv_blur(stack, plan.blur), shift, k)
     per_image, extra = _finish(_formula.similarity(t, k), t, plan)
     return per_image, extra, (_Kept(t, shift) if keep else None)
