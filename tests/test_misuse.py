@@ -789,34 +789,34 @@ patched hook); and torchmetrics {version}'s own function, unpatched, for compari
 """
 
 FOOTER = """
-## Known gaps (reported against the engine; tests in tests/test_misuse.py fail until fixed)
+## Known gaps
 
-- `empty-batch`, `no-channels`: an empty batch or no channels fail inside the engine (`RuntimeError`
-  from `amax()` with data_range=None); they should raise a `ValueError` that says so.
-- `empty-batch-range`: an empty batch with a given data range fails inside the engine
-  (`UnboundLocalError`); it should raise a `ValueError` naming the empty batch.
-- `range-infinite`: `data_range=(-inf, inf)` passes the `hi > lo` check and gives NaN; the bounds must
-  be finite.
-- `range-tensor-zero`, `range-tensor-negative`, `range-tensor-nan`: a tensor `data_range` is not
-  checked (a float one is): 0 gives c1 = c2 = 0, -1 silently acts as +1 (c = (k L)^2), NaN gives NaN.
-- `sigma-str`: a string is taken as a sequence of characters ("`sigma` has 3 entries").
-  (`range-str-tuple` is a `ValueError` from `float()` that does not name `data_range`.)
-- `kernel-numpy`, `sigma-numpy`, `range-numpy`: numpy scalars (np.int64 kernel size, np.float32
-  sigma or data range) are rejected, although torchmetrics accepts them: patching breaks callers that
-  pass numbers read with numpy (np.float64 works, being a float subclass).
-- NaN/inf pixels with `data_range=None`: a NaN pixel makes the batch's range NaN, and the engine then
-  uses L = 1 for every image (silently wrong for images not in [0, 1]); an inf pixel makes L = inf and
-  every image in the batch NaN. Only the affected image should be NaN
-  (`test_nan_inf_pixels_spoil_only_their_image`).
+None known. `ssim_patch.ssim` answers every case above with a `ValueError` or `TypeError`, or with a
+number: for numpy scalars, which torchmetrics accepts too (`kernel-numpy`, `sigma-numpy`,
+`range-numpy`), for bool and integer images (computed in float32; upstream fails on them), for a
+target of another dtype (cast to preds' dtype), for a negative `k1` (only its square is used), and
+NaN for `k-zero-flat` (below). `test_no_bad_input_gives_an_internal_error` checks every case,
+`test_bad_input_raises_a_clear_error` the error type of the cases once listed here as gaps (empty
+batch or channels, infinite or tensor ranges, a string sigma), `test_numpy_scalars_work_as_upstream`
+the numpy scalars.
 
 Other notes:
+- Through the patched torchmetrics function, an argument the installed release rejects itself gets
+  that release's own error, type and message unchanged (compare the two torchmetrics columns). The
+  patch raises its own error where the release would return a number (`range-zero`, `range-empty`)
+  or fail inside torch with a RuntimeError (`short-same`, `short-depth`).
+- A NaN or inf pixel gives NaN for its own image only. With `data_range=None` the range is taken over
+  the finite pixels, so the other images score as they would without it
+  (`test_nan_inf_pixels_spoil_only_their_image`, and through the patched function and Metric class
+  `test_nan_inf_pixels_through_the_patched_metric`).
 - A `(lo, hi)` data range clamps both images first, so an inf pixel becomes `hi` and scores normally;
   a NaN pixel stays NaN (`test_range_tuple_clamps_inf_and_keeps_nan`).
-- `k1=0, k2=0` on flat images is 0/0 (NaN), as the SSIM formula says; the constants are not checked.
-- Bool and integer images are computed in float32 (upstream fails on bool and on int8).
+- A tensor `data_range` is checked only when it is on the CPU: on a GPU, reading its value would
+  sync the device.
+- `k1=0, k2=0` on two flat images is 0/0, NaN, as the SSIM formula says (`k-zero-flat`).
 - Only module-level bindings of torchmetrics' hook function are patched: a copy kept in a list,
   dict or class attribute keeps the original. Conversely every module-level name bound to the
-  original is swapped, whatever the module.
+  original is swapped, whatever the module (`test_third_party_copy_is_patched_and_reverted`).
 """
 
 
