@@ -27,8 +27,10 @@ def test_pinned_releases_agree():
 def test_hook_and_bugs_agree(entry):
     version = Version(entry["version"])
     assert _releases.hook_point(version).name == entry["hook"]
+    assert [hook.name for hook in _releases.uqi_hook_points(version)] == entry["uqi_hooks"]
     assert list(_releases.upstream_bugs(version)) == entry["upstream_bugs"]
     assert set(entry["upstream_bugs"]) <= set(_releases.BUGS)
+    assert _releases.hook_points(version)[0] == _releases.hook_point(version)
 
 
 def test_tox_has_one_env_per_release():
@@ -48,3 +50,36 @@ def test_older_and_newer_releases():
     assert _releases.hook_point(Version("0.8.1")) is None
     assert _releases.hook_point(Version("0.9.0")).name == "_ssim_compute"
     assert _releases.hook_point(Version("2.0.0")).name == "_ssim_update"
+    assert _releases.hook_points(Version("0.8.1")) == () == _releases.uqi_hook_points(Version("0.8.1"))
+    assert _releases.hook_points(Version("2.0.0"))[1:] == (_releases.UQI_COMPUTE, _releases.UQI_METRIC_UPDATE)
+
+
+@pytest.mark.parametrize(
+    ("version", "uqi"),
+    [
+        # Checked against the wheels of the releases between the pinned ones: data_range and
+        # return_contrast_sensitivity went in 1.0.0; 1.2.0 still keeps preds and target, 1.2.1
+        # sums and counts.
+        ("0.11.4", ("_uqi_compute", 7)),
+        ("1.0.0", ("_uqi_compute", 5)),
+        ("1.2.0", ("_uqi_compute", 5)),
+        ("1.2.1", ("_uqi_compute", 5, "UniversalImageQualityIndex.update", 3)),
+    ],
+)
+def test_uqi_hook_points_between_pinned_releases(version, uqi):
+    got = tuple(
+        x for hook in _releases.uqi_hook_points(Version(version)) for x in (hook.name, len(hook.parameters))
+    )
+    assert got == uqi
+
+
+def test_every_bug_is_in_some_pinned_release():
+    seen = {bug for v in _releases.PINNED for bug in _releases.upstream_bugs(Version(v))}
+    assert seen == set(_releases.BUGS)
+
+
+def test_hook_points_name_their_modules():
+    for hook in _releases.ALL_HOOK_POINTS:
+        assert hook.qualified == f"{hook.module}.{hook.name}"
+        assert hook.module.startswith("torchmetrics.")
+    assert _releases.UQI_METRIC_UPDATE.qualified == "torchmetrics.image.uqi.UniversalImageQualityIndex.update"

@@ -115,6 +115,33 @@ def test_ssim_is_a_lazy_attribute():
     assert result["engine"] and "torch" in result["heavy"]
 
 
+def test_uqi_is_a_lazy_attribute():
+    result = _run(
+        """
+        import sys, ssim_patch
+        assert "uqi" in ssim_patch.__all__ and "uqi" in dir(ssim_patch)
+        assert "ssim_patch.engine" not in sys.modules
+        from ssim_patch import uqi
+        import ssim_patch.engine
+        assert uqi is ssim_patch.uqi is ssim_patch.engine.uqi
+        """
+    )
+    assert result["engine"] and "torch" in result["heavy"]
+
+
+def test_pending_apply_registers_uqi_without_importing_torch():
+    """A pending apply() waits for UQI's modules as well as SSIM's, still without torch."""
+    result = _run(
+        """
+        import sys, ssim_patch
+        report = ssim_patch.apply()
+        assert report.pending and not report.applied and len(report.hooks) >= 2, report
+        assert any(h.endswith("._uqi_compute") for h in report.hooks), report
+        """
+    )
+    assert result["heavy"] == []
+
+
 TORCH_FREE_SUITE = """
 import sys
 

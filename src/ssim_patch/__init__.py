@@ -1,10 +1,12 @@
-"""ssim-patch: corrected SSIM for every torchmetrics release from 0.8.2 to 1.9.0.
+"""ssim-patch: corrected SSIM and UQI for every torchmetrics release from 0.8.2 to 1.9.0.
 
 ``import ssim_patch; ssim_patch.apply()`` makes every torchmetrics SSIM and MS-SSIM API (functional
-and Metric classes) use :func:`ssim_patch.ssim`'s corrected computation.
+and Metric classes) use :func:`ssim_patch.ssim`'s corrected computation, and every UQI API
+(``universal_image_quality_index``, ``UniversalImageQualityIndex``) :func:`ssim_patch.uqi`'s.
 
 Importing ssim_patch loads neither torch nor torchmetrics: the engine (and with it torch) is
-loaded when torchmetrics' SSIM module is imported, or when ``ssim_patch.ssim`` is first used.
+loaded when a torchmetrics module with a hook point is imported, or when ``ssim_patch.ssim`` or
+``ssim_patch.uqi`` is first used.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,7 @@ from ssim_patch._patcher import (
 from ssim_patch._version import __version__
 
 if TYPE_CHECKING:
-    from ssim_patch.engine import ssim
+    from ssim_patch.engine import ssim, uqi
 
 __all__ = [
     "PatchError",
@@ -35,15 +37,19 @@ __all__ = [
     "revert",
     "ssim",
     "status",
+    "uqi",
 ]
+
+_LAZY = ("ssim", "uqi")  # from the engine, which loads torch
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ssim":  # loads the engine, and torch
-        from ssim_patch.engine import ssim
+    if name in _LAZY:  # loads the engine, and torch
+        from ssim_patch import engine
 
-        globals()["ssim"] = ssim
-        return ssim
+        value = getattr(engine, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -4,6 +4,11 @@
   contrast sensitivity.
 - ``_ssim_compute`` (0.8-0.9): the same, each part reduced with ``reduction`` (the map too, as
   those releases do).
+- ``_uqi_compute``: the corrected UQI map, reduced with ``reduction`` (before 1.0 it also takes
+  ``data_range`` and ``return_contrast_sensitivity``, which the release ignores, and so do we).
+- ``UniversalImageQualityIndex.update`` (1.2.1 on): the release sums ``_uqi_compute(...,
+  reduction="sum")`` and adds the count of valid windows; the replacement adds the size of the
+  map that the bound ``_uqi_compute`` computes (the whole image with padding="same").
 
 Errors are the release's own where the release rejects the arguments: when the corrected engine
 rejects a call (ValueError/TypeError), the original is called with the same arguments, and if one
@@ -12,21 +17,40 @@ original returns (say, a NaN) or fails somewhere deeper (inside torch, such as `
 image smaller than its pad, or a builtin such as ``int(nan)``), the engine's clearer error is
 raised.
 
-Imported by the patcher only when torchmetrics' SSIM module is loaded (it imports torch).
+A Metric instance keeps the ``update`` it was created with (``Metric.__init__`` wraps the bound
+method), so a ``UniversalImageQualityIndex`` created before ``apply()`` still runs the release's
+own ``update``, which counts only the windows wholly inside the image. When that ``update`` calls
+the patched ``_uqi_compute``, it gets the corrected UQI of those windows (padding="valid"), so its
+sum and its count agree, and a warning says to create the metric after ``apply()``.
+
+Imported by the patcher only when a torchmetrics module with a hook point is loaded (it imports
+torch).
 """
 
 from __future__ import annotations
 
 import dis
 import functools
+import math
+import sys
+import types
+import warnings
 from collections.abc import Sequence
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 from torch import Tensor
 
 from ssim_patch._options import check_reduction
-from ssim_patch._releases import SSIM_COMPUTE, SSIM_UPDATE, HookPoint
-from ssim_patch.engine import _reduce, _ssim_per_image
+from ssim_patch._releases import (
+    SSIM_COMPUTE,
+    SSIM_UPDATE,
+    UQI_COMPUTE,
+    UQI_COMPUTE_0_8,
+    UQI_METRIC_MODULE,
+    UQI_METRIC_UPDATE,
+    HookPoint,
+)
+from ssim_patch.engine import _reduce, _ssim_per_image, uqi
 
 Result = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -145,15 +169,133 @@ def _compute_adapter(padding: str, original: Callable[..., Any]) -> Callable[...
     return _ssim_compute
 
 
-_FACTORIES: dict[str, Callable[[str, Callable[..., Any]], Callable[..., Any]]] = {
-    SSIM_UPDATE.name: _update_adapter,
-    SSIM_COMPUTE.name: _compute_adapter,
+# --- UQI ----------------------------------------------------------------------------------------
+
+
+def _padding_of(func: object) -> Optional[str]:
+    """The padding of a replacement made here, or None for anything else."""
+    if type(func) is not types.FunctionType:
+        return None
+    padding = func.__dict__.get("__ssim_patch__")
+    return padding if isinstance(padding, str) else None
+
+
+def _called_by_the_releases_metric_update(depth: int) -> bool:
+    """The frame ``depth`` levels above the caller runs the release's own
+    ``UniversalImageQualityIndex.update`` (not a replacement of it)."""
+    frame = sys._getframe(depth + 1)
+    return frame.f_code.co_name == "update" and frame.f_globals.get("__name__") == UQI_METRIC_MODULE
+
+
+def _uqi_padding(padding: str, reduction: object) -> str:
+    """The padding for a ``_uqi_compute`` call: ``padding``, except for a sum asked by the release's
+    own ``UniversalImageQualityIndex.update`` (an instance created before ``apply()``), which divides
+    by the count of valid windows: that one gets "valid", so the sum and the count agree."""
+    if padding == "valid" or not (isinstance(reduction, str) and reduction == "sum"):
+        return padding
+    if not _called_by_the_releases_metric_update(2):  # _uqi_padding <- _uqi_compute <- its caller
+        return padding
+    warnings.warn(
+        "This UniversalImageQualityIndex was created before ssim_patch.apply(): it keeps torchmetrics' "
+        "own update(), which counts only the windows wholly inside the image, so it gets the corrected "
+        "UQI of those windows (padding='valid'), not padding='same'. Create the metric after apply().",
+        UserWarning,
+        stacklevel=3,  # _uqi_padding <- _uqi_compute <- the release's update, which called it
+    )
+    return "valid"
+
+
+def _uqi_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def _uqi_compute(
+        preds: Tensor,
+        target: Tensor,
+        kernel_size: Sequence[int] = (11, 11),
+        sigma: Sequence[float] = (1.5, 1.5),
+        reduction: Any = "elementwise_mean",
+    ) -> Tensor:
+        try:
+            return uqi(
+                preds,
+                target,
+                kernel_size=kernel_size,
+                sigma=sigma,
+                reduction=reduction,
+                padding=_uqi_padding(padding, reduction),  # type: ignore[arg-type]
+            )
+        except (ValueError, TypeError) as exc:
+            rejected: Exception = exc
+        raise _error_for(original, (preds, target, kernel_size, sigma, reduction), rejected)
+
+    return _uqi_compute
+
+
+def _uqi_0_8_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def _uqi_compute(
+        preds: Tensor,
+        target: Tensor,
+        kernel_size: Sequence[int] = (11, 11),
+        sigma: Sequence[float] = (1.5, 1.5),
+        reduction: Any = "elementwise_mean",
+        data_range: Optional[float] = None,
+        return_contrast_sensitivity: bool = False,
+    ) -> Tensor:
+        # data_range and return_contrast_sensitivity: accepted and unused, as by these releases.
+        try:
+            return uqi(
+                preds,
+                target,
+                kernel_size=kernel_size,
+                sigma=sigma,
+                reduction=reduction,
+                padding=_uqi_padding(padding, reduction),  # type: ignore[arg-type]
+            )
+        except (ValueError, TypeError) as exc:
+            rejected: Exception = exc
+        args = (preds, target, kernel_size, sigma, reduction, data_range, return_contrast_sensitivity)
+        raise _error_for(original, args, rejected)
+
+    return _uqi_compute
+
+
+def _map_size(shape: Sequence[int], kernel_size: Sequence[int], padding: str) -> int:
+    """The number of elements of the UQI map of (N, C, H, W) images: every pixel with "same",
+    the windows wholly inside the image with "valid"."""
+    spatial = shape[2:] if padding == "same" else [n - int(k) + 1 for n, k in zip(shape[2:], kernel_size)]
+    return math.prod([*shape[:2], *spatial])
+
+
+def _metric_update_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    namespace: dict[str, Any] = getattr(original, "__globals__", {})  # torchmetrics.image.uqi's
+
+    def update(self: Any, preds: Tensor, target: Tensor) -> None:
+        compute = namespace.get("_uqi_compute")  # what the release's update would call now
+        bound = _padding_of(compute)
+        summing = self.reduction not in (None, "none") and "numel" in getattr(self, "_defaults", {})
+        if bound is None or not summing:
+            # Unpatched (say, after revert()), or an instance that keeps preds and target: the
+            # release's own update.
+            return original(self, preds, target)  # type: ignore[no-any-return]
+        preds, target = namespace["_uqi_update"](preds, target)
+        assert compute is not None
+        self.sum_uqi += compute(preds, target, self.kernel_size, self.sigma, reduction="sum")
+        self.numel += _map_size(preds.shape, self.kernel_size, bound)
+        return None
+
+    return update
+
+
+_FACTORIES: dict[HookPoint, Callable[[str, Callable[..., Any]], Callable[..., Any]]] = {
+    SSIM_UPDATE: _update_adapter,
+    SSIM_COMPUTE: _compute_adapter,
+    UQI_COMPUTE: _uqi_adapter,
+    UQI_COMPUTE_0_8: _uqi_0_8_adapter,
+    UQI_METRIC_UPDATE: _metric_update_adapter,
 }
 
 
 def make_replacement(hook: HookPoint, original: Callable[..., Any], padding: str) -> Callable[..., Any]:
     """The corrected function for ``hook``, dressed as ``original`` (``__wrapped__`` is the original)."""
-    replacement = _FACTORIES[hook.name](padding, original)
+    replacement = _FACTORIES[hook](padding, original)
     functools.update_wrapper(replacement, original)
     # Keep the original's exact defaults, whatever the release wrote there.
     replacement.__defaults__ = getattr(original, "__defaults__", None)

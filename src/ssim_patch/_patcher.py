@@ -1,8 +1,12 @@
-"""Swap torchmetrics' SSIM hook point for the corrected function, and put it back.
+"""Swap torchmetrics' hook points (SSIM's and UQI's) for the corrected functions, and put them back.
 
-The patcher knows the hook points and their signatures (``_releases``) and where the original is
-bound; the numbers come from ``_adapters``/``engine``, imported only when torchmetrics' SSIM
-module is (so ``import ssim_patch`` and a pending ``apply()`` load neither torch nor torchmetrics).
+The patcher knows the hook points and their signatures (``_releases``) and where the originals are
+bound; the numbers come from ``_adapters``/``engine``, imported only when a torchmetrics module
+with a hook point is (so ``import ssim_patch`` and a pending ``apply()`` load neither torch nor
+torchmetrics). Each module with a hook point is patched when it is loaded: at ``apply()``, or by a
+post-import hook of its own, in whatever order torchmetrics imports them. A hook point whose
+signature does not match stops the whole patch: nothing is changed (or what its earlier modules
+got is put back).
 
 Where the hook function is bound is kept in an index (``_Bindings``): each loaded module is read
 once, and again only when it changes in a way that can add a binding (a new module object under
@@ -52,9 +56,14 @@ class UntestedReleaseWarning(UserWarning):
 class PatchReport:
     """Where the patch stands.
 
-    ``applied``: the corrected function is bound now. ``pending``: apply() was called before
-    torchmetrics was imported; the patch lands when ``torchmetrics.functional.image.ssim`` is.
-    ``places``: ``module.attribute`` bindings that hold the corrected function.
+    ``applied``: the corrected functions are bound now, in every torchmetrics module with a hook
+    point that is loaded. ``pending``: apply() was called before (some of) those modules were
+    imported; the patch lands in each when it is. ``hook``: SSIM's hook point (a name in
+    ``torchmetrics.functional.image.ssim``); ``hooks``: every hook point of the release, as
+    ``module.name`` (SSIM's, then UQI's). ``upstream_bugs``: ids of ``_releases.BUGS`` (SSIM's,
+    then UQI's, prefixed ``uqi-``). ``places``: ``module.attribute`` bindings that hold the corrected
+    SSIM function; ``uqi_places``: those that hold the corrected UQI (and, from torchmetrics 1.2.1,
+    ``torchmetrics.image.uqi.UniversalImageQualityIndex.update``).
     """
 
     applied: bool
@@ -67,6 +76,8 @@ class PatchReport:
     tested: bool
     upstream_bugs: tuple[str, ...]
     places: tuple[str, ...]
+    hooks: tuple[str, ...] = ()
+    uqi_places: tuple[str, ...] = ()
 
 
 @dataclass
@@ -77,13 +88,18 @@ class _Options:
 
 _lock = threading.RLock()
 _options: Optional[_Options] = None  # what the user asked for (applied or pending)
-_applied = False  # the swap happened (False while pending)
-_hook_name: Optional[str] = None  # the hook point swapped by the last successful swap
-_hook_registered = False
+_done: dict[str, _releases.HookPoint] = {}  # hook points swapped since apply() (qualified name ->)
+_registered: set[str] = set()  # modules with a post-import hook of ours waiting for their import
 _originals: list[Callable[..., Any]] = []  # every original seen (a reload makes a new one)
+_known: dict[str, set[int]] = {}  # hook point (qualified name) -> ids of its originals
+_classes: list[tuple[type, str]] = []  # (class, attribute) where a method was ever swapped
 _warned: set[str] = set()
 _release_seen: Optional[tuple[tuple[object, ...], Version]] = None
-_HOOK_NAMES = frozenset({_releases.SSIM_COMPUTE.name, _releases.SSIM_UPDATE.name})
+#: The module-level hook functions, by (module, name); a method hook point is not bound in modules.
+_FUNCTION_HOOKS = (_releases.SSIM_COMPUTE, _releases.SSIM_UPDATE, _releases.UQI_COMPUTE)
+_HOOK_KEYS = frozenset((hook.module, hook.name) for hook in _FUNCTION_HOOKS)
+_HOOK_NAMES = frozenset(hook.name for hook in _FUNCTION_HOOKS)
+_MISSING = object()
 
 
 def _release() -> Version:
@@ -121,38 +137,56 @@ def _is_replacement(obj: object) -> bool:
 
 
 def _is_hook_like(value: object) -> bool:
-    """A replacement, or a function of torchmetrics' SSIM module named like a hook point."""
+    """A replacement, or a function of a torchmetrics module named like a hook point there."""
     return type(value) is types.FunctionType and (
         "__ssim_patch__" in value.__dict__
-        or (value.__module__ == _releases.MODULE and value.__qualname__ in _HOOK_NAMES)
+        or (value.__qualname__ in _HOOK_NAMES and (value.__module__, value.__qualname__) in _HOOK_KEYS)
     )
 
 
-def _is_hook_function(value: object, name: str) -> bool:
-    """The hook function ``name``: the current one, an older copy (``importlib.reload`` of the
-    module makes a new function and leaves the old one bound wherever it was imported by name),
-    or a replacement of one."""
+def _belongs(value: object, hook: _releases.HookPoint) -> bool:
+    """``value`` is ``hook``'s function: an original of it (the current one, an older copy, since
+    ``importlib.reload`` of the module makes a new function and leaves the old one bound wherever
+    it was imported by name, or one seen swapped before), or a replacement of one."""
+    if type(value) is not types.FunctionType:
+        return False
+    if "__ssim_patch__" in value.__dict__:
+        value = value.__dict__.get("__wrapped__")
+    if id(value) in _known.get(hook.qualified, ()):
+        return True
     return (
-        type(value) is types.FunctionType
-        and value.__qualname__ == name
-        and (value.__module__ == _releases.MODULE or "__ssim_patch__" in value.__dict__)
+        getattr(value, "__qualname__", None) == hook.name
+        and getattr(value, "__module__", None) == hook.module
     )
+
+
+def _locate(hook: _releases.HookPoint) -> tuple[Optional[Any], Any]:
+    """(the module or class that holds the hook point, what is there now); (None, _MISSING)
+    when its module is not loaded, (None, None) when the class is missing."""
+    module = sys.modules.get(hook.module)
+    if module is None:
+        return None, _MISSING
+    owner_name, _, attr = hook.name.rpartition(".")
+    if not owner_name:
+        return module, getattr(module, attr, None)
+    owner = getattr(module, owner_name, None)
+    if not isinstance(owner, type):
+        return None, None
+    return owner, owner.__dict__.get(attr)
 
 
 def _signature_problem(func: object, hook: _releases.HookPoint) -> Optional[str]:
+    where = hook.qualified
     if func is None:
-        return f"{_releases.MODULE} has no function {hook.name}"
+        return f"{hook.module} has no function {hook.name}"
     if not callable(func):
-        return f"{_releases.MODULE}.{hook.name} is {type(func).__name__}, not a function"
+        return f"{where} is {type(func).__name__}, not a function"
     try:
         params = tuple(inspect.signature(func).parameters)
     except (TypeError, ValueError):
-        return f"the signature of {_releases.MODULE}.{hook.name} cannot be read"
+        return f"the signature of {where} cannot be read"
     if params != hook.parameters:
-        return (
-            f"{_releases.MODULE}.{hook.name} takes ({', '.join(params)}), "
-            f"expected ({', '.join(hook.parameters)})"
-        )
+        return f"{where} takes ({', '.join(params)}), expected ({', '.join(hook.parameters)})"
     return None
 
 
@@ -275,9 +309,14 @@ class _Bindings:
 _bindings = _Bindings()
 
 
-def _unpatch_all() -> list[str]:
+def _unpatch_all() -> None:
+    """Put the original back wherever a replacement is bound (modules and classes)."""
     _bindings.refresh()
-    return _bindings.rebind(_is_replacement, lambda value: value.__wrapped__)
+    _bindings.rebind(_is_replacement, lambda value: value.__wrapped__)
+    for owner, attr in _classes:
+        value: Any = owner.__dict__.get(attr)
+        if _is_replacement(value):
+            setattr(owner, attr, value.__wrapped__)
 
 
 def _fail(strict: bool, message: str) -> None:
@@ -287,75 +326,104 @@ def _fail(strict: bool, message: str) -> None:
     warnings.warn(message + " Nothing was changed (strict=False).", UserWarning, stacklevel=5)
 
 
-def _swap(options: _Options) -> bool:
-    """Bind the corrected function everywhere; True when applied. Caller holds the lock."""
-    global _applied, _hook_name
+def _swap(options: _Options, hooks: list[_releases.HookPoint]) -> bool:
+    """Bind the corrected functions of ``hooks`` (their modules are loaded) everywhere; True when
+    done. Every signature is checked before anything changes. Caller holds the lock."""
     version = _release()
-    hook = _releases.hook_point(version)
-    assert hook is not None
-    module = sys.modules[_releases.MODULE]
-    current: Any = getattr(module, hook.name, None)
-    original = current.__wrapped__ if _is_replacement(current) else current
-    problem = _signature_problem(original, hook)
-    if problem is not None:
-        _fail(options.strict, f"Cannot patch torchmetrics {version}: {problem}.")
-        return False
-    assert original is not None
+    found = []
+    for hook in hooks:
+        owner, current = _locate(hook)
+        original = current.__wrapped__ if _is_replacement(current) else current
+        problem = _signature_problem(original, hook)
+        if problem is not None:
+            _fail(options.strict, f"Cannot patch torchmetrics {version}: {problem}.")
+            return False
+        found.append((hook, owner, original))
     from ssim_patch._adapters import make_replacement  # torch: torchmetrics has imported it
 
-    replacement = make_replacement(hook, original, options.padding)
-    if not any(original is known for known in _originals):
-        _originals.append(original)
-        _bindings.originals.add(id(original))
-        if not _is_hook_like(original):
-            _bindings.read_all()  # its other bindings cannot be told by name: look at everything
-    _bindings.refresh()
-    known = _bindings.originals
-    # Every binding of any original (a reloaded module leaves older ones around), and every
-    # earlier replacement, gets the new one.
-    _bindings.rebind(
-        lambda value: _is_replacement(value) or _is_hook_function(value, hook.name) or id(value) in known,
-        lambda value: replacement,
-    )
-    if getattr(module, hook.name, None) is not replacement:
-        setattr(module, hook.name, replacement)
-    _applied = True
-    _hook_name = hook.name
+    for hook, owner, original in found:
+        replacement = make_replacement(hook, original, options.padding)
+        attr = hook.name.rpartition(".")[2]
+        if isinstance(owner, type):  # a method: bound in its class only
+            if (owner, attr) not in _classes:
+                _classes.append((owner, attr))
+            setattr(owner, attr, replacement)
+            continue
+        known = _known.setdefault(hook.qualified, set())
+        if id(original) not in known:
+            _originals.append(original)
+            known.add(id(original))
+            _bindings.originals.add(id(original))
+            if not _is_hook_like(original):
+                _bindings.read_all()  # its other bindings cannot be told by name: look at everything
+        _bindings.refresh()
+        # Every binding of any original of this hook point (a reloaded module leaves older ones
+        # around), and every earlier replacement of it, gets the new one.
+        _bindings.rebind(
+            lambda value, hook=hook: _belongs(value, hook),  # type: ignore[misc]
+            lambda value, replacement=replacement: replacement,  # type: ignore[misc]
+        )
+        if getattr(owner, attr, None) is not replacement:
+            setattr(owner, attr, replacement)
     return True
 
 
-def _bound_now() -> bool:
-    """The swapped hook point of torchmetrics' loaded SSIM module holds a replacement."""
-    module = sys.modules.get(_releases.MODULE)
-    return (
-        module is not None and _hook_name is not None and _is_replacement(getattr(module, _hook_name, None))
-    )
+def _holds(hooks: tuple[_releases.HookPoint, ...]) -> bool:
+    """The patch is in place for ``hooks``: a replacement at each hook point whose module is
+    loaded, a post-import hook of ours waiting for each module that is not."""
+    for hook in hooks:
+        if hook.module not in sys.modules:
+            if hook.module not in _registered:
+                return False
+        elif hook.qualified not in _done or not _is_replacement(_locate(hook)[1]):
+            return False
+    return True
 
 
 def _lost() -> bool:
-    """The patch no longer holds in torchmetrics' SSIM module: it was dropped from ``sys.modules``,
-    or its hook point holds an unpatched hook function again (``importlib.reload``, a fresh import,
-    or the original put back by hand). Someone else's function bound there does not count."""
-    module = sys.modules.get(_releases.MODULE)
-    if module is None or _hook_name is None:
+    """The patch no longer holds: nothing was swapped, a module swapped was dropped from
+    ``sys.modules``, or a hook point swapped holds an unpatched hook function again
+    (``importlib.reload``, a fresh import, or the original put back by hand). Someone else's
+    function bound there does not count."""
+    if not _done:
         return True
-    value = getattr(module, _hook_name, None)
-    return _is_hook_function(value, _hook_name) and not _is_replacement(value)
+    for hook in _done.values():
+        value = _locate(hook)[1]
+        if value is _MISSING or (_belongs(value, hook) and not _is_replacement(value)):
+            return True
+    return False
+
+
+def _register(hook: _releases.HookPoint) -> None:
+    """A post-import hook for ``hook``'s module. wrapt calls it once and forgets it: a later
+    pending apply() (after torchmetrics was dropped from sys.modules) registers it again."""
+    if hook.module not in _registered:
+        _registered.add(hook.module)
+        wrapt.register_post_import_hook(_on_import, hook.module)
 
 
 def _on_import(module: types.ModuleType) -> None:
-    global _hook_registered, _options
+    """wrapt's post-import hook of a module with hook points: patch it as apply() asked."""
+    global _options
     with _lock:
-        # wrapt calls a post-import hook once and forgets it: a later pending apply() (after
-        # torchmetrics was dropped from sys.modules, or its import failed) must register it again.
-        _hook_registered = False
-        if _options is None or (_applied and not _lost()):
+        name = getattr(module, "__name__", None)
+        _registered.discard(str(name))
+        if _options is None:
             return
         wanted, _options = _options, None  # if the swap fails, nothing is pending any more
+        ok = False
         try:
-            if _swap(wanted):
-                _options = wanted
+            hooks = [hook for hook in _releases.hook_points(_release()) if hook.module == name]
+            done = all(hook.qualified in _done and _is_replacement(_locate(hook)[1]) for hook in hooks)
+            ok = done or _swap(wanted, hooks)
+            if ok:
+                _done.update((hook.qualified, hook) for hook in hooks)
         finally:
+            if ok:
+                _options = wanted
+            else:  # modules patched earlier are put back: a release is patched whole or not at all
+                _done.clear()
+                _unpatch_all()
             _export(_options)
 
 
@@ -407,7 +475,7 @@ def _export(options: Optional[_Options]) -> None:
 
 
 def apply(*, padding: str = "same", strict: bool = True) -> PatchReport:
-    """Make every torchmetrics SSIM and MS-SSIM API use the corrected SSIM.
+    """Make every torchmetrics SSIM, MS-SSIM and UQI API use the corrected SSIM and UQI.
 
     Works before or after torchmetrics is imported. Calling it again with the same options does
     nothing; with other options it re-applies. ``strict``: raise :class:`PatchError` on an
@@ -423,26 +491,24 @@ def apply(*, padding: str = "same", strict: bool = True) -> PatchReport:
 
 def _apply(padding: str, strict: bool) -> bool:
     """apply() without the report; True when it swapped (the index is up to date)."""
-    global _options, _hook_registered, _applied
+    global _options, _done
     if not _check_release(strict):
         return False
     wanted = _Options(padding, strict)
-    if _applied and _options == wanted and _bound_now():
+    hooks = _releases.hook_points(_release())
+    if _options == wanted and _holds(hooks):
         _export(wanted)
         return False
-    if _releases.MODULE not in sys.modules:
-        _options = wanted
-        _applied = False
-        if not _hook_registered:
-            wrapt.register_post_import_hook(_on_import, _releases.MODULE)
-            _hook_registered = True
-        _export(wanted)
-        return False
-    if not _swap(wanted):  # on failure (strict=False) the previous state is left as it was
+    loaded = [hook for hook in hooks if hook.module in sys.modules]
+    if loaded and not _swap(wanted, loaded):  # on failure (strict=False) the state is left as it was
         return False
     _options = wanted
+    _done = {hook.qualified: hook for hook in loaded}
+    for hook in hooks:
+        if hook.module not in sys.modules:
+            _register(hook)
     _export(wanted)
-    return True
+    return bool(loaded)
 
 
 def revert() -> PatchReport:
@@ -454,23 +520,31 @@ def revert() -> PatchReport:
 
 
 def _revert() -> None:
-    global _options, _applied
+    global _options
     _options = None
-    _applied = False
+    _done.clear()
     _unpatch_all()
     _export(None)
 
 
 def is_applied() -> bool:
-    """True when the corrected function is bound in torchmetrics now."""
+    """True when the corrected functions are bound in torchmetrics now."""
     with _lock:
-        return _applied and not _lost()
+        return not _lost()
 
 
 def status() -> PatchReport:
-    """The installed release, its hook point and upstream bugs, and where the patch is bound."""
+    """The installed release, its hook points and upstream bugs, and where the patch is bound."""
     with _lock:
         return _report(refresh=True)
+
+
+def _places(hook: _releases.HookPoint) -> tuple[str, ...]:
+    """``module.attribute`` of every binding of a replacement of ``hook`` (``module.Class.method``
+    for a method), sorted."""
+    if "." in hook.name:
+        return (hook.qualified,) if _is_replacement(_locate(hook)[1]) else ()
+    return _bindings.bound(lambda value: _is_replacement(value) and _belongs(value, hook))
 
 
 def _report(refresh: bool) -> PatchReport:
@@ -479,21 +553,23 @@ def _report(refresh: bool) -> PatchReport:
         version: Optional[Version] = _release()
     except PatchError:
         version = None
-    hook = _releases.hook_point(version) if version is not None else None
-    applied = _applied and not _lost()
+    hooks = _releases.hook_points(version) if version is not None else ()
+    applied = not _lost()
     if applied and refresh:
         _bindings.refresh()
     return PatchReport(
         applied=applied,
-        pending=_options is not None and not _applied,
+        pending=_options is not None and any(hook.qualified not in _done for hook in hooks),
         release=str(version) if version is not None else None,
-        hook=hook.name if hook is not None else None,
+        hook=hooks[0].name if hooks else None,
         padding=_options.padding if _options is not None else None,
         strict=_options.strict if _options is not None else None,
-        supported=hook is not None,
+        supported=bool(hooks),
         tested=version is not None and _releases.is_pinned(version),
         upstream_bugs=_releases.upstream_bugs(version) if version is not None else (),
-        places=_bindings.bound(_is_replacement) if applied else (),
+        places=_places(hooks[0]) if applied and hooks else (),
+        hooks=tuple(hook.qualified for hook in hooks),
+        uqi_places=tuple(sorted(p for hook in hooks[1:] for p in _places(hook))) if applied else (),
     )
 
 

@@ -1,6 +1,9 @@
 """What ssim-patch knows about torchmetrics releases: hook points, their signatures, upstream bugs.
 
-This table must agree with ``compat_matrix.yaml`` (the releases CI tests); a test checks it.
+Two metrics are patched: SSIM (one hook point, ``_ssim_compute`` or ``_ssim_update``) and UQI
+(``_uqi_compute``, and from 1.2.1 ``UniversalImageQualityIndex.update``, which counts the map's
+elements itself). This table must agree with ``compat_matrix.yaml`` (the releases CI tests); a
+test checks it.
 """
 
 from __future__ import annotations
@@ -20,18 +23,37 @@ BUGS: dict[str, str] = {
     "host-sync": "data_range=None uses Python max() on tensors: a device-to-host sync on GPU",
     "small-input": "an image smaller than the pad fails inside F.pad with a RuntimeError",
     "half-precision": "half precision inputs are computed in half precision",
+    "uqi-border-crop": "UQI: the map is cropped by the pad after reflect padding: the image border never counts",
+    "uqi-pad-swap": "UQI: a non-square window's height pad is applied to the width and vice versa "
+    "(F.pad(x, (pad_h, pad_h, pad_w, pad_w))): a map of the wrong size and value",
+    "uqi-one-tap-nan": "UQI: a window of 1 tap on an axis (kernel_size=(1, 1)) crops the map to nothing: NaN",
+    "uqi-flat-nan": "UQI: a window where both images are flat (before 1.0) or both 0 (1.0-1.2.0) is 0/0: NaN",
+    "uqi-host-sync": "UQI: an unused data_range=None is computed with Python max() on tensors: a "
+    "device-to-host sync on GPU",
+    "uqi-metric-count": "UQI: UniversalImageQualityIndex divides the map's sum by the count of valid "
+    "windows, which is not the map's size for a non-square window",
 }
+
+
+MODULE = "torchmetrics.functional.image.ssim"
+UQI_MODULE = "torchmetrics.functional.image.uqi"
+UQI_METRIC_MODULE = "torchmetrics.image.uqi"
 
 
 @dataclass(frozen=True)
 class HookPoint:
-    """A function in ``torchmetrics.functional.image.ssim`` that the patch replaces."""
+    """A function of torchmetrics that the patch replaces: ``name`` in ``module`` (a function of the
+    module, or ``Class.method`` for a method defined in a class of the module)."""
 
     name: str
     parameters: tuple[str, ...]
+    module: str = MODULE
 
+    @property
+    def qualified(self) -> str:
+        """``module.name``, as reports and error messages spell it."""
+        return f"{self.module}.{self.name}"
 
-MODULE = "torchmetrics.functional.image.ssim"
 
 SSIM_COMPUTE = HookPoint(
     "_ssim_compute",
@@ -65,10 +87,27 @@ SSIM_UPDATE = HookPoint(
     ),
 )
 
+#: UQI before 1.0: two more parameters, both unused (data_range is computed, with a host sync).
+UQI_COMPUTE_0_8 = HookPoint(
+    "_uqi_compute",
+    ("preds", "target", "kernel_size", "sigma", "reduction", "data_range", "return_contrast_sensitivity"),
+    UQI_MODULE,
+)
+UQI_COMPUTE = HookPoint("_uqi_compute", ("preds", "target", "kernel_size", "sigma", "reduction"), UQI_MODULE)
+#: From 1.2.1 the Metric class sums ``_uqi_compute(..., reduction="sum")`` and counts the valid windows.
+UQI_METRIC_UPDATE = HookPoint(
+    "UniversalImageQualityIndex.update", ("self", "preds", "target"), UQI_METRIC_MODULE
+)
+
+#: Every hook point of every release (to name them in reports).
+ALL_HOOK_POINTS = (SSIM_COMPUTE, SSIM_UPDATE, UQI_COMPUTE_0_8, UQI_COMPUTE, UQI_METRIC_UPDATE)
+
 OLDEST = Version("0.8.2")
 NEWEST = Version("1.9.0")
 _V0_9 = Version("0.9.0")
 _V0_10 = Version("0.10.0")
+_V1_0 = Version("1.0.0")  # UQI: data_range and return_contrast_sensitivity dropped; eps added
+_V1_2_1 = Version("1.2.1")  # UQI: the Metric class accumulates a sum and a count; eps moved out
 _V1_4_2 = Version("1.4.2")  # 2-D SSIM fixed upstream
 
 #: The releases the compatibility matrix runs against.
@@ -92,10 +131,27 @@ PINNED: tuple[str, ...] = (
 
 
 def hook_point(version: Version) -> Optional[HookPoint]:
-    """The hook point of a release at or after 0.8.2, or None for older ones."""
+    """SSIM's hook point of a release at or after 0.8.2, or None for older ones."""
     if version < OLDEST:
         return None
     return SSIM_COMPUTE if version < _V0_10 else SSIM_UPDATE
+
+
+def uqi_hook_points(version: Version) -> tuple[HookPoint, ...]:
+    """UQI's hook points of a release at or after 0.8.2 (empty for older ones)."""
+    if version < OLDEST:
+        return ()
+    if version < _V1_0:
+        return (UQI_COMPUTE_0_8,)
+    if version < _V1_2_1:
+        return (UQI_COMPUTE,)
+    return (UQI_COMPUTE, UQI_METRIC_UPDATE)
+
+
+def hook_points(version: Version) -> tuple[HookPoint, ...]:
+    """Every hook point of a release, SSIM's first (empty for releases before 0.8.2)."""
+    ssim = hook_point(version)
+    return () if ssim is None else (ssim, *uqi_hook_points(version))
 
 
 def upstream_bugs(version: Version) -> tuple[str, ...]:
@@ -107,6 +163,13 @@ def upstream_bugs(version: Version) -> tuple[str, ...]:
         bugs |= {"cs-crop", "depth-pad"}
     if version < _V0_9:
         bugs.add("uniform-window-error")
+    bugs |= {"uqi-border-crop", "uqi-pad-swap", "uqi-one-tap-nan"}
+    if version < _V1_2_1:
+        bugs.add("uqi-flat-nan")
+    else:
+        bugs.add("uqi-metric-count")
+    if version < _V1_0:
+        bugs.add("uqi-host-sync")
     return tuple(b for b in BUGS if b in bugs)
 
 

@@ -1,0 +1,433 @@
+"""UQI under the installed torchmetrics release: the patch makes the functional UQI and
+``UniversalImageQualityIndex`` (update, compute, forward; every reduction; both paddings) equal the
+float64 reference, revert() restores the release bit for bit, each UQI bug of the release
+reproduces unpatched and is gone patched, and the release's own argument errors are kept.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pytest
+import torch
+from reference import reduce, uqi_reference, zeroed_border
+from test_errors import UPSTREAM_IDS, UPSTREAM_INVALID, assert_parity, both, side_by_side
+
+import ssim_patch
+from ssim_patch import _releases
+
+TOL = 1e-10  # float64 all the way (the Metric's states too, with set_dtype)
+U = importlib.import_module("torchmetrics.functional.image.uqi")
+METRICS = importlib.import_module("torchmetrics.image.uqi")
+UQI = U.universal_image_quality_index
+EPS64 = float(np.finfo(np.float64).eps)
+
+WINDOWS = {
+    "11x11": dict(kernel_size=(11, 11), sigma=(1.5, 1.5)),
+    "11x3": dict(kernel_size=(11, 3), sigma=(1.5, 0.5)),
+    "5x7": dict(kernel_size=(5, 7), sigma=(1.0, 2.0)),
+    "1x1": dict(kernel_size=(1, 1), sigma=(1.5, 1.5)),
+}
+REDUCTIONS = ["elementwise_mean", "sum", "none", None]
+
+
+def _pair(shape=(2, 3, 40, 36), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    return x, 0.6 * x + 0.4 * torch.rand(shape, generator=g, dtype=torch.float64)
+
+
+def _map(x, y, padding="same", **window):
+    window = {**WINDOWS["11x11"], **window}
+    return uqi_reference(x.numpy(), y.numpy(), eps=EPS64, padding=padding, **window)
+
+
+def _metric(**kw: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "will save all targets and predictions in the buffer"
+        metric = METRICS.UniversalImageQualityIndex(**kw)
+    return metric.set_dtype(torch.float64)
+
+
+def _keeps_a_count(metric: Any) -> bool:
+    """From 1.2.1 the class sums the map and counts it (else it keeps preds and target)."""
+    return "numel" in metric._defaults
+
+
+# --- the patched functional and Metric class equal the reference ----------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS, ids=str)
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("window", list(WINDOWS))
+def test_functional(window, padding, reduction):
+    x, y = _pair()
+    ssim_patch.apply(padding=padding)
+    got = UQI(x, y, reduction=reduction, **WINDOWS[window])
+    expected = reduce(_map(x, y, padding, **WINDOWS[window]), reduction)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_hook_point_directly(padding):
+    """``_uqi_compute`` itself, positionally; before 1.0 its two extra arguments are ignored, as
+    the release ignores them."""
+    x, y = _pair(seed=1)
+    kw = WINDOWS["11x3"]
+    ssim_patch.apply(padding=padding)
+    expected = _map(x, y, padding, **kw)
+    got = U._uqi_compute(x, y, kw["kernel_size"], kw["sigma"], "none")
+    np.testing.assert_allclose(got.numpy(), expected, rtol=TOL, atol=TOL)
+    params = tuple(inspect.signature(U._uqi_compute).parameters)
+    assert params == _releases.uqi_hook_points(_release())[0].parameters
+    if "data_range" in params:
+        again = U._uqi_compute(x, y, kw["kernel_size"], kw["sigma"], "none", 0.5, True)
+        assert torch.equal(again, got)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS, ids=str)
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("window", ["11x11", "11x3"])
+def test_metric_update_compute_forward(window, padding, reduction):
+    """forward on a first batch (that batch's value), update with a second, compute over both."""
+    x, y = _pair((3, 2, 30, 33), seed=2)
+    kw = WINDOWS[window]
+    ssim_patch.apply(padding=padding)
+    metric = _metric(reduction=reduction, **kw)
+    batch = metric(x[:2], y[:2])
+    metric.update(x[2:], y[2:])
+    total = metric.compute()
+    for got, a, b in ((batch, x[:2], y[:2]), (total, x, y)):
+        expected = reduce(_map(a, b, padding, **kw), reduction)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got.numpy(), expected, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("reduction", ["elementwise_mean", "sum"])
+def test_metric_over_images_of_different_sizes(reduction, padding):
+    """Where the class sums and counts (1.2.1 on), the count is that of the maps summed: the mean
+    over batches of different sizes is the mean over all their map elements."""
+    x1, y1 = _pair((2, 1, 40, 36), seed=3)
+    x2, y2 = _pair((1, 1, 23, 30), seed=4)
+    kw = WINDOWS["11x3"]
+    ssim_patch.apply(padding=padding)
+    metric = _metric(reduction=reduction, **kw)
+    metric.update(x1, y1)
+    metric.update(x2, y2)
+    if not _keeps_a_count(metric):  # the release's own bookkeeping: it concatenates preds and target
+        with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+            metric.compute()
+        return
+    maps = [_map(x1, y1, padding, **kw), _map(x2, y2, padding, **kw)]
+    total = sum(m.sum() for m in maps)
+    expected = total if reduction == "sum" else total / sum(m.size for m in maps)
+    np.testing.assert_allclose(metric.compute().item(), expected, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("reduction", ["elementwise_mean", "sum", "none"])
+def test_metric_created_before_apply(reduction, padding):
+    """``Metric.__init__`` wraps the bound ``update``, so an instance created before apply() keeps
+    the release's update. Where that update sums and counts the valid windows (1.2.1 on), it gets
+    the corrected UQI of those windows (padding='valid'), with a warning; elsewhere (an instance
+    that keeps preds and target, or valid padding) it gets the same result as a new instance."""
+    x, y = _pair((2, 2, 30, 33), seed=5)
+    kw = WINDOWS["11x3"]
+    metric = _metric(reduction=reduction, **kw)
+    ssim_patch.apply(padding=padding)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metric.update(x, y)
+    counted = _keeps_a_count(metric) and reduction != "none"
+    warned = [w for w in caught if "created before ssim_patch.apply()" in str(w.message)]
+    assert len(warned) == (counted and padding == "same")
+    expected = reduce(_map(x, y, "valid" if counted else padding, **kw), reduction)
+    np.testing.assert_allclose(metric.compute().numpy(), expected, rtol=TOL, atol=TOL)
+    fresh = _metric(reduction=reduction, **kw)  # created after apply(): the padding asked for
+    fresh.update(x, y)
+    np.testing.assert_allclose(
+        fresh.compute().numpy(), reduce(_map(x, y, padding, **kw), reduction), rtol=TOL, atol=TOL
+    )
+
+
+@pytest.mark.parametrize("reduction", ["elementwise_mean", "none"])
+def test_metric_created_while_patched_follows_revert(reduction):
+    """An instance created while patched updates as the release does once revert() has run."""
+    x, y = _pair((2, 1, 32, 30), seed=6)
+    kw = WINDOWS["11x3"]
+    ssim_patch.apply()
+    patched = _metric(reduction=reduction, **kw)
+    ssim_patch.revert()
+    patched.update(x, y)
+    unpatched = _metric(reduction=reduction, **kw)
+    unpatched.update(x, y)
+    assert torch.equal(patched.compute(), unpatched.compute())
+
+
+def test_revert_restores_the_release_bit_for_bit():
+    original = U._uqi_compute
+    update = METRICS.UniversalImageQualityIndex.__dict__["update"]
+    x, y = _pair(seed=7)
+    kw = WINDOWS["11x3"]
+    metric = _metric(**kw)
+    metric.update(x, y)
+    before = (UQI(x, y, reduction="none", **kw), metric.compute())
+    report = ssim_patch.apply()
+    assert U._uqi_compute is not original and U._uqi_compute.__wrapped__ is original
+    assert METRICS._uqi_compute is U._uqi_compute
+    assert f"{_releases.UQI_MODULE}._uqi_compute" in report.uqi_places
+    assert f"{_releases.UQI_METRIC_MODULE}._uqi_compute" in report.uqi_places
+    swaps_update = _releases.UQI_METRIC_UPDATE in _releases.uqi_hook_points(_release())
+    assert (METRICS.UniversalImageQualityIndex.__dict__["update"] is not update) is swaps_update
+    assert (_releases.UQI_METRIC_UPDATE.qualified in report.uqi_places) is swaps_update
+    ssim_patch.revert()
+    assert U._uqi_compute is original and METRICS._uqi_compute is original
+    assert METRICS.UniversalImageQualityIndex.__dict__["update"] is update
+    metric = _metric(**kw)
+    metric.update(x, y)
+    after = (UQI(x, y, reduction="none", **kw), metric.compute())
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_the_table_knows_this_releases_uqi(release):
+    report = ssim_patch.status()
+    hooks = [f"{_releases.UQI_MODULE}._uqi_compute"]
+    if "UniversalImageQualityIndex.update" in release["uqi_hooks"]:
+        hooks.append(_releases.UQI_METRIC_UPDATE.qualified)
+    assert list(report.hooks[1:]) == hooks
+    assert [h.rpartition(".")[2] for h in hooks] == [h.rpartition(".")[2] for h in release["uqi_hooks"]]
+
+
+def _release():
+    from ssim_patch import _patcher
+
+    return _patcher._release()
+
+
+@pytest.mark.parametrize(
+    "order", ["apply-then-import", "import-then-apply", "ssim-then-uqi", "uqi-then-ssim"]
+)
+def test_fresh_process(order):
+    """torchmetrics imported after apply() (post-import hooks) or before it; and each metric's
+    modules imported on their own after apply(), one before the other."""
+    dropped = {"ssim-then-uqi": "uqi", "uqi-then-ssim": "ssim"}.get(order)
+    if order == "apply-then-import":
+        setup = "import ssim_patch; ssim_patch.apply()\nimport torchmetrics"
+    elif order == "import-then-apply":
+        setup = "import torchmetrics\nimport ssim_patch; ssim_patch.apply()"
+    else:  # torchmetrics imports everything: take one metric's modules out, apply, import them
+        setup = textwrap.dedent(
+            f"""
+            import sys, torchmetrics, ssim_patch
+            for name in ("torchmetrics.functional.image.{dropped}", "torchmetrics.image.{dropped}"):
+                del sys.modules[name]
+            report = ssim_patch.apply()
+            assert report.applied and report.pending, report
+            import torchmetrics.functional.image.{dropped}, torchmetrics.image.{dropped}
+            """
+        )
+    code = setup + textwrap.dedent(
+        """
+        import sys, warnings; warnings.simplefilter("ignore")
+        import torch, ssim_patch
+        report = ssim_patch.status()
+        assert report.applied and not report.pending, report
+        f = sys.modules["torchmetrics.functional.image.uqi"].universal_image_quality_index
+        M = sys.modules["torchmetrics.image.uqi"].UniversalImageQualityIndex
+        s = sys.modules["torchmetrics.functional.image.ssim"].structural_similarity_index_measure
+        x = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0))
+        y = x.clone(); y[..., 0, :] = 0; y[..., -1, :] = 0; y[..., :, 0] = 0; y[..., :, -1] = 0
+        m = M(kernel_size=(11, 3), sigma=(1.5, 0.5)); m.update(x, y)
+        print(f(x, y).item(), m.compute().item(), s(x, y).item())
+        """
+    )
+    # The child starts unpatched whatever this process exported: the test applies the patch itself.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    x = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0))
+    y = zeroed_border(x)
+    expected = [
+        float(_map(x.double(), y.double()).mean()),
+        float(_map(x.double(), y.double(), **WINDOWS["11x3"]).mean()),
+        float(ssim_patch.ssim(x.double(), y.double())),
+    ]
+    got = [float(v) for v in out.stdout.split()]
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)  # the child computes in float32
+
+
+# --- the release's own UQI bugs: each reproduces unpatched, and the patch fixes it ---------------
+
+
+def _call(fn: Callable[[], Any]) -> tuple[Any, Optional[BaseException]]:
+    try:
+        return fn(), None
+    except Exception as exc:
+        return None, exc
+
+
+def _uqi_border_crop() -> bool:
+    x = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = zeroed_border(x)
+    value, _ = _call(lambda: UQI(x, y).item())
+    return value is not None and abs(value - _map(x, y).mean()) > 1e-3
+
+
+def _uqi_pad_swap() -> bool:
+    """A non-square window: the map is neither the image's size nor the valid windows'."""
+    x, y = _pair((1, 1, 40, 36), seed=8)
+    full, _ = _call(lambda: U._uqi_compute(x, y, (11, 3), (1.5, 0.5), "none"))
+    return full is not None and tuple(full.shape[2:]) not in ((40, 36), (30, 34))
+
+
+def _uqi_one_tap_nan() -> bool:
+    x, y = _pair((1, 2, 20, 20), seed=9)
+    values = [
+        _call(lambda k=k: UQI(x, y, kernel_size=k, sigma=(1.5, 1.5)).item())[0] for k in ((1, 1), (1, 5))
+    ]
+    return any(v is not None and math.isnan(v) for v in values)
+
+
+def _uqi_flat_nan() -> bool:
+    zeros = torch.zeros(1, 1, 16, 16)
+    value, _ = _call(lambda: UQI(zeros, zeros.clone()).item())
+    return value is not None and math.isnan(value)
+
+
+def _uqi_host_sync() -> bool:
+    x, y = _pair((1, 1, 24, 24), seed=10)
+    calls = []
+    original_bool = torch.Tensor.__bool__
+
+    def spy(self):
+        calls.append(1)
+        return original_bool(self)
+
+    torch.Tensor.__bool__ = spy
+    try:
+        _call(lambda: UQI(x, y))
+    finally:
+        torch.Tensor.__bool__ = original_bool
+    return bool(calls)
+
+
+def _uqi_metric_count() -> bool:
+    """The class's mean is not the functional's for a non-square window."""
+    x, y = _pair((2, 1, 32, 30), seed=11)
+    kw = WINDOWS["11x3"]
+    metric = _metric(**kw)
+    metric.update(x, y)
+    functional, _ = _call(lambda: UQI(x, y, **kw).item())
+    return functional is not None and abs(metric.compute().item() - functional) > 1e-6
+
+
+UQI_SYMPTOMS = {
+    "uqi-border-crop": _uqi_border_crop,
+    "uqi-pad-swap": _uqi_pad_swap,
+    "uqi-one-tap-nan": _uqi_one_tap_nan,
+    "uqi-flat-nan": _uqi_flat_nan,
+    "uqi-host-sync": _uqi_host_sync,
+    "uqi-metric-count": _uqi_metric_count,
+}
+
+
+@pytest.mark.parametrize("bug", list(UQI_SYMPTOMS))
+def test_upstream_uqi_bug_reproduces_unpatched_and_the_patch_fixes_it(release, bug):
+    has_bug = bug in release["upstream_bugs"]
+    assert bool(UQI_SYMPTOMS[bug]()) is has_bug, (
+        f"torchmetrics {release['version']}: {bug} {'does not reproduce' if has_bug else 'shows'} unpatched"
+    )
+    ssim_patch.apply()
+    assert not UQI_SYMPTOMS[bug](), f"{bug} still shows with the patch applied"
+
+
+def test_uqi_symptom_table_covers_every_uqi_bug():
+    assert set(UQI_SYMPTOMS) == {bug for bug in _releases.BUGS if bug.startswith("uqi-")}
+
+
+# --- the release's own argument errors ------------------------------------------------------------
+
+# torchmetrics' own test_uqi invalid inputs are SSIM's list (shapes, kernel_size, sigma); then more.
+MORE_INVALID = [
+    ((1, 1, 16, 16), (1, 1, 16, 16), [11, 11, 11], [1.5, 1.5, 1.5]),
+    ((1, 1, 16, 16), (1, 1, 16, 16), [11.0, 11], [1.5, 1.5]),
+    ((1, 1, 16, 16), (1, 1, 16, 16), [11, 11], [math.inf, 1.5]),
+    ((1, 1, 16, 16), (1, 1, 16, 16), [11, 11], [math.nan, 1.5]),
+    ((1, 1, 5, 16), (1, 1, 5, 16), [11, 11], [1.5, 1.5]),  # too small for reflect padding by 5
+    ((1, 1, 16, 16), (1, 1, 16, 17), [11, 11], [1.5, 1.5]),
+    ((1, 1, 8, 16, 16), (1, 1, 8, 16, 16), [11, 11], [1.5, 1.5]),
+]
+INVALID = UPSTREAM_INVALID + MORE_INVALID
+IDS = [
+    *UPSTREAM_IDS,
+    "kernel-3",
+    "kernel-float",
+    "sigma-inf",
+    "sigma-nan",
+    "too-small",
+    "shapes-differ",
+    "5d",
+]
+
+
+def _images(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(("preds", "target", "kernel", "sigma"), INVALID, ids=IDS)
+def test_invalid_inputs_functional(preds, target, kernel, sigma):
+    p, t = _images(preds, 0), _images(target, 1)
+    assert_parity(*both(lambda: UQI(p, t, kernel_size=kernel, sigma=sigma)))
+
+
+@pytest.mark.parametrize(("preds", "target", "kernel", "sigma"), UPSTREAM_INVALID, ids=UPSTREAM_IDS)
+def test_upstream_invalid_inputs_are_the_releases_errors(preds, target, kernel, sigma):
+    p, t = _images(preds, 0), _images(target, 1)
+    unpatched, patched = both(lambda: UQI(p, t, kernel_size=kernel, sigma=sigma))
+    assert unpatched[0] is ValueError, "torchmetrics' own test expects a ValueError" + side_by_side(
+        unpatched, patched
+    )
+    assert patched == unpatched, side_by_side(unpatched, patched)
+
+
+@pytest.mark.parametrize(("preds", "target", "kernel", "sigma"), INVALID, ids=IDS)
+def test_invalid_inputs_metric_class(preds, target, kernel, sigma):
+    p, t = _images(preds, 0), _images(target, 1)
+
+    def call() -> Any:
+        metric = _metric(kernel_size=kernel, sigma=sigma)
+        metric.update(p, t)
+        return metric.compute()
+
+    assert_parity(*both(call))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(reduction="mean"), dict(reduction="sum", kernel_size=(10, 11))],
+    ids=["reduction-mean", "reduction-sum-kernel-even"],
+)
+def test_hook_point_errors(kw):
+    """Arguments only the hook point checks (the functional has no check of its own for them)."""
+    p, t = _images((1, 1, 16, 16), 2), _images((1, 1, 16, 16), 3)
+    window = {"kernel_size": (11, 11), "sigma": (1.5, 1.5), **kw}
+    call = lambda: U._uqi_compute(p, t, window["kernel_size"], window["sigma"], window["reduction"])  # noqa: E731
+    assert_parity(*both(call))
+
+
+def test_too_small_image_is_the_patchs_error():
+    x = _images((1, 1, 5, 16), 4)
+    unpatched, patched = both(lambda: UQI(x, x * 0.5))
+    assert unpatched[0] is RuntimeError or unpatched == (None, "not finite"), unpatched
+    assert patched[0] is ValueError and "Axis 2 (height) has size 5" in patched[1], patched
