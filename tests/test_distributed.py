@@ -65,6 +65,39 @@ def test_startup_module_watches_the_patchers_module():
     assert _startup.MODULE == _releases.MODULE
 
 
+def test_startup_module_watches_every_module_with_a_function_hook_point():
+    """Whichever of SSIM's and UQI's functional modules is imported first triggers apply(); the
+    Metric class module with a hook point (UQI's, from 1.2.1) imports UQI's functional module first."""
+    function_hooks = [h for h in _releases.ALL_HOOK_POINTS if "." not in h.name]
+    assert set(_startup.MODULES) == {h.module for h in function_hooks}
+    assert _startup.MODULES[0] == _startup.MODULE
+    assert {h.module for h in _releases.ALL_HOOK_POINTS} - set(_startup.MODULES) == {
+        _releases.UQI_METRIC_MODULE
+    }
+
+
+def test_post_import_finder_fires_once_for_the_first_of_several(tmp_path, monkeypatch):
+    package = tmp_path / "ssim_patch_demo_pkg2"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "first.py").write_text("VALUE = 1\n")
+    (package / "second.py").write_text("VALUE = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[types.ModuleType] = []
+    finder = _startup.PostImportFinder(
+        ("ssim_patch_demo_pkg2.second", "ssim_patch_demo_pkg2.first"), seen.append
+    )
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    try:
+        import ssim_patch_demo_pkg2.first as first
+        import ssim_patch_demo_pkg2.second as second
+    finally:
+        for name in ("ssim_patch_demo_pkg2.first", "ssim_patch_demo_pkg2.second", "ssim_patch_demo_pkg2"):
+            sys.modules.pop(name, None)
+    assert seen == [first] and second.VALUE == 2
+    assert finder not in sys.meta_path
+
+
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [

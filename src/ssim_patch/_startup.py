@@ -3,9 +3,10 @@
 ``ssim_patch_autoapply.pth`` (installed at the root of site-packages) loads this file by path, as
 the stand-alone module ``_ssim_patch_startup``, only when ``SSIM_PATCH_AUTO`` is set, and calls
 :func:`install`. It must stay cheap: it imports only the standard library (not ``ssim_patch``,
-torch or wrapt) and registers a one-shot import hook on torchmetrics' SSIM module; the hook imports
-``ssim_patch`` and calls ``apply()`` the moment that module has been executed. Nothing here may
-raise: problems become warnings.
+torch or wrapt) and registers a one-shot import hook on torchmetrics' modules with a hook point
+(SSIM's and UQI's functional modules); the hook imports ``ssim_patch`` and calls ``apply()`` the
+moment the first of them has been executed (``apply()`` then patches the others when they are).
+Nothing here may raise: problems become warnings.
 
 ``SSIM_PATCH_AUTO``: ``1``/``true``/``yes``/``on`` enables it; ``0``/``false``/``no``/``off`` or
 empty leaves it off. ``SSIM_PATCH_PADDING``: ``same`` (default) or ``valid``. ``apply()``,
@@ -29,8 +30,12 @@ if TYPE_CHECKING:
 else:
     _LoaderBase = object
 
-#: The module whose import triggers the patch (``ssim_patch._releases.MODULE``; a test checks).
+#: SSIM's module (``ssim_patch._releases.MODULE``; a test checks).
 MODULE = "torchmetrics.functional.image.ssim"
+#: The modules whose import triggers the patch, whichever comes first: those with a function hook
+#: point (``ssim_patch._releases``' SSIM and UQI modules; a test checks). The module of the UQI
+#: Metric class imports UQI's functional module first.
+MODULES = (MODULE, "torchmetrics.functional.image.uqi")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
@@ -100,7 +105,7 @@ def _apply(padding: str) -> None:
 
 
 def _apply_as_asked(environ: Mapping[str, str]) -> None:
-    """At the import of torchmetrics' SSIM module: apply as ``environ`` asks now."""
+    """At the import of the first of ``MODULES``: apply as ``environ`` asks now."""
     padding = settings(environ)
     if padding is not None:
         _apply(padding)
@@ -130,12 +135,13 @@ class _HookedLoader(_LoaderBase):
 
 
 class PostImportFinder:
-    """One-shot meta-path finder: calls ``hook(module)`` once ``name`` has been executed."""
+    """One-shot meta-path finder: calls ``hook(module)`` once the first of ``names`` (one module
+    name, or several) has been executed."""
 
     ssim_patch_startup = True  # how install() recognises a finder it already registered
 
-    def __init__(self, name: str, hook: Callable[[types.ModuleType], None]) -> None:
-        self.name = name
+    def __init__(self, names: str | Sequence[str], hook: Callable[[types.ModuleType], None]) -> None:
+        self.names = (names,) if isinstance(names, str) else tuple(names)
         self.hook = hook
         self._busy = False
 
@@ -145,7 +151,7 @@ class PostImportFinder:
         path: Optional[Sequence[str]],
         target: Optional[types.ModuleType] = None,
     ) -> Optional[importlib.machinery.ModuleSpec]:
-        if fullname != self.name or self._busy:
+        if fullname not in self.names or self._busy:
             return None
         self._busy = True
         try:
@@ -172,9 +178,9 @@ class PostImportFinder:
 
 
 def install(environ: Optional[Mapping[str, str]] = None) -> bool:
-    """Arrange for ``ssim_patch.apply()`` when torchmetrics' SSIM module is imported.
+    """Arrange for ``ssim_patch.apply()`` when the first of torchmetrics' ``MODULES`` is imported.
 
-    Does nothing (False) unless ``environ`` (default ``os.environ``) asks for it. If that module is
+    Does nothing (False) unless ``environ`` (default ``os.environ``) asks for it. If one of them is
     already imported, applies at once. Otherwise ``environ`` is read again at that import, so a
     ``revert()`` (which clears the variables) or an opt-out made in the meantime is respected.
     Never raises.
@@ -184,13 +190,13 @@ def install(environ: Optional[Mapping[str, str]] = None) -> bool:
         padding = settings(source)
         if padding is None:
             return False
-        if MODULE in sys.modules:
+        if any(name in sys.modules for name in MODULES):
             _apply(padding)
             return True
         for finder in list(sys.meta_path):
             if getattr(finder, "ssim_patch_startup", False):
                 sys.meta_path.remove(finder)
-        sys.meta_path.insert(0, PostImportFinder(MODULE, lambda module: _apply_as_asked(source)))
+        sys.meta_path.insert(0, PostImportFinder(MODULES, lambda module: _apply_as_asked(source)))
         return True
     except Exception as exc:
         _warn(f"the start-up hook failed: {type(exc).__name__}: {exc}")
