@@ -14,10 +14,11 @@ import pytest
 import torch
 import torchmetrics.functional.image  # imported here so that pytester's module snapshot keeps them
 import torchmetrics.image
+from packaging.version import Version
 from reference import ssim_reference, zeroed_border
 
 import ssim_patch
-from ssim_patch import _patcher
+from ssim_patch import _patcher, _releases
 from ssim_patch.pytest_plugin import Settings, _resolve
 
 pytest_plugins = ["pytester"]
@@ -90,6 +91,41 @@ def _exported() -> tuple[str | None, str | None]:
     return os.environ.get("SSIM_PATCH_AUTO"), os.environ.get("SSIM_PATCH_PADDING")
 
 
+def _names(report: ssim_patch.PatchReport) -> str:
+    """The header's hook points: SSIM's, then UQI's, by name (from 1.2.1 the Metric class's update)."""
+    hooks = _releases.hook_points(Version(report.release))
+    assert tuple(h.qualified for h in hooks) == report.hooks
+    return ", ".join(h.name for h in hooks)
+
+
+# An inner test module that never imports ssim_patch: UQI, functional and Metric class.
+UQI_ONLY = """
+import torch
+from torchmetrics.functional.image import universal_image_quality_index as uqi
+from torchmetrics.image import UniversalImageQualityIndex
+
+def test_torchmetrics_gives_the_corrected_uqi():
+    preds = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0))
+    target = preds.clone()
+    for axis in (2, 3):
+        target.select(axis, 0).zero_()
+        target.select(axis, -1).zero_()
+    assert abs(float(uqi(preds, target)) - 0.89478) < 1e-5  # `ssim-patch check`'s example
+    metric = UniversalImageQualityIndex(kernel_size=(11, 3), sigma=(1.5, 0.5))
+    metric.update(preds[:1], target[:1])
+    metric.update(preds[1:], target[1:])
+    assert abs(float(metric.compute()) - 0.88247) < 1e-5
+"""
+
+
+def test_uqi_in_a_suite_that_never_imports_ssim_patch(pytester: pytest.Pytester, isolated: None) -> None:
+    """The plugin applies before torchmetrics is imported: UQI's modules are patched when they are."""
+    pytester.makepyfile(test_uqi_only=UQI_ONLY)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["ssim-patch: on (*; hooks _ssim_*, _uqi_compute*; padding same, *)"])
+
+
 @pytest.mark.ssim_unpatched
 def test_the_3d_example_is_wrong_upstream():
     """The inner tests below can tell patched from unpatched torchmetrics by this example."""
@@ -124,7 +160,7 @@ def test_auto_apply_in_fresh_processes(pytester: pytest.Pytester, isolated: None
     report = ssim_patch.status()
     result.stdout.fnmatch_lines(
         [
-            f"ssim-patch: on (torchmetrics {report.release}, tested; hook {report.hook}; padding same, "
+            f"ssim-patch: on (torchmetrics {report.release}, tested; hooks {_names(report)}; padding same, "
             "applied when torchmetrics is imported)"
         ]
     )
@@ -145,7 +181,9 @@ def test_ini_padding_and_header_then_the_previous_options_are_restored(pytester,
     _state_test(pytester, True, "valid")
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["ssim-patch: on (torchmetrics *, tested; hook _ssim_*; padding valid)"])
+    result.stdout.fnmatch_lines(
+        ["ssim-patch: on (torchmetrics *, tested; hooks _ssim_*, _uqi_compute*; padding valid)"]
+    )
     report = ssim_patch.status()
     assert (report.applied, report.padding, report.strict) == (True, "same", False)
 

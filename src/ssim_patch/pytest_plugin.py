@@ -1,4 +1,4 @@
-"""pytest plugin (entry point ``pytest11: ssim_patch``): tests run against the corrected SSIM.
+"""pytest plugin (entry point ``pytest11: ssim_patch``): tests run against the corrected SSIM and UQI.
 
 Installed means active: ``pytest_configure`` applies the patch before collection, in the
 controller and in every pytest-xdist worker (with the controller's settings), and
@@ -15,7 +15,8 @@ Settings (command line, else ini, else default):
   torchmetrics release stops the session with a usage error; off makes it a warning.
 
 Per test: ``@pytest.mark.ssim_patch(padding=..., strict=...)`` runs a test with the patch applied
-with these options, ``@pytest.mark.ssim_unpatched`` runs it against torchmetrics' own SSIM, and the
+with these options, ``@pytest.mark.ssim_unpatched`` runs it against torchmetrics' own SSIM and UQI,
+and the
 ``ssim_patch`` fixture gives ``apply``/``revert``/``patched``/``status``/``is_applied``; each puts
 back the state it found when the test ends.
 """
@@ -172,13 +173,13 @@ class _XdistHooks:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "ssim_patch(padding='same', strict=True): run the test with torchmetrics' SSIM patched "
-        "with these options (ssim-patch); the previous state is restored afterwards.",
+        "ssim_patch(padding='same', strict=True): run the test with torchmetrics' SSIM and UQI "
+        "patched with these options (ssim-patch); the previous state is restored afterwards.",
     )
     config.addinivalue_line(
         "markers",
-        "ssim_unpatched: run the test against torchmetrics' own, unpatched SSIM (ssim-patch); "
-        "the previous state is restored afterwards.",
+        "ssim_unpatched: run the test against torchmetrics' own, unpatched SSIM and UQI "
+        "(ssim-patch); the previous state is restored afterwards.",
     )
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "ssim_patch_xdist")
@@ -236,11 +237,24 @@ def _unavailable(config: pytest.Config, session: _Session, reason: str) -> None:
     session.header = f"ssim-patch: off ({reason})"
 
 
+def _hook_names(report: PatchReport) -> str:
+    """The release's hook points by name (``_ssim_update, _uqi_compute, ...``), SSIM's first."""
+    from ssim_patch import _releases
+
+    names = {hook.qualified: hook.name for hook in _releases.ALL_HOOK_POINTS}
+    return ", ".join(names.get(hook, hook) for hook in report.hooks) or str(report.hook)
+
+
 def _describe(report: PatchReport) -> str:
     tested = "tested" if report.tested else "untested"
-    when = "" if report.applied else ", applied when torchmetrics is imported"
+    if report.applied and not report.pending:
+        when = ""
+    elif report.applied:
+        when = ", the rest applied when imported"
+    else:
+        when = ", applied when torchmetrics is imported"
     return (
-        f"ssim-patch: on (torchmetrics {report.release}, {tested}; hook {report.hook}; "
+        f"ssim-patch: on (torchmetrics {report.release}, {tested}; hooks {_hook_names(report)}; "
         f"padding {report.padding}{when})"
     )
 
@@ -324,7 +338,7 @@ class SsimPatchFixture:
         return ssim_patch.apply(padding=padding, strict=strict)
 
     def revert(self) -> PatchReport:
-        """Put torchmetrics' own SSIM back (see :func:`ssim_patch.revert`)."""
+        """Put torchmetrics' own SSIM and UQI back (see :func:`ssim_patch.revert`)."""
         import ssim_patch
 
         return ssim_patch.revert()
@@ -342,7 +356,7 @@ class SsimPatchFixture:
         return ssim_patch.status()
 
     def is_applied(self) -> bool:
-        """True when the corrected function is bound in torchmetrics now."""
+        """True when the corrected functions are bound in torchmetrics now."""
         import ssim_patch
 
         return ssim_patch.is_applied()
