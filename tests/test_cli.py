@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -23,11 +24,13 @@ KEYS = {
     "supported",
     "tested",
     "hook",
+    "hooks",
     "upstream_bugs",
     "warnings",
     "padding",
     "applied",
     "places",
+    "uqi_places",
     "checks",
     "verified",
     "ok",
@@ -68,14 +71,76 @@ def test_python_m_ssim_patch_check_json():
     assert report["supported"] and report["hook"].startswith("torchmetrics.functional.image.ssim._ssim_")
     assert {b["id"] for b in report["upstream_bugs"]} == set(ssim_patch.status().upstream_bugs)
     assert all(b["description"] for b in report["upstream_bugs"])
-    assert len(report["checks"]) == 5 and all(set(c) == CHECK_KEYS and c["ok"] for c in report["checks"])
+    assert len(report["checks"]) == 10 and all(set(c) == CHECK_KEYS and c["ok"] for c in report["checks"])
     apis = {c["api"] for c in report["checks"]}
     assert {"StructuralSimilarityIndexMeasure", "MultiScaleStructuralSimilarityIndexMeasure"} <= apis
+    assert {"universal_image_quality_index", "UniversalImageQualityIndex"} <= apis
     border = report["checks"][0]
     assert abs(border["patched"] - 0.98349) < 1e-5 and abs(border["reference"] - 0.98349) < 1e-5
     assert any(c["name"].startswith("3-D") for c in report["checks"])
+    status = ssim_patch.status()
+    assert report["hooks"] == list(status.hooks) and report["hooks"][0] == report["hook"]
+    assert "torchmetrics.functional.image.uqi._uqi_compute" in report["hooks"]
+    assert "torchmetrics.functional.image.uqi._uqi_compute" in report["uqi_places"]
+    assert not set(report["uqi_places"]) & set(report["places"])
     assert report["warnings"] == []
     assert result.stderr == ""
+
+
+def _uqi_checks(report: dict) -> dict[tuple[str, str], dict]:
+    return {(c["name"], c["api"]): c for c in report["checks"] if c["name"].startswith("UQI")}
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_check_uqi_examples(monkeypatch, capsys, padding):
+    """The UQI examples: their documented corrected values, the release's own values unpatched
+    (the border cropped away, the pads swapped, NaN for a 1x1 window) and the reference."""
+    monkeypatch.setattr(cli, "_examples", cli._uqi_examples)  # the SSIM ones are tested above
+    assert cli.main(["check", "--json", "--padding", padding]) == 0
+    checks = _uqi_checks(json.loads(capsys.readouterr().out))
+    name = "UQI zeroed border, 2x3x40x36"
+    aniso = name + ", kernel_size=(11, 3), sigma=(1.5, 0.5)"
+    one_tap = name + ", kernel_size=(1, 1)"
+    assert len(checks) == 5
+    expected = {
+        (name, "universal_image_quality_index"): cli.UQI_ZEROED_BORDER[padding],
+        (name, "UniversalImageQualityIndex"): cli.UQI_ZEROED_BORDER[padding],
+        (aniso, "universal_image_quality_index"): cli.UQI_ANISOTROPIC[padding],
+        (aniso, "UniversalImageQualityIndex"): cli.UQI_ANISOTROPIC[padding],
+        (one_tap, "universal_image_quality_index"): 0.0,
+    }
+    assert set(checks) == set(expected)
+    for key, value in expected.items():
+        check = checks[key]
+        assert check["ok"] and abs(check["patched"] - value) < 1e-5 and abs(check["reference"] - value) < 1e-5
+    # Upstream, on every release: the frame cropped away (= the valid windows for a square one)...
+    assert abs(checks[(name, "universal_image_quality_index")]["unpatched"] - 0.99969) < 1e-5
+    # ...the pads of a non-square window swapped: neither padding's value...
+    unpatched = checks[(aniso, "universal_image_quality_index")]["unpatched"]
+    assert abs(unpatched - 0.93597) < 1e-5
+    assert min(abs(unpatched - v) for v in cli.UQI_ANISOTROPIC.values()) > 0.05
+    # ...and NaN for a 1x1 window.
+    assert checks[(one_tap, "universal_image_quality_index")]["unpatched"] is None or math.isnan(
+        checks[(one_tap, "universal_image_quality_index")]["unpatched"]
+    )
+
+
+def test_check_uqi_documented_values_are_the_reference():
+    """The constants the check verifies against: ssim_patch.uqi on the float64 example, and the
+    independent float64 reference (tests/reference.py), to 1e-5."""
+    import numpy as np
+    from reference import uqi_reference
+
+    preds, target = cli._uqi_example()
+    p, t = preds.double(), target.double()
+    for window, table in (({}, cli.UQI_ZEROED_BORDER), (cli.UQI_ANISOTROPIC_WINDOW, cli.UQI_ANISOTROPIC)):
+        for padding, value in table.items():
+            kw = {"kernel_size": (11, 11), "sigma": (1.5, 1.5), **window}
+            ref = uqi_reference(
+                p.numpy(), t.numpy(), padding=padding, eps=float(np.finfo(np.float64).eps), **kw
+            )
+            assert abs(ref.mean() - value) < 1e-5, (window, padding, ref.mean())
+            assert abs(float(ssim_patch.uqi(p, t, padding=padding, **kw)) - ref.mean()) < 1e-12
 
 
 def test_console_script_is_installed():
@@ -93,6 +158,7 @@ def test_check_text_valid_padding_and_state_restored(capsys):
     out = capsys.readouterr().out
     assert f"torchmetrics {_patcher._release()}: supported" in out
     assert "hook point: torchmetrics.functional.image.ssim._ssim_" in out
+    assert "UQI hook points: torchmetrics.functional.image.uqi._uqi_compute" in out
     assert "patch: applied, padding='valid'" in out
     assert "unpatched" in out and "reference" in out
     assert out.rstrip().splitlines()[-1].startswith("OK: torchmetrics")

@@ -1,9 +1,9 @@
 """The ``ssim-patch`` command (also ``python -m ssim_patch``).
 
 ``ssim-patch check [--padding same|valid] [--json] [--plot FILE.png]``: report the installed
-torchmetrics release (supported, tested, hook point, upstream bugs), then compute torchmetrics' SSIM,
-MS-SSIM and Metric classes on built-in examples unpatched and patched, and check the patched values
-against ``ssim_patch.ssim`` on float64 inputs. Exit status 0 only when the patch applied and every
+torchmetrics release (supported, tested, hook points, upstream bugs), then compute torchmetrics' SSIM,
+MS-SSIM, UQI and their Metric classes on built-in examples unpatched and patched, and check the
+patched values against ``ssim_patch.ssim`` / ``ssim_patch.uqi`` on float64 inputs. Exit status 0 only when the patch applied and every
 check passed. Warnings raised while checking (e.g. ``UntestedReleaseWarning`` for a release newer
 than the newest tested one) are lines of the report, not Python warnings. ``--plot`` also draws
 what the patch changes on the installed release, unpatched and patched, on the zeroed-border
@@ -32,7 +32,14 @@ if TYPE_CHECKING:
 
 #: The SPEC's zeroed-border example with default arguments: the corrected SSIM (padding="same").
 ZEROED_BORDER_SAME = 0.98349
-#: Patched torchmetrics against ``ssim_patch.ssim`` on float64 inputs (float32 round-off).
+#: The UQI examples (``rand(2, 3, 40, 36)``, seed 0, its 1-pixel frame set to 0): the corrected
+#: UQI by padding, with the default window and with ``kernel_size=(11, 3), sigma=(1.5, 0.5)``.
+#: (Upstream, every release: 0.99969 and 0.93597; a 1x1 window gives NaN upstream, 0 corrected.)
+UQI_ZEROED_BORDER = {"same": 0.89478, "valid": 0.99969}
+UQI_ANISOTROPIC = {"same": 0.88247, "valid": 0.98614}
+UQI_ANISOTROPIC_WINDOW: dict[str, Any] = {"kernel_size": (11, 3), "sigma": (1.5, 0.5)}
+#: Patched torchmetrics against ``ssim_patch.ssim``/``ssim_patch.uqi`` on float64 inputs
+#: (float32 round-off).
 TOLERANCE = 1e-5
 
 
@@ -64,12 +71,14 @@ class Report:
     torchmetrics: Optional[str] = None
     supported: bool = False
     tested: bool = False
-    hook: Optional[str] = None
+    hook: Optional[str] = None  # SSIM's hook point
+    hooks: list[str] = field(default_factory=list)  # every hook point: SSIM's, then UQI's
     upstream_bugs: list[dict[str, str]] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)  # {"category", "message"}, in order
     padding: str = "same"
     applied: bool = False
-    places: list[str] = field(default_factory=list)
+    places: list[str] = field(default_factory=list)  # where the corrected SSIM is bound
+    uqi_places: list[str] = field(default_factory=list)  # where the corrected UQI is bound
     checks: list[Check] = field(default_factory=list)
     verified: bool = False
     ok: bool = False
@@ -81,7 +90,7 @@ class _Example:
     name: str
     api: str
     run: Callable[[], Any]  # torchmetrics' result (a scalar tensor)
-    reference: Callable[[], float]  # ssim_patch.ssim on float64 inputs
+    reference: Callable[[], float]  # ssim_patch.ssim (or .uqi) on float64 inputs
     expected: Optional[float] = None  # a documented value it must also match
     expected_tol: float = 0.0
 
@@ -114,8 +123,77 @@ def _border_example() -> tuple[Tensor, Tensor]:
     return preds, _zero_frame(preds, (2, 3))
 
 
+def _uqi_example() -> tuple[Tensor, Tensor]:
+    """UQI's zeroed-border example: ``rand(2, 3, 40, 36)`` (seed 0), its 1-pixel frame set to 0."""
+    import torch
+
+    preds = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0))
+    return preds, _zero_frame(preds, (2, 3))
+
+
+def _uqi_examples(padding: Padding) -> list[_Example]:
+    """UQI's examples: the zeroed border with the default window, an anisotropic window (which
+    upstream pads on the wrong axes, and its Metric class divides by the wrong count from 1.2.1)
+    and a 1x1 window (NaN upstream)."""
+    import torchmetrics.functional.image as tmf
+    from torchmetrics.image import uqi as tm_image_uqi
+
+    import ssim_patch
+
+    preds, target = _uqi_example()
+    aniso = UQI_ANISOTROPIC_WINDOW
+    one_tap: dict[str, Any] = {"kernel_size": (1, 1), "sigma": (1.5, 1.5)}
+
+    def ref(**kw: Any) -> Callable[[], float]:
+        return _once(lambda: float(ssim_patch.uqi(preds.double(), target.double(), padding=padding, **kw)))
+
+    def metric(**kw: Any) -> Any:
+        m = tm_image_uqi.UniversalImageQualityIndex(**kw)
+        m.update(preds, target)
+        return m.compute()
+
+    name = "UQI zeroed border, " + "x".join(map(str, preds.shape))
+    window = ", kernel_size=(11, 3), sigma=(1.5, 0.5)"
+    default_ref, aniso_ref = ref(), ref(**aniso)
+    return [
+        _Example(
+            name,
+            "universal_image_quality_index",
+            lambda: tmf.universal_image_quality_index(preds, target),
+            default_ref,
+            UQI_ZEROED_BORDER[padding],
+            1e-5,
+        ),
+        _Example(name, "UniversalImageQualityIndex", metric, default_ref, UQI_ZEROED_BORDER[padding], 1e-5),
+        _Example(
+            name + window,
+            "universal_image_quality_index",
+            lambda: tmf.universal_image_quality_index(preds, target, **aniso),
+            aniso_ref,
+            UQI_ANISOTROPIC[padding],
+            1e-5,
+        ),
+        _Example(
+            name + window,
+            "UniversalImageQualityIndex",
+            lambda: metric(**aniso),
+            aniso_ref,
+            UQI_ANISOTROPIC[padding],
+            1e-5,
+        ),
+        _Example(
+            name + ", kernel_size=(1, 1)",
+            "universal_image_quality_index",
+            lambda: tmf.universal_image_quality_index(preds, target, **one_tap),
+            ref(**one_tap),
+            0.0,
+            1e-12,
+        ),
+    ]
+
+
 def _examples(padding: Padding) -> list[_Example]:
-    """The built-in examples: the SPEC's zeroed border (2-D) and an anisotropic 3-D one."""
+    """The built-in examples: the SPEC's zeroed border (2-D), an anisotropic 3-D one, then UQI's."""
     import torch
     import torch.nn.functional as F
     import torchmetrics.functional.image as tmf
@@ -196,6 +274,7 @@ def _examples(padding: Padding) -> list[_Example]:
             lambda: tmf.structural_similarity_index_measure(p3, t3, sigma=sigma3),
             lambda: ref(p3, t3, sigma=sigma3),
         ),
+        *_uqi_examples(padding),
     ]
 
 
@@ -218,7 +297,8 @@ def _verify(example: _Example, check: Check) -> None:
     check.abs_error = abs(check.patched - reference)
     problems = []
     if not math.isfinite(check.patched) or check.abs_error > TOLERANCE:
-        problems.append(f"differs from ssim_patch.ssim on float64 inputs by {check.abs_error:.2e}")
+        engine = "ssim_patch.uqi" if example.name.startswith("UQI") else "ssim_patch.ssim"
+        problems.append(f"differs from {engine} on float64 inputs by {check.abs_error:.2e}")
     if example.expected is not None and abs(reference - example.expected) > example.expected_tol:
         problems.append(f"the reference {reference:.5f} is not the documented {example.expected:.5f}")
     check.ok = not problems
@@ -268,6 +348,7 @@ def _run_check(report: Report, padding: Padding) -> None:
     report.torchmetrics = status.release
     report.supported, report.tested = status.supported, status.tested
     report.hook = f"{_releases.MODULE}.{status.hook}" if status.hook else None
+    report.hooks = list(status.hooks)
     report.upstream_bugs = [{"id": b, "description": _releases.BUGS[b]} for b in status.upstream_bugs]
     if status.release is None:
         raise CheckFailed("torchmetrics is installed without package metadata; its release is unknown.")
@@ -289,6 +370,7 @@ def _run_check(report: Report, padding: Padding) -> None:
         except ssim_patch.PatchError as exc:
             raise CheckFailed(str(exc)) from None
         report.applied, report.places = applied.applied, list(applied.places)
+        report.uqi_places = list(applied.uqi_places)
         if not applied.applied:
             raise CheckFailed("apply() returned but the patch is not bound in torchmetrics.")
         for example, check in zip(examples, checks):
@@ -320,12 +402,16 @@ def render(report: Report) -> str:
     lines += warned
     if report.hook:
         lines.append(f"hook point: {report.hook}")
+    others = [hook for hook in report.hooks if hook != report.hook]
+    if others:
+        lines.append(f"UQI hook points: {', '.join(others)}")
     lines.append("upstream bugs in this release:")
     width = max((len(b["id"]) for b in report.upstream_bugs), default=0)
     lines += [f"  {b['id']:<{width}}  {b['description']}" for b in report.upstream_bugs] or ["  none"]
     if report.applied:
-        lines.append(f"patch: applied, padding={report.padding!r}, bound in {len(report.places)} places:")
-        lines += [f"  {place}" for place in report.places]
+        places = [*report.places, *report.uqi_places]
+        lines.append(f"patch: applied, padding={report.padding!r}, bound in {len(places)} places:")
+        lines += [f"  {place}" for place in places]
     if report.checks:
         api_w = max(max(len(c.api) + 2, len(c.name)) for c in report.checks)
         groups: dict[str, list[Check]] = {}
@@ -345,10 +431,13 @@ def render(report: Report) -> str:
                 if c.note:
                     lines.append(f"    {c.note}")
         lines.append("")
-        lines.append(f"reference: ssim_patch.ssim on float64 inputs; tolerance {TOLERANCE:g}")
+        lines.append(
+            f"reference: ssim_patch.ssim (UQI: ssim_patch.uqi) on float64 inputs; tolerance {TOLERANCE:g}"
+        )
     if report.ok:
         lines.append(
-            f"OK: torchmetrics {report.torchmetrics} gives the corrected SSIM ({len(report.checks)} checks)."
+            f"OK: torchmetrics {report.torchmetrics} gives the corrected SSIM and UQI "
+            f"({len(report.checks)} checks)."
         )
     return "\n".join(lines)
 
@@ -358,7 +447,7 @@ def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
         "--padding",
         choices=("same", "valid"),
         default="same",
-        help="padding of the corrected SSIM to apply and verify (default: same)",
+        help="padding of the corrected SSIM and UQI to apply and verify (default: same)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument(
