@@ -83,3 +83,22 @@ def test_hook_points_name_their_modules():
         assert hook.qualified == f"{hook.module}.{hook.name}"
         assert hook.module.startswith("torchmetrics.")
     assert _releases.UQI_METRIC_UPDATE.qualified == "torchmetrics.image.uqi.UniversalImageQualityIndex.update"
+
+
+def test_matrix_table_has_the_uqi_hooks_and_splits_the_bugs():
+    """``ssim-patch matrix``'s table (the README's compatibility table): one column per metric's
+    hook points and per metric's bugs, from compat_matrix.yaml."""
+    from ssim_patch import _matrix
+
+    entry = ENTRIES[-1]
+    result = _matrix._Result(
+        entry["version"], entry["hook"], entry["upstream_bugs"], entry["uqi_hooks"], passed=3
+    )
+    table = _matrix._table([result], markdown=True).splitlines()
+    assert table[0].startswith("| torchmetrics | SSIM hook | UQI hooks | SSIM bugs")
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[0] == entry["version"] and cells[1] == f"`{entry['hook']}`"
+    assert cells[2] == ", ".join(f"`{h}`" for h in entry["uqi_hooks"])
+    assert cells[3].split(", ") == [b for b in entry["upstream_bugs"] if not b.startswith("uqi-")]
+    assert cells[4].split(", ") == [b for b in entry["upstream_bugs"] if b.startswith("uqi-")]
+    assert cells[5] == "pass: 3 passed"

@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
@@ -23,6 +23,7 @@ class _Result:
     version: str
     hook: str
     bugs: list[str]
+    uqi_hooks: list[str] = field(default_factory=list)
     passed: int = 0
     failed: int = 0
     skipped: int = 0
@@ -67,7 +68,12 @@ _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?)")
 def _run_one(
     entry: dict[str, Any], root: pathlib.Path, cache: pathlib.Path, pytest_args: list[str]
 ) -> _Result:
-    result = _Result(str(entry["version"]), str(entry["hook"]), list(entry["upstream_bugs"]))
+    result = _Result(
+        str(entry["version"]),
+        str(entry["hook"]),
+        list(entry["upstream_bugs"]),
+        [str(hook) for hook in entry.get("uqi_hooks", [])],
+    )
     start = time.perf_counter()
     try:
         target = _layout(result.version, cache)
@@ -98,15 +104,30 @@ def _run_one(
 
 
 def _table(results: list[_Result], markdown: bool) -> str:
-    head = ["torchmetrics", "hook point", "upstream bugs (fixed by the patch)", "matrix suite"]
+    head = [
+        "torchmetrics",
+        "SSIM hook",
+        "UQI hooks",
+        "SSIM bugs (fixed by the patch)",
+        "UQI bugs (fixed by the patch)",
+        "matrix suite",
+    ]
     rows = []
+
+    def code(names: list[str]) -> str:
+        return ", ".join(f"`{n}`" if markdown else n for n in names)
+
     for r in results:
         outcome = r.error or (
             f"{'pass' if r.ok else 'FAIL'}: {r.passed} passed"
             + (f", {r.failed} failed" if r.failed else "")
             + (f", {r.skipped} skipped" if r.skipped else "")
         )
-        rows.append([r.version, f"`{r.hook}`" if markdown else r.hook, ", ".join(r.bugs), outcome])
+        ssim_bugs = [b for b in r.bugs if not b.startswith("uqi-")]
+        uqi_bugs = [b for b in r.bugs if b.startswith("uqi-")]
+        rows.append(
+            [r.version, code([r.hook]), code(r.uqi_hooks), ", ".join(ssim_bugs), ", ".join(uqi_bugs), outcome]
+        )
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
