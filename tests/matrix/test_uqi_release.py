@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import math
 import os
 import subprocess
@@ -215,32 +216,18 @@ def _release():
     return _patcher._release()
 
 
-@pytest.mark.parametrize(
-    "order", ["apply-then-import", "import-then-apply", "ssim-then-uqi", "uqi-then-ssim"]
-)
-def test_fresh_process(order):
-    """torchmetrics imported after apply() (post-import hooks) or before it; and each metric's
-    modules imported on their own after apply(), one before the other."""
-    dropped = {"ssim-then-uqi": "uqi", "uqi-then-ssim": "ssim"}.get(order)
-    if order == "apply-then-import":
-        setup = "import ssim_patch; ssim_patch.apply()\nimport torchmetrics"
-    elif order == "import-then-apply":
-        setup = "import torchmetrics\nimport ssim_patch; ssim_patch.apply()"
-    else:  # torchmetrics imports everything: take one metric's modules out, apply, import them
-        setup = textwrap.dedent(
-            f"""
-            import sys, torchmetrics, ssim_patch
-            for name in ("torchmetrics.functional.image.{dropped}", "torchmetrics.image.{dropped}"):
-                del sys.modules[name]
-            report = ssim_patch.apply()
-            assert report.applied and report.pending, report
-            import torchmetrics.functional.image.{dropped}, torchmetrics.image.{dropped}
-            """
-        )
-    code = setup + textwrap.dedent(
-        """
-        import sys, warnings; warnings.simplefilter("ignore")
-        import torch, ssim_patch
+FRESH = textwrap.dedent(
+    """
+    import importlib, json, sys, warnings
+    warnings.simplefilter("ignore")
+    import torch, ssim_patch
+
+    def purge():
+        ssim_patch.revert()
+        for name in [n for n in sys.modules if n.startswith("torchmetrics")]:
+            del sys.modules[name]
+
+    def values():
         report = ssim_patch.status()
         assert report.applied and not report.pending, report
         f = sys.modules["torchmetrics.functional.image.uqi"].universal_image_quality_index
@@ -249,13 +236,39 @@ def test_fresh_process(order):
         x = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0))
         y = x.clone(); y[..., 0, :] = 0; y[..., -1, :] = 0; y[..., :, 0] = 0; y[..., :, -1] = 0
         m = M(kernel_size=(11, 3), sigma=(1.5, 0.5)); m.update(x, y)
-        print(f(x, y).item(), m.compute().item(), s(x, y).item())
-        """
-    )
-    # The child starts unpatched whatever this process exported: the test applies the patch itself.
+        return [f(x, y).item(), m.compute().item(), s(x, y).item()]
+
+    for order in sys.argv[1:]:
+        purge()  # each order starts with no torchmetrics module loaded
+        if order == "apply-then-import":
+            ssim_patch.apply()
+            import torchmetrics
+        elif order == "import-then-apply":
+            import torchmetrics
+            ssim_patch.apply()
+        else:  # torchmetrics imports everything: take one metric's modules out, apply, import them
+            import torchmetrics
+            dropped = "uqi" if order == "ssim-then-uqi" else "ssim"
+            for name in ("torchmetrics.functional.image." + dropped, "torchmetrics.image." + dropped):
+                del sys.modules[name]
+            report = ssim_patch.apply()
+            assert report.applied and report.pending, report
+            importlib.import_module("torchmetrics.functional.image." + dropped)
+            importlib.import_module("torchmetrics.image." + dropped)
+        print(json.dumps({"order": order, "values": values()}), flush=True)
+    """
+)
+ORDERS = ["apply-then-import", "import-then-apply", "ssim-then-uqi", "uqi-then-ssim"]
+
+
+def test_fresh_process():
+    """In one fresh interpreter, torchmetrics imported after apply() (post-import hooks) or before
+    it; and each metric's modules imported on their own after apply(), one before the other."""
+    # The child starts unpatched whatever this process exported: it applies the patch itself.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = subprocess.run([sys.executable, "-c", FRESH, *ORDERS], capture_output=True, text=True, env=env)
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["order"] for r in results] == ORDERS, out.stderr[-3000:]
     x = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0))
     y = zeroed_border(x)
     expected = [
@@ -263,8 +276,8 @@ def test_fresh_process(order):
         float(_map(x.double(), y.double(), **WINDOWS["11x3"]).mean()),
         float(ssim_patch.ssim(x.double(), y.double())),
     ]
-    got = [float(v) for v in out.stdout.split()]
-    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)  # the child computes in float32
+    for r in results:  # the child computes in float32
+        np.testing.assert_allclose(r["values"], expected, atol=1e-5, rtol=0, err_msg=r["order"])
 
 
 # --- the release's own UQI bugs: each reproduces unpatched, and the patch fixes it ---------------
