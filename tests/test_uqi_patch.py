@@ -407,3 +407,17 @@ def test_faults_in_a_fresh_interpreter():
     assert len(results) == 4 + SWAPS_UPDATE, out.stdout + out.stderr[-4000:]
     failed = {r["scenario"]: r["error"] for r in results if not r["ok"]}
     assert not failed, "\n".join(f"--- {k}\n{v}" for k, v in failed.items())
+
+
+def test_compile_traces_the_patched_uqi_sum_in_one_graph():
+    """A sum is where the patched ``_uqi_compute`` looks at its caller (the release's own Metric
+    update); torch.compile cannot trace that look, so it is skipped while compiling."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo.reset()
+    ssim_patch.apply()
+    x, y = _pair((2, 1, 24, 24), seed=4)
+    compiled = torch.compile(
+        lambda a, b: U._uqi_compute(a, b, (11, 11), (1.5, 1.5), "sum"), backend="aot_eager", fullgraph=True
+    )
+    torch.testing.assert_close(compiled(x, y), U._uqi_compute(x, y, (11, 11), (1.5, 1.5), "sum"))
+    dynamo.reset()

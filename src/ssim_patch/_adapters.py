@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
+import torch
 from torch import Tensor
 
 from ssim_patch._options import check_reduction
@@ -182,7 +183,10 @@ def _padding_of(func: object) -> Optional[str]:
 
 def _called_by_the_releases_metric_update(depth: int) -> bool:
     """The frame ``depth`` levels above the caller runs the release's own
-    ``UniversalImageQualityIndex.update`` (not a replacement of it)."""
+    ``UniversalImageQualityIndex.update`` (not a replacement of it). Never while torch.compile
+    traces (it cannot trace ``sys._getframe``; a compiled call is not the release's eager update)."""
+    if torch.compiler.is_compiling():
+        return False
     frame = sys._getframe(depth + 1)
     return frame.f_code.co_name == "update" and frame.f_globals.get("__name__") == UQI_METRIC_MODULE
 
