@@ -209,6 +209,13 @@ def _uqi_padding(padding: str, reduction: object) -> str:
     return "valid"
 
 
+def _check_planar(preds: object) -> None:
+    """torchmetrics' UQI is for (N, C, H, W) images (the engine also takes 3-D ones)."""
+    shape = getattr(preds, "shape", None)
+    if shape is not None and len(shape) != 4:
+        raise ValueError(f"UQI takes images of shape (N, C, H, W), got shape {tuple(shape)}.")
+
+
 def _uqi_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def _uqi_compute(
         preds: Tensor,
@@ -218,6 +225,7 @@ def _uqi_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., An
         reduction: Any = "elementwise_mean",
     ) -> Tensor:
         try:
+            _check_planar(preds)
             return uqi(
                 preds,
                 target,
@@ -245,6 +253,7 @@ def _uqi_0_8_adapter(padding: str, original: Callable[..., Any]) -> Callable[...
     ) -> Tensor:
         # data_range and return_contrast_sensitivity: accepted and unused, as by these releases.
         try:
+            _check_planar(preds)
             return uqi(
                 preds,
                 target,

@@ -428,13 +428,20 @@ def test_invalid_inputs_metric_class(preds, target, kernel, sigma):
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(reduction="mean"), dict(reduction="sum", kernel_size=(10, 11))],
-    ids=["reduction-mean", "reduction-sum-kernel-even"],
+    [
+        dict(reduction="mean"),
+        dict(reduction="sum", kernel_size=(10, 11)),
+        dict(shape=(1, 1, 12, 16, 16), kernel_size=(5, 11, 11), sigma=(1.5, 1.5, 1.5)),
+        dict(shape=(1, 1, 12, 16, 16)),
+    ],
+    ids=["reduction-mean", "reduction-sum-kernel-even", "3d-window", "5d-images"],
 )
 def test_hook_point_errors(kw):
-    """Arguments only the hook point checks (the functional has no check of its own for them)."""
-    p, t = _images((1, 1, 16, 16), 2), _images((1, 1, 16, 16), 3)
-    window = {"kernel_size": (11, 11), "sigma": (1.5, 1.5), **kw}
+    """What only the hook point checks (the functional checks the images' shape before it)."""
+    kw = dict(kw)
+    shape = kw.pop("shape", (1, 1, 16, 16))
+    p, t = _images(shape, 2), _images(shape, 3)
+    window = {"kernel_size": (11, 11), "sigma": (1.5, 1.5), "reduction": "elementwise_mean", **kw}
     call = lambda: U._uqi_compute(p, t, window["kernel_size"], window["sigma"], window["reduction"])  # noqa: E731
     assert_parity(*both(call))
 
