@@ -56,7 +56,7 @@ def similarity(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tupl
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         out = _apply(x, y, c1, c2, plan)
         return out[0], (out[1] if plan.output != "ssim" else None)
-    per_image, extra, _ = _fused(x, y, c1, c2, plan, keep=False)
+    per_image, extra, _ = _fused(x, y, c1, c2, plan, keep=None)
     return per_image, extra
 
 
@@ -130,13 +130,64 @@ def _traced_similarity(
 
 @dataclass
 class _Kept:
-    """What the fused forward keeps for the backward: the terms and the shifts ``(2, N, C, 1, ..)``."""
+    """What the fused forward keeps for the backward; every tensor is ``(S, N, C, ...)``.
 
-    terms: _formula.Terms
-    shift: Tensor
+    For a per-image SSIM (the loss case) the forward already computes the adjoint maps for a unit
+    upstream gradient per image, while its pieces are in cache: ``adjoints`` (g_x if x needs a
+    gradient, g_y if y does, g_sq, g_cross) and ``c_sums`` (the per-plane sums of g_c1, g_c2);
+    the backward scales them by the upstream gradient and applies ``W^T``. For the other outputs
+    it keeps the terms (``mu``; ``contrast``: C_num, C_den) and the backward forms the adjoints.
+    """
 
-    def tensors(self) -> tuple[Tensor, ...]:
-        return (*self.terms, self.shift)
+    shift: Tensor  # (2, N, C, 1, ..): a_s, a_d
+    mu: Optional[Tensor] = None
+    contrast: Optional[Tensor] = None
+    adjoints: Optional[Tensor] = None
+    c_sums: Optional[Tensor] = None
+
+    @staticmethod
+    def layout(plan: Plan) -> tuple[str, ...]:
+        """The names of the kept tensors, in order."""
+        if plan.output == "ssim":
+            return ("shift", "adjoints", "c_sums")
+        return ("shift", "mu", "contrast")
+
+    def tensors(self, plan: Plan) -> tuple[Tensor, ...]:
+        return tuple(getattr(self, name) for name in self.layout(plan))
+
+    @classmethod
+    def of(cls, plan: Plan, tensors: Sequence[Tensor]) -> _Kept:
+        return cls(**dict(zip(cls.layout(plan), tensors)))
+
+    @property
+    def terms(self) -> _formula.Terms:
+        assert self.mu is not None and self.contrast is not None
+        return _formula.Terms(self.mu, self.contrast[0], self.contrast[1])
+
+
+@dataclass(frozen=True)
+class _Needs:
+    """Which inputs need a gradient."""
+
+    x: bool
+    y: bool
+    c1: bool
+    c2: bool
+
+    @classmethod
+    def of(cls, *inputs: Any) -> _Needs:
+        return cls(*(isinstance(v, Tensor) and v.requires_grad for v in inputs))
+
+
+def _unit_gradient(images: Sequence[int], like: Tensor) -> Tensor:
+    """The S map's gradient for a loss that is the sum of the per-image means."""
+    return torch.full((), 1.0 / math.prod(images[1:]), dtype=like.dtype, device=like.device)
+
+
+def _adjoint_stack(adj: _formula.Adjoints) -> list[Tensor]:
+    maps = [g for g in (adj.g_x, adj.g_y) if g is not None] + [adj.g_sq, adj.g_cross]
+    shape = torch.broadcast_shapes(*(g.shape for g in maps))  # type: ignore[no-untyped-call]
+    return [g if g.shape == shape else g.expand(shape) for g in maps]
 
 
 def _on_cpu(x: Tensor) -> bool:
@@ -144,14 +195,15 @@ def _on_cpu(x: Tensor) -> bool:
 
 
 def _fused(
-    x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan, keep: bool
+    x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan, keep: Optional[_Needs]
 ) -> tuple[Tensor, Optional[Tensor], Optional[_Kept]]:
+    """The fused forward; with ``keep`` (what needs a gradient) also what the backward needs."""
     forward = _cpu_forward if _on_cpu(x) else _device_forward
     return forward(x, y, _constants(c1, c2, plan, x), plan, keep)
 
 
 def _device_forward(
-    x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: bool
+    x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[_Needs]
 ) -> tuple[Tensor, Optional[Tensor], Optional[_Kept]]:
     """The whole batch at once: each pass of the window is one convolution over four maps."""
     n, channels, *spatial = x.shape
@@ -165,8 +217,17 @@ def _device_forward(
     _filters.reflect_pad_into(sd.view(-1, *spatial), plan.blur.pads, stack[:2].view(-1, *padded))
     torch.mul(stack[:2], stack[:2], out=stack[2:])
     t = _formula.terms(_filters.conv_blur(stack, plan.blur), shift, k)
-    per_image, extra = _finish(_formula.similarity(t, k), t, plan)
-    return per_image, extra, (_Kept(t, shift) if keep else None)
+    maps = _formula.similarity(t, k)
+    per_image, extra = _finish(maps, t, plan)
+    if keep is None:
+        return per_image, extra, None
+    if plan.output != "ssim":
+        return per_image, extra, _Kept(shift, mu=t.mu, contrast=torch.stack((t.c_num, t.c_den)))
+    adj = _formula.adjoints(t, shift, k, _unit_gradient(maps.shape, x), None, keep.x, keep.y)
+    c_sums = torch.stack(
+        (adj.g_c1.sum(tuple(range(2, adj.g_c1.ndim))), adj.g_c2.sum(tuple(range(2, adj.g_c2.ndim))))
+    )
+    return per_image, extra, _Kept(shift, adjoints=torch.stack(_adjoint_stack(adj)), c_sums=c_sums)
 
 
 def _pieces(
@@ -184,9 +245,10 @@ def _pieces(
 
 
 def _cpu_forward(
-    x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: bool
+    x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[_Needs]
 ) -> tuple[Tensor, Optional[Tensor], Optional[_Kept]]:
-    """Cache-sized pieces of planes: four moment maps formed, filtered and reduced in place."""
+    """Cache-sized pieces of planes: four moment maps formed, filtered and reduced in place (and
+    for a loss, the adjoint maps formed while the piece is in cache)."""
     n, channels, *spatial = x.shape
     planes, nd = n * channels, len(spatial)
     xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
@@ -196,8 +258,15 @@ def _cpu_forward(
     sums = x.new_zeros(planes)
     cs_sums = x.new_zeros(planes) if plan.output == "cs" else None
     full = x.new_empty((planes, *out)) if plan.output == "map" else None
-    # One tensor per term, each under glibc's largest mmap threshold: reused from call to call.
-    kept = _formula.Terms(*(x.new_empty((size, planes, *out)) for size in (2, 1, 1))) if keep else None
+    adjoints = keep is not None and plan.output == "ssim"
+    kept: dict[str, Tensor] = {}
+    if keep is not None and adjoints:
+        rows = int(keep.x) + int(keep.y) + 2
+        kept = {"adjoints": x.new_empty((rows, planes, *out)), "c_sums": x.new_zeros((2, planes))}
+        unit = _unit_gradient((n, channels, *out), x)
+    elif keep is not None:
+        # One tensor each, under glibc's largest mmap threshold: reused from call to call.
+        kept = {"mu": x.new_empty((2, planes, *out)), "contrast": x.new_empty((2, planes, *out))}
     band = _filters.BandBlur(plan.blur, tuple(spatial))
     for p0, p1, bands in _pieces(planes, spatial, out[0]):
         sh = shift[:, p0:p1]
@@ -206,9 +275,9 @@ def _cpu_forward(
                 xb = _filters.reflect_pad(xp[p0:p1], plan.blur.pads)
                 yb = _filters.reflect_pad(yp[p0:p1], plan.blur.pads)
             else:
-                rows = band.rows(r0, r1)
-                xb = band.pad_rest(xp[p0:p1].index_select(1, rows))
-                yb = band.pad_rest(yp[p0:p1].index_select(1, rows))
+                rows_in = band.rows(r0, r1)
+                xb = band.pad_rest(xp[p0:p1].index_select(1, rows_in))
+                yb = band.pad_rest(yp[p0:p1].index_select(1, rows_in))
             stack = band.work.take("stack", (4, *xb.shape), xb)
             sd, squares = stack.tensor_split(2)
             torch.add(xb, yb, out=stack[0])
@@ -221,9 +290,17 @@ def _cpu_forward(
                 cs_sums[p0:p1] += _formula.contrast(t).sum(dims)
             if full is not None:
                 full[p0:p1, r0:r1] = maps
-            if kept is not None:
-                for store, value in zip(kept, t):
-                    store[:, p0:p1, r0:r1] = value
+            if keep is not None and adjoints:
+                adj = _formula.adjoints(t, sh, k, unit, None, keep.x, keep.y)
+                for i, g in enumerate(_adjoint_stack(adj)):
+                    kept["adjoints"][i, p0:p1, r0:r1] = g
+                if keep.c1 or keep.c2:
+                    kept["c_sums"][0, p0:p1] += adj.g_c1.sum(dims)
+                    kept["c_sums"][1, p0:p1] += adj.g_c2.sum(dims)
+            elif keep is not None:
+                kept["mu"][:, p0:p1, r0:r1] = t.mu
+                kept["contrast"][0, p0:p1, r0:r1] = t.c_num
+                kept["contrast"][1, p0:p1, r0:r1] = t.c_den
     size = math.prod(out) * channels
     per_image = sums.view(n, channels).sum(1) / size
     extra: Optional[Tensor] = None
@@ -231,11 +308,10 @@ def _cpu_forward(
         extra = full.view(n, channels, *out)
     elif cs_sums is not None:
         extra = cs_sums.view(n, channels).sum(1) / size
-    if kept is None:
+    if keep is None:
         return per_image, extra, None
-    images = (n, channels, *out)
-    terms = _formula.Terms(kept.mu.view(2, *images), kept.c_num.view(images), kept.c_den.view(images))
-    return per_image, extra, _Kept(terms, shift.view(2, n, channels, *[1] * nd))
+    images = {name: t.view(t.shape[0], n, channels, *t.shape[2:]) for name, t in kept.items()}
+    return per_image, extra, _Kept(shift.view(2, n, channels, *[1] * nd), **images)
 
 
 # --- the gradient ---------------------------------------------------------------------------------
@@ -263,12 +339,16 @@ def _back_project(
     adj: _formula.Adjoints, adjoint: Callable[[Tensor], Tensor]
 ) -> tuple[Optional[Tensor], Optional[Tensor], Tensor, Tensor]:
     """``W^T`` of the adjoint maps, stacked into one pass: (g_x, g_y where needed, g_sq, g_cross)."""
-    maps = [g for g in (adj.g_x, adj.g_y) if g is not None] + [adj.g_sq, adj.g_cross]
-    shape = torch.broadcast_shapes(*(g.shape for g in maps))  # type: ignore[no-untyped-call]
-    back = iter(adjoint(torch.stack([g if g.shape == shape else g.expand(shape) for g in maps])).unbind(0))
-    bx = next(back) if adj.g_x is not None else None
-    by = next(back) if adj.g_y is not None else None
-    return bx, by, next(back), next(back)
+    return _unstack(adjoint(torch.stack(_adjoint_stack(adj))), adj.g_x is not None, adj.g_y is not None)
+
+
+def _unstack(
+    back: Tensor, has_x: bool, has_y: bool
+) -> tuple[Optional[Tensor], Optional[Tensor], Tensor, Tensor]:
+    rows = iter(back.unbind(0))
+    bx = next(rows) if has_x else None
+    by = next(rows) if has_y else None
+    return bx, by, next(rows), next(rows)
 
 
 def _combine(
@@ -295,60 +375,84 @@ def _fused_backward(
     y: Tensor,
     k: _formula.Constants,
     kept: _Kept,
-    grad_map: Optional[Tensor],
-    grad_cs: Optional[Tensor],
+    g_image: Optional[Tensor],
+    g_extra: Optional[Tensor],
     plan: Plan,
-    needs: tuple[bool, bool, bool, bool],
+    needs: _Needs,
 ) -> tuple[Optional[Tensor], ...]:
     """Gradients for x, y, c1, c2 from what the fused forward kept (no autograd inside)."""
-    need_x, need_y, need_c1, need_c2 = needs
     spatial = tuple(x.shape[2:])
-    if not _on_cpu(x):  # the whole batch at once, one transposed convolution per pass
-        adj = _formula.adjoints(kept.terms, kept.shift, k, grad_map, grad_cs, need_x, need_y)
-        gx = gy = None
-        if need_x or need_y:
-            back = _back_project(adj, lambda g: _filters.conv_blur_adjoint(g, plan.blur, x))
-            ax, ay = _own_shifts(kept.shift)
-            gx, gy = _combine(back, x - ax, y - ay)
-        return gx, gy, (adj.g_c1.sum() if need_c1 else None), (adj.g_c2.sum() if need_c2 else None)
+    images = (*x.shape[:2], *plan.blur.out_size(spatial))
+    if kept.adjoints is not None:  # the adjoints of a unit gradient per image: scale them
+        assert g_image is not None and kept.c_sums is not None
+        scale: Optional[Tensor] = g_image.view(-1, *[1] * (len(images) - 1))
+        grad_map = grad_cs = None
+        c_sums = (kept.c_sums * g_image.view(-1, 1)).sum((1, 2))
+    else:
+        scale = None
+        grad_map, grad_cs = _upstream(g_image, g_extra, plan, images)
     n, channels = x.shape[:2]
     planes, nd = n * channels, len(spatial)
-    out = plan.blur.out_size(spatial)
+    if not _on_cpu(x):  # the whole batch at once, one transposed convolution per pass
+        if kept.adjoints is not None:
+            adj_stack = kept.adjoints
+        else:
+            adj = _formula.adjoints(kept.terms, kept.shift, k, grad_map, grad_cs, needs.x, needs.y)
+            adj_stack = torch.stack(_adjoint_stack(adj))
+            c_sums = torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
+        gx = gy = None
+        if needs.x or needs.y:
+            back = _unstack(_filters.conv_blur_adjoint(adj_stack, plan.blur, x), needs.x, needs.y)
+            ax, ay = _own_shifts(kept.shift)
+            gx, gy = _combine(back, x - ax, y - ay)
+            if scale is not None:
+                gx, gy = (None if g is None else g.mul_(scale) for g in (gx, gy))
+        return gx, gy, (c_sums[0] if needs.c1 else None), (c_sums[1] if needs.c2 else None)
+    out = images[2:]
     xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
-    gx = x.new_empty((planes, *spatial)) if need_x else None
-    gy = x.new_empty((planes, *spatial)) if need_y else None
-    g_c1 = x.new_zeros(()) if need_c1 else None
-    g_c2 = x.new_zeros(()) if need_c2 else None
+    gx = x.new_empty((planes, *spatial)) if needs.x else None
+    gy = x.new_empty((planes, *spatial)) if needs.y else None
     band = _filters.BandBlur(plan.blur, spatial)
 
     def planar(g: Optional[Tensor]) -> Optional[Tensor]:
         return None if g is None else g.expand(n, channels, *g.shape[2:]).reshape(planes, *g.shape[2:])
 
-    grad_map_p, grad_cs_p = planar(grad_map), planar(grad_cs)
-    mu = kept.terms.mu.reshape(2, planes, *out)
-    c_num, c_den = kept.terms.c_num.reshape(planes, *out), kept.terms.c_den.reshape(planes, *out)
     shift = kept.shift.reshape(2, planes, *[1] * nd)
+    scale_p = planar(scale)
+    if kept.adjoints is not None:
+        adj_p = kept.adjoints.reshape(kept.adjoints.shape[0], planes, *out)
+    else:
+        grad_map_p, grad_cs_p = planar(grad_map), planar(grad_cs)
+        mu = kept.terms.mu.reshape(2, planes, *out)
+        c_num, c_den = (v.reshape(planes, *out) for v in kept.terms[1:])
+        c_sums = x.new_zeros(2)
     per = max(1, _CHUNK // max(1, math.prod(out)))
     for p0 in range(0, planes, per):
         p1 = min(p0 + per, planes)
-        t = _formula.Terms(mu[:, p0:p1], c_num[p0:p1], c_den[p0:p1])
         sh = shift[:, p0:p1]
-        grad_map_c = None if grad_map_p is None else grad_map_p[p0:p1]
-        grad_cs_c = None if grad_cs_p is None else grad_cs_p[p0:p1]
-        adj = _formula.adjoints(t, sh, k, grad_map_c, grad_cs_c, need_x, need_y)
-        if need_x or need_y:
+        if kept.adjoints is not None:
+            stacked = adj_p[:, p0:p1]
+        else:
+            t = _formula.Terms(mu[:, p0:p1], c_num[p0:p1], c_den[p0:p1])
+            grad_map_c = None if grad_map_p is None else grad_map_p[p0:p1]
+            grad_cs_c = None if grad_cs_p is None else grad_cs_p[p0:p1]
+            adj = _formula.adjoints(t, sh, k, grad_map_c, grad_cs_c, needs.x, needs.y)
+            stacked = torch.stack(_adjoint_stack(adj))
+            c_sums += torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
+        if needs.x or needs.y:
             ax, ay = _own_shifts(sh)
             targets = (None if gx is None else gx[p0:p1], None if gy is None else gy[p0:p1])
-            _combine(_back_project(adj, band.adjoint), xp[p0:p1] - ax, yp[p0:p1] - ay, targets)
-        if g_c1 is not None:
-            g_c1 += adj.g_c1.sum()
-        if g_c2 is not None:
-            g_c2 += adj.g_c2.sum()
+            back = _unstack(band.adjoint(stacked), needs.x, needs.y)
+            _combine(back, xp[p0:p1] - ax, yp[p0:p1] - ay, targets)
+            if scale_p is not None:
+                for g in targets:
+                    if g is not None:
+                        g.mul_(scale_p[p0:p1])
     return (
         None if gx is None else gx.view(x.shape),
         None if gy is None else gy.view(y.shape),
-        g_c1,
-        g_c2,
+        c_sums[0] if needs.c1 else None,
+        c_sums[1] if needs.c2 else None,
     )
 
 
@@ -360,19 +464,18 @@ def _traced_backward(
     grad_map: Optional[Tensor],
     grad_cs: Optional[Tensor],
     plan: Plan,
-    needs: tuple[bool, bool, bool, bool],
+    needs: _Needs,
 ) -> tuple[Optional[Tensor], ...]:
     """The same gradients in plain differentiable ops, recomputed from the inputs: for double
     backward, and for the backward under torch.func transforms."""
-    need_x, need_y, need_c1, need_c2 = needs
     k = _constants(c1, c2, plan, x)
     t, shift = _traced_terms(x, y, k, plan)
-    adj = _formula.adjoints(t, shift, k, grad_map, grad_cs, need_x, need_y)
+    adj = _formula.adjoints(t, shift, k, grad_map, grad_cs, needs.x, needs.y)
     gx = gy = None
-    if need_x or need_y:
+    if needs.x or needs.y:
         ax, ay = _own_shifts(shift)
         gx, gy = _combine(_back_project(adj, lambda g: _filters.blur_adjoint(g, plan.blur)), x - ax, y - ay)
-    return gx, gy, (adj.g_c1.sum() if need_c1 else None), (adj.g_c2.sum() if need_c2 else None)
+    return gx, gy, (adj.g_c1.sum() if needs.c1 else None), (adj.g_c2.sum() if needs.c2 else None)
 
 
 def _sum_to(g: Optional[Tensor], c: Any) -> Optional[Tensor]:
@@ -391,9 +494,9 @@ class _Similarity(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tuple[Tensor, ...]:
-        per_image, extra, kept = _fused(x, y, c1, c2, plan, keep=True)
+        per_image, extra, kept = _fused(x, y, c1, c2, plan, keep=_Needs.of(x, y, c1, c2))
         assert kept is not None
-        return (per_image, extra if extra is not None else x.new_empty(0), *kept.tensors())
+        return (per_image, extra if extra is not None else x.new_empty(0), *kept.tensors(plan))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -402,6 +505,9 @@ class _Similarity(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.plan = plan
         ctx.scalars = (c1, c2)
+        # What the forward kept is for the gradients it saw asked for (under a torch.func
+        # transform it sees none, and the backward recomputes).
+        ctx.fused = _Needs.of(x, y, c1, c2) == _Needs(*ctx.needs_input_grad[:4])
         ctx.save_for_backward(x, y, *output[2:])
         ctx.save_for_forward(x, y)
 
@@ -409,20 +515,19 @@ class _Similarity(torch.autograd.Function):
     def backward(
         ctx: Any, g_image: Optional[Tensor], g_extra: Optional[Tensor], *_: Any
     ) -> tuple[Optional[Tensor], ...]:
-        x, y, mu, c_num, c_den, shift = ctx.saved_tensors
+        x, y, *kept_tensors = ctx.saved_tensors
         c1, c2 = ctx.scalars
         plan: Plan = ctx.plan
-        need_x, need_y, need_c1, need_c2 = (bool(v) for v in ctx.needs_input_grad[:4])
-        needs = (need_x, need_y, need_c1, need_c2)
-        images = (*x.shape[:2], *plan.blur.out_size(tuple(x.shape[2:])))
-        grad_map, grad_cs = _upstream(g_image, g_extra, plan, images)
-        if grad_map is None and grad_cs is None:
+        needs = _Needs(*(bool(v) for v in ctx.needs_input_grad[:4]))
+        if g_image is None and (g_extra is None or plan.output == "ssim"):
             return None, None, None, None, None
-        if torch.is_grad_enabled() or traced():
+        if torch.is_grad_enabled() or traced() or not ctx.fused:
+            images = (*x.shape[:2], *plan.blur.out_size(tuple(x.shape[2:])))
+            grad_map, grad_cs = _upstream(g_image, g_extra, plan, images)
             grads = _traced_backward(x, y, c1, c2, grad_map, grad_cs, plan, needs)
         else:
-            kept = _Kept(_formula.Terms(mu, c_num, c_den), shift)
-            grads = _fused_backward(x, y, _constants(c1, c2, plan, x), kept, grad_map, grad_cs, plan, needs)
+            kept = _Kept.of(plan, kept_tensors)
+            grads = _fused_backward(x, y, _constants(c1, c2, plan, x), kept, g_image, g_extra, plan, needs)
         return grads[0], grads[1], _sum_to(grads[2], c1), _sum_to(grads[3], c2), None
 
     @staticmethod
@@ -462,7 +567,7 @@ class _Similarity(torch.autograd.Function):
                     g if g is not None else torch.zeros_like(o)
                     for g, o in zip(torch.autograd.grad(dot, probes, allow_unused=True), outputs)
                 ]
-        return (d[0], d[1] if len(d) > 1 else x.new_empty(0), None, None, None, None)
+        return (d[0], d[1] if len(d) > 1 else x.new_empty(0), *[None] * len(_Kept.layout(plan)))
 
     @staticmethod
     def vmap(
@@ -494,7 +599,7 @@ class _Similarity(torch.autograd.Function):
             ]
             outputs = tuple(torch.stack(parts) for parts in zip(*results))
             return outputs, (0,) * len(outputs)
-        per_image, extra, mu, c_num, c_den, shift = _apply(
+        per_image, extra, *kept = _apply(
             xb.reshape(-1, *xb.shape[2:]), yb.reshape(-1, *yb.shape[2:]), c1, c2, plan
         )
 
@@ -504,12 +609,9 @@ class _Similarity(torch.autograd.Function):
         outputs = (
             split(per_image, 0),
             split(extra, 0) if extra.numel() else extra.new_empty(size, 0),
-            split(mu, 1),
-            split(c_num, 0),
-            split(c_den, 0),
-            split(shift, 1),
+            *(split(t, 1) for t in kept),  # every kept tensor is (S, N, C, ...)
         )
-        return outputs, (0, 0, 1, 0, 0, 1)
+        return outputs, (0, 0, *[1] * len(kept))
 
 
 def _apply(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tuple[Tensor, ...]:
