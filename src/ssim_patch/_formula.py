@@ -57,6 +57,7 @@ class Terms(NamedTuple):
     mu: Tensor  # (2, ...): mu_s, mu_d
     c_num: Tensor
     c_den: Tensor
+    means: Optional[Tensor] = None  # (2, ...): mu less the shift, where at hand
 
 
 def terms(m: Tensor, shift: Tensor, k: Constants, straight_through: bool = False) -> Terms:
@@ -69,7 +70,7 @@ def terms(m: Tensor, shift: Tensor, k: Constants, straight_through: bool = False
     var = var + (clamped - var).detach() if straight_through else clamped
     v_s, v_d = var.unbind(0)
     c_den = k.two_c2.add(v_s).add(v_d)
-    return Terms(mu=means + shift, c_num=c_den.add(v_d, alpha=-2), c_den=c_den)
+    return Terms(mu=means + shift, c_num=c_den.add(v_d, alpha=-2), c_den=c_den, means=means)
 
 
 def luminance(mu_s: Tensor, mu_d: Tensor, k: Constants) -> tuple[Tensor, Tensor]:
@@ -82,11 +83,26 @@ def _denominator(l_den: Tensor, c_den: Tensor, k: Constants) -> Tensor:
     return l_den * c_den if k.four_eps is None else k.four_eps.addcmul(l_den, c_den)
 
 
-def similarity(t: Terms, k: Constants) -> Tensor:
-    """The SSIM (or UQI) map."""
+class Map(NamedTuple):
+    """The S map and the factors it is made of (the backward reuses them)."""
+
+    s: Tensor
+    l_num: Tensor
+    l_den: Tensor
+    den: Tensor
+
+
+def similarity_map(t: Terms, k: Constants) -> Map:
+    """The SSIM (or UQI) map, with its factors."""
     mu_s, mu_d = t.mu.unbind(0)
     l_num, l_den = luminance(mu_s, mu_d, k)
-    return (l_num * t.c_num).div(_denominator(l_den, t.c_den, k))
+    den = _denominator(l_den, t.c_den, k)
+    return Map((l_num * t.c_num).div(den), l_num, l_den, den)
+
+
+def similarity(t: Terms, k: Constants) -> Tensor:
+    """The SSIM (or UQI) map."""
+    return similarity_map(t, k).s
 
 
 def contrast(t: Terms) -> Tensor:
@@ -119,15 +135,16 @@ def adjoints(
     grad_cs: Optional[Tensor],
     need_x: bool = True,
     need_y: bool = True,
+    made: Optional[Map] = None,
 ) -> Adjoints:
-    """The moments' gradient from the loss's gradient with respect to the S map and the cs map."""
-    mu_s, mu_d = t.mu.unbind(0)
-    l_num, l_den = luminance(mu_s, mu_d, k)
+    """The moments' gradient from the loss's gradient with respect to the S map and the cs map;
+    ``made``: the S map and its factors, where the caller has them already."""
+    made = made if made is not None else similarity_map(t, k)
+    l_num, l_den = made.l_num, made.l_den
     # a = 2 dS/dL_num, b = -2 dS/dL_den, c = 2 dS/dC_num, d = -2 dS/dC_den, times the loss's gradient.
     if grad_map is not None:
-        q = _denominator(l_den, t.c_den, k)
-        u = (2 * grad_map).div(q)
-        v = u * (l_num * t.c_num).div(q)  # u S, with S exactly as the forward has it
+        u = (2 * grad_map).div(made.den)
+        v = u * made.s  # u S, with S exactly as the forward has it
         a, b = u * t.c_num, v * t.c_den
         c, d = u * l_num, v * l_den
     else:
@@ -138,7 +155,8 @@ def adjoints(
         d = d.addcmul(h, t.c_num / t.c_den)
     # L depends on mu_s, mu_d; C on v_s = m2 - m0^2, v_d = m3 - m1^2; m0 = mu_s - a_s, m1 = mu_d - a_d.
     ab, a_b, cd, c_d = a - b, a + b, c - d, c + d  # 2 (A + B), 2 (A - B), 2 (C + D), 2 (C - D)
-    m0, m1 = (t.mu - shift).unbind(0)
+    mu_s, mu_d = t.mu.unbind(0)
+    m0, m1 = (t.means if t.means is not None else t.mu - shift).unbind(0)
     g_m0 = (mu_s * ab).addcmul(m0, cd, value=-1)
     g_m1 = (m1 * c_d).addcmul(mu_d, a_b, value=-1)
     return Adjoints(

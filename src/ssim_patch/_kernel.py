@@ -217,13 +217,13 @@ def _device_forward(
     _filters.reflect_pad_into(sd.view(-1, *spatial), plan.blur.pads, stack[:2].view(-1, *padded))
     torch.mul(stack[:2], stack[:2], out=stack[2:])
     t = _formula.terms(_filters.conv_blur(stack, plan.blur), shift, k)
-    maps = _formula.similarity(t, k)
-    per_image, extra = _finish(maps, t, plan)
+    made = _formula.similarity_map(t, k)
+    per_image, extra = _finish(made.s, t, plan)
     if keep is None:
         return per_image, extra, None
     if plan.output != "ssim":
         return per_image, extra, _Kept(shift, mu=t.mu, contrast=torch.stack((t.c_num, t.c_den)))
-    adj = _formula.adjoints(t, shift, k, _unit_gradient(maps.shape, x), None, keep.x, keep.y)
+    adj = _formula.adjoints(t, shift, k, _unit_gradient(made.s.shape, x), None, keep.x, keep.y, made)
     c_sums = torch.stack(
         (adj.g_c1.sum(tuple(range(2, adj.g_c1.ndim))), adj.g_c2.sum(tuple(range(2, adj.g_c2.ndim))))
     )
@@ -284,14 +284,15 @@ def _cpu_forward(
             torch.sub(xb, yb, out=stack[1])
             torch.mul(sd.sub_(sh), sd, out=squares)
             t = _formula.terms(band.filter(stack), sh, k)
-            maps = _formula.similarity(t, k)
+            made = _formula.similarity_map(t, k)
+            maps = made.s
             sums[p0:p1] += maps.sum(dims)
             if cs_sums is not None:
                 cs_sums[p0:p1] += _formula.contrast(t).sum(dims)
             if full is not None:
                 full[p0:p1, r0:r1] = maps
             if keep is not None and adjoints:
-                adj = _formula.adjoints(t, sh, k, unit, None, keep.x, keep.y)
+                adj = _formula.adjoints(t, sh, k, unit, None, keep.x, keep.y, made)
                 for i, g in enumerate(_adjoint_stack(adj)):
                     kept["adjoints"][i, p0:p1, r0:r1] = g
                 if keep.c1 or keep.c2:
@@ -424,7 +425,7 @@ def _fused_backward(
     else:
         grad_map_p, grad_cs_p = planar(grad_map), planar(grad_cs)
         mu = kept.terms.mu.reshape(2, planes, *out)
-        c_num, c_den = (v.reshape(planes, *out) for v in kept.terms[1:])
+        c_num, c_den = (v.reshape(planes, *out) for v in (kept.terms.c_num, kept.terms.c_den))
         c_sums = x.new_zeros(2)
     per = max(1, _CHUNK // max(1, math.prod(out)))
     for p0 in range(0, planes, per):
