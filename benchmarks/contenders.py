@@ -59,12 +59,19 @@ class Contender:
 
 @contextlib.contextmanager
 def unpatched_state() -> Iterator[None]:
-    """Torchmetrics as released; raises if ssim_patch is applied."""
+    """Torchmetrics as released (ssim_patch reverted inside, whatever the environment did: an
+    auto-apply ``.pth`` file, a plugin); the patch state found is put back after."""
     import ssim_patch
+    from ssim_patch import _patcher
 
-    if ssim_patch.is_applied():
-        raise RuntimeError("ssim_patch is applied while timing the unpatched torchmetrics call.")
-    yield
+    saved = _patcher._snapshot()
+    ssim_patch.revert()
+    try:
+        if ssim_patch.is_applied():
+            raise RuntimeError("ssim_patch is applied while timing the unpatched torchmetrics call.")
+        yield
+    finally:
+        _patcher._restore(saved)
 
 
 @contextlib.contextmanager
@@ -134,16 +141,9 @@ def _make_fused(name: str, module: str) -> Contender:
 
 
 def make_contenders(names: Sequence[str] = CONTENDERS) -> dict[str, Contender]:
-    """The contenders by name; those that cannot be imported carry a ``missing`` note.
-
-    ssim_patch is reverted first, so ``unpatched`` is torchmetrics as released whatever the
-    environment did (an auto-apply ``.pth`` file, a plugin).
-    """
+    """The contenders by name; those that cannot be imported carry a ``missing`` note."""
     import torchmetrics.functional.image  # noqa: F401 (imported first, so patched() swaps at once)
 
-    import ssim_patch
-
-    ssim_patch.revert()
     makers: dict[str, Callable[[], Contender]] = {
         "unpatched": lambda: Contender("unpatched", torchmetrics_ssim, unpatched_state),
         "patched": lambda: Contender("patched", torchmetrics_ssim, patched_state),
