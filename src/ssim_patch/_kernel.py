@@ -186,6 +186,8 @@ def _unit_gradient(images: Sequence[int], like: Tensor) -> Tensor:
 
 def _adjoint_stack(adj: _formula.Adjoints) -> list[Tensor]:
     maps = [g for g in (adj.g_x, adj.g_y) if g is not None] + [adj.g_sq, adj.g_cross]
+    if all(g.shape == maps[0].shape for g in maps):
+        return maps
     shape = torch.broadcast_shapes(*(g.shape for g in maps))  # type: ignore[no-untyped-call]
     return [g if g.shape == shape else g.expand(shape) for g in maps]
 
@@ -419,6 +421,7 @@ def _fused_backward(
         return None if g is None else g.expand(n, channels, *g.shape[2:]).reshape(planes, *g.shape[2:])
 
     shift = kept.shift.reshape(2, planes, *[1] * nd)
+    own = _own_shifts(shift)  # a_x, a_y per plane
     scale_p = planar(scale)
     if kept.adjoints is not None:
         adj_p = kept.adjoints.reshape(kept.adjoints.shape[0], planes, *out)
@@ -441,10 +444,9 @@ def _fused_backward(
             stacked = torch.stack(_adjoint_stack(adj))
             c_sums += torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
         if needs.x or needs.y:
-            ax, ay = _own_shifts(sh)
             targets = (None if gx is None else gx[p0:p1], None if gy is None else gy[p0:p1])
             back = _unstack(band.adjoint(stacked), needs.x, needs.y)
-            _combine(back, xp[p0:p1] - ax, yp[p0:p1] - ay, targets)
+            _combine(back, xp[p0:p1] - own[0][p0:p1], yp[p0:p1] - own[1][p0:p1], targets)
             if scale_p is not None:
                 for g in targets:
                     if g is not None:
