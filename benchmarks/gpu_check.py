@@ -43,10 +43,19 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from benchmarks import machine, report  # noqa: E402
-from benchmarks.cases import GPU_CHECK_SHAPES, MODE_LABELS, MODES, QUICK_SHAPES, Case, Shape, shape_text  # noqa: E402
+from benchmarks.cases import (  # noqa: E402
+    GPU_CHECK_SHAPES,
+    MODE_LABELS,
+    MODES,
+    QUICK_SHAPES,
+    Case,
+    Shape,
+    make_inputs,
+    shape_text,
+)
 from benchmarks.contenders import COMPILED, GPU_CONTENDERS, Contender, make_contenders, probe  # noqa: E402
 from benchmarks.memory import Peaks, measure_cuda_memory  # noqa: E402
-from benchmarks.timing import Timing, failure, time_case  # noqa: E402
+from benchmarks.timing import Timing, call_once, failure, time_case  # noqa: E402
 
 DataRange = Union[None, float, tuple[float, float], Tensor]
 FAILED = 3  # exit status when a check of (a) or (b) fails
@@ -491,6 +500,46 @@ def timing_section(
 # Command line
 
 
+def launches_section(device: str, quick: bool) -> report.Rows:
+    """(d) CUDA kernels one call launches, counted by the profiler, beside the meta count."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.meta_counts import count_call
+
+    rows: report.Rows = [
+        ["shape", "pass", "contender", "kernels on the GPU", "device ms", "meta: ops that write"]
+    ]
+    shape = (2, 3, 32, 32) if quick else (16, 3, 512, 512)
+    contenders = make_contenders(("unpatched", "patched"))
+    for mode in MODES:
+        for name, contender in contenders.items():
+            assert contender.fn is not None
+            x, y = make_inputs(Case(device, shape, mode))
+            with contender.context():
+                call_once(contender.fn, x, y, mode)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                activity = ProfilerActivity.CUDA if device.startswith("cuda") else ProfilerActivity.CPU
+                with profile(activities=[activity]) as prof:
+                    call_once(contender.fn, x, y, mode)
+                    if device.startswith("cuda"):
+                        torch.cuda.synchronize()
+            kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            meta = count_call(contender, Case("meta", shape, mode)).writing_ops
+            device_ms = sum(e.device_time for e in kernels) / 1000
+            rows.append(
+                [
+                    "x".join(map(str, shape)),
+                    MODE_LABELS[mode],
+                    name,
+                    str(len(kernels)),
+                    f"{device_ms:.3f}",
+                    str(meta),
+                ]
+            )
+    return rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's options."""
     parser = argparse.ArgumentParser(
@@ -540,6 +589,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     log("(b) accuracy, TF32 on and off...")
     accuracy_rows, accuracy_ok = accuracy_section(device, args.quick)
     tf32_at_end_of_checks = tf32_state()
+    log("(d) kernel launches...")
+    launch_rows = launches_section(device, args.quick)
     if args.skip_timing:
         cases: list[Case] = []
         timings: dict[str, dict[str, Timing]] = {}
@@ -578,6 +629,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if len(mem) > 1:
             text += ["### Peak extra memory of one call (MiB)", "", report.markdown(mem), ""]
         text += ["### Spread and values", "", report.markdown(report.detail_table(cases, timings, names)), ""]
+    text += ["## (d) Kernel launches of one call", "", LAUNCH_NOTES, "", report.markdown(launch_rows), ""]
     if notes:
         text += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     verdict = f"(a) {'holds' if sync_ok else 'FAILS'}, (b) {'holds' if accuracy_ok else 'FAILS'}"
@@ -587,12 +639,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(report.plain(sync_rows))
     print()
     print(report.plain(accuracy_rows))
+    print()
+    print(report.plain(launch_rows))
     if cases:
         print()
         print(report.plain(report.speed_table(cases, timings, names)))
     print(f"\n{verdict}; wrote {out} in {time.monotonic() - start:.0f} s")
     return 0 if sync_ok and accuracy_ok else FAILED
 
+
+LAUNCH_NOTES = """\
+torchmetrics' `structural_similarity_index_measure(preds, target, data_range=1.0)`, unpatched and
+patched, after a warm-up call: the CUDA kernels the profiler records for one call (`fwd` under
+`no_grad`, `fwd+bwd` with `(1 - ssim).backward()`) and their summed device time, beside the ops
+that write counted on `device="meta"` (`bench_ssim.py --count`). A library may launch more than
+one kernel for one op (cuDNN), or none (a fill folded away)."""
 
 SYNC_NOTES = """\
 Each call runs once as a warm-up, then again under `torch.cuda.set_sync_debug_mode("error")`,
