@@ -225,11 +225,14 @@ def _device_forward(
         return per_image, extra, None
     if plan.output != "ssim":
         return per_image, extra, _Kept(shift, mu=t.mu, contrast=torch.stack((t.c_num, t.c_den)))
-    adj = _formula.adjoints(t, shift, k, _unit_gradient(made.s.shape, x), None, keep.x, keep.y, made)
+    into = x.new_empty((int(keep.x) + int(keep.y) + 2, *made.s.shape))
+    adj = _formula.adjoints(
+        t, shift, k, _unit_gradient(made.s.shape, x), None, keep.x, keep.y, made, out=into
+    )
     c_sums = torch.stack(
         (adj.g_c1.sum(tuple(range(2, adj.g_c1.ndim))), adj.g_c2.sum(tuple(range(2, adj.g_c2.ndim))))
     )
-    return per_image, extra, _Kept(shift, adjoints=torch.stack(_adjoint_stack(adj)), c_sums=c_sums)
+    return per_image, extra, _Kept(shift, adjoints=into, c_sums=c_sums)
 
 
 def _pieces(
@@ -276,11 +279,12 @@ def _cpu_forward(
             if len(bands) == 1:
                 xb = _filters.reflect_pad(xp[p0:p1], plan.blur.pads)
                 yb = _filters.reflect_pad(yp[p0:p1], plan.blur.pads)
+                stack = band.work.take("stack", (4, *xb.shape), xb)
             else:
                 rows_in = band.rows(r0, r1)
                 xb = band.pad_rest(xp[p0:p1].index_select(1, rows_in))
                 yb = band.pad_rest(yp[p0:p1].index_select(1, rows_in))
-            stack = band.work.take("stack", (4, *xb.shape), xb)
+                stack = band.work.take("stack", (4, *xb.shape), xb)
             sd, squares = stack.tensor_split(2)
             torch.add(xb, yb, out=stack[0])
             torch.sub(xb, yb, out=stack[1])
@@ -294,9 +298,8 @@ def _cpu_forward(
             if full is not None:
                 full[p0:p1, r0:r1] = maps
             if keep is not None and adjoints:
-                adj = _formula.adjoints(t, sh, k, unit, None, keep.x, keep.y, made)
-                for i, g in enumerate(_adjoint_stack(adj)):
-                    kept["adjoints"][i, p0:p1, r0:r1] = g
+                into = kept["adjoints"][:, p0:p1, r0:r1]
+                adj = _formula.adjoints(t, sh, k, unit, None, keep.x, keep.y, made, out=into)
                 if keep.c1 or keep.c2:
                     kept["c_sums"][0, p0:p1] += adj.g_c1.sum(dims)
                     kept["c_sums"][1, p0:p1] += adj.g_c2.sum(dims)
