@@ -136,9 +136,17 @@ def adjoints(
     need_x: bool = True,
     need_y: bool = True,
     made: Optional[Map] = None,
+    out: Optional[Tensor] = None,
 ) -> Adjoints:
-    """The moments' gradient from the loss's gradient with respect to the S map and the cs map;
-    ``made``: the S map and its factors, where the caller has them already."""
+    """The moments' gradient from the loss's gradient with respect to the S map and the cs map.
+
+    ``made``: the S map and its factors, where the caller has them already. ``out`` (no autograd):
+    a stack ``(g_x if need_x, g_y if need_y, g_sq, g_cross)`` the maps are written into.
+    """
+    rows: list[Optional[Tensor]] = list(out.unbind(0)) if out is not None else [None] * 4
+    into_x = rows[0] if need_x else None
+    into_y = rows[int(need_x)] if need_y else None
+    into_sq, into_cross = rows[-2], rows[-1]
     made = made if made is not None else similarity_map(t, k)
     l_num, l_den = made.l_num, made.l_den
     # a = 2 dS/dL_num, b = -2 dS/dL_den, c = 2 dS/dC_num, d = -2 dS/dC_den, times the loss's gradient.
@@ -146,13 +154,18 @@ def adjoints(
         u = (2 * grad_map).div(made.den)
         v = u * made.s  # u S, with S exactly as the forward has it
         a, b = u * t.c_num, v * t.c_den
-        c, d = u * l_num, v * l_den
+        final = grad_cs is None
+        c = torch.mul(u, l_num, out=into_cross) if final and into_cross is not None else u * l_num
+        d = torch.mul(v, l_den, out=into_sq) if final and into_sq is not None else v * l_den
     else:
         a = b = c = d = t.c_den.new_zeros(())
     if grad_cs is not None:  # dcs/dC_num = 1/C_den, dcs/dC_den = -cs/C_den
         h = (2 * grad_cs).div(t.c_den)
         c = c + h
         d = d.addcmul(h, t.c_num / t.c_den)
+        if out is not None:
+            assert into_sq is not None and into_cross is not None
+            c, d = into_cross.copy_(c), into_sq.copy_(d)
     # L depends on mu_s, mu_d; C on v_s = m2 - m0^2, v_d = m3 - m1^2; m0 = mu_s - a_s, m1 = mu_d - a_d.
     ab, a_b, cd, c_d = a - b, a + b, c - d, c + d  # 2 (A + B), 2 (A - B), 2 (C + D), 2 (C - D)
     mu_s, mu_d = t.mu.unbind(0)
@@ -160,8 +173,8 @@ def adjoints(
     g_m0 = (mu_s * ab).addcmul(m0, cd, value=-1)
     g_m1 = (m1 * c_d).addcmul(mu_d, a_b, value=-1)
     return Adjoints(
-        g_x=g_m0 + g_m1 if need_x else None,
-        g_y=g_m0 - g_m1 if need_y else None,
+        g_x=(torch.add(g_m0, g_m1, out=into_x) if into_x is not None else g_m0 + g_m1) if need_x else None,
+        g_y=(torch.sub(g_m0, g_m1, out=into_y) if into_y is not None else g_m0 - g_m1) if need_y else None,
         g_sq=d,
         g_cross=c,
         g_c1=ab,
