@@ -13,9 +13,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 
-def gaussian_window(sigma: float) -> np.ndarray:
-    half = int(3.5 * sigma + 0.5)
-    d = np.arange(-half, half + 1, dtype=np.float64)
+def gaussian_window(sigma: float, size: Optional[int] = None) -> np.ndarray:
+    """``size`` taps (SSIM's default: ``2*int(3.5*sigma+0.5)+1``) of exp(-(d/sigma)^2/2), normalised."""
+    size = size if size is not None else 2 * int(3.5 * sigma + 0.5) + 1
+    d = np.arange(size, dtype=np.float64) - (size - 1) / 2
     w = np.exp(-((d / sigma) ** 2) / 2)
     return w / w.sum()
 
@@ -36,6 +37,20 @@ def correlate_axis(a: np.ndarray, axis: int, w: np.ndarray, padding: str) -> np.
     for j in range(k):
         out += w[j] * np.take(a, np.arange(j, j + m), axis=axis)
     return out
+
+
+def _moments(x: np.ndarray, y: np.ndarray, windows: list, padding: str) -> tuple:
+    """Window means, variances (clamped at 0) and covariance of x and y."""
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        for i, w in enumerate(windows):
+            a = correlate_axis(a, 2 + i, w, padding)
+        return a
+
+    mx, my = blur(x), blur(y)
+    vx = np.maximum(blur(x * x) - mx * mx, 0.0)
+    vy = np.maximum(blur(y * y) - my * my, 0.0)
+    return mx, my, vx, vy, blur(x * y) - mx * my
 
 
 @dataclass
@@ -79,15 +94,7 @@ def ssim_reference(
         else [uniform_window(k) for k in _axes(kernel_size, nd)]
     )
 
-    def blur(a: np.ndarray) -> np.ndarray:
-        for i, w in enumerate(windows):
-            a = correlate_axis(a, 2 + i, w, padding)
-        return a
-
-    mx, my = blur(x), blur(y)
-    vx = np.maximum(blur(x * x) - mx * mx, 0.0)
-    vy = np.maximum(blur(y * y) - my * my, 0.0)
-    cov = blur(x * y) - mx * my
+    mx, my, vx, vy, cov = _moments(x, y, windows, padding)
     cs_map = (2 * cov + c2) / (vx + vy + c2)
     ssim_map = (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs_map
     n = x.shape[0]
@@ -106,21 +113,8 @@ def uqi_reference(
     ``kernel_size`` taps per axis, variances clamped at 0, ``eps`` in the denominator."""
     x = np.asarray(preds, dtype=np.float64)
     y = np.asarray(target, dtype=np.float64)
-    windows = []
-    for k, s in zip(kernel_size, sigma):
-        d = np.arange(k, dtype=np.float64) - (k - 1) / 2
-        w = np.exp(-((d / s) ** 2) / 2)
-        windows.append(w / w.sum())
-
-    def blur(a: np.ndarray) -> np.ndarray:
-        for i, w in enumerate(windows):
-            a = correlate_axis(a, 2 + i, w, padding)
-        return a
-
-    mx, my = blur(x), blur(y)
-    vx = np.maximum(blur(x * x) - mx * mx, 0.0)
-    vy = np.maximum(blur(y * y) - my * my, 0.0)
-    cov = blur(x * y) - mx * my
+    windows = [gaussian_window(s, k) for k, s in zip(kernel_size, sigma)]
+    mx, my, vx, vy, cov = _moments(x, y, windows, padding)
     return (2 * mx * my) * (2 * cov) / ((mx * mx + my * my) * (vx + vy) + eps)
 
 

@@ -197,14 +197,15 @@ def _uqi_padding(padding: str, reduction: object) -> str:
     by the count of valid windows: that one gets "valid", so the sum and the count agree."""
     if padding == "valid" or not (isinstance(reduction, str) and reduction == "sum"):
         return padding
-    if not _called_by_the_releases_metric_update(2):  # _uqi_padding <- _uqi_compute <- its caller
+    # _uqi_padding <- _corrected_uqi <- the replacement _uqi_compute <- its caller
+    if not _called_by_the_releases_metric_update(3):
         return padding
     warnings.warn(
         "This UniversalImageQualityIndex was created before ssim_patch.apply(): it keeps torchmetrics' "
         "own update(), which counts only the windows wholly inside the image, so it gets the corrected "
         "UQI of those windows (padding='valid'), not padding='same'. Create the metric after apply().",
         UserWarning,
-        stacklevel=3,  # _uqi_padding <- _uqi_compute <- the release's update, which called it
+        stacklevel=4,  # _uqi_padding <- _corrected_uqi <- _uqi_compute <- the release's update
     )
     return "valid"
 
@@ -216,6 +217,33 @@ def _check_planar(preds: object) -> None:
         raise ValueError(f"UQI takes images of shape (N, C, H, W), got shape {tuple(shape)}.")
 
 
+def _corrected_uqi(
+    padding: str,
+    original: Callable[..., Any],
+    args: tuple[Any, ...],
+    preds: Tensor,
+    target: Tensor,
+    kernel_size: Sequence[int],
+    sigma: Sequence[float],
+    reduction: Any,
+) -> Tensor:
+    """The corrected UQI for a replacement of ``_uqi_compute`` called with ``args``; the release's
+    own error where the release rejects them."""
+    try:
+        _check_planar(preds)
+        return uqi(
+            preds,
+            target,
+            kernel_size=kernel_size,
+            sigma=sigma,
+            reduction=reduction,
+            padding=_uqi_padding(padding, reduction),  # type: ignore[arg-type]
+        )
+    except (ValueError, TypeError) as exc:
+        rejected: Exception = exc
+    raise _error_for(original, args, rejected)  # outside the handler: no chained context
+
+
 def _uqi_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def _uqi_compute(
         preds: Tensor,
@@ -224,19 +252,8 @@ def _uqi_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., An
         sigma: Sequence[float] = (1.5, 1.5),
         reduction: Any = "elementwise_mean",
     ) -> Tensor:
-        try:
-            _check_planar(preds)
-            return uqi(
-                preds,
-                target,
-                kernel_size=kernel_size,
-                sigma=sigma,
-                reduction=reduction,
-                padding=_uqi_padding(padding, reduction),  # type: ignore[arg-type]
-            )
-        except (ValueError, TypeError) as exc:
-            rejected: Exception = exc
-        raise _error_for(original, (preds, target, kernel_size, sigma, reduction), rejected)
+        args = (preds, target, kernel_size, sigma, reduction)
+        return _corrected_uqi(padding, original, args, preds, target, kernel_size, sigma, reduction)
 
     return _uqi_compute
 
@@ -252,20 +269,8 @@ def _uqi_0_8_adapter(padding: str, original: Callable[..., Any]) -> Callable[...
         return_contrast_sensitivity: bool = False,
     ) -> Tensor:
         # data_range and return_contrast_sensitivity: accepted and unused, as by these releases.
-        try:
-            _check_planar(preds)
-            return uqi(
-                preds,
-                target,
-                kernel_size=kernel_size,
-                sigma=sigma,
-                reduction=reduction,
-                padding=_uqi_padding(padding, reduction),  # type: ignore[arg-type]
-            )
-        except (ValueError, TypeError) as exc:
-            rejected: Exception = exc
         args = (preds, target, kernel_size, sigma, reduction, data_range, return_contrast_sensitivity)
-        raise _error_for(original, args, rejected)
+        return _corrected_uqi(padding, original, args, preds, target, kernel_size, sigma, reduction)
 
     return _uqi_compute
 

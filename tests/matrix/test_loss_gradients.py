@@ -9,36 +9,18 @@ import importlib
 import pytest
 import reference_torch as ref
 import torch
+from test_gradients import PAIRS, _target, assert_gradient
 from torch.func import grad, jacfwd
 
 import ssim_patch
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
 METRICS = importlib.import_module("torchmetrics.image.ssim")
-REL, ROUNDING = 1e-8, 1e-13
-
-
-def _target(shape, seed=0):
-    return torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-PAIRS = {
-    "random": lambda t: 0.7 * t + 0.3 * _target(t.shape, seed=9),
-    "identical": lambda t: t.clone(),
-    "affine": lambda t: 0.5 * t + 0.2,
-    "anti-correlated": lambda t: 1 - t,
-    "flat": lambda t: torch.full_like(t, 0.4),
-}
 WINDOWS = {
     "gauss": ((2, 2, 24, 22), dict(sigma=1.5)),
     "uniform-aniso": ((2, 1, 20, 19), dict(gaussian_kernel=False, kernel_size=(3, 7))),
     "3d": ((1, 2, 9, 10, 11), dict(sigma=(0.6, 1.0, 1.2))),
 }
-
-
-def _assert_gradient(got, expected):
-    scale = float(expected.abs().max())
-    assert float((got - expected).abs().max()) <= REL * scale + ROUNDING
 
 
 @pytest.mark.parametrize("data_range", [1.0, None], ids=["range-1", "range-None"])
@@ -58,7 +40,7 @@ def test_functional_gradient_is_exact(pair, window, data_range):
     ):
         a = preds.clone().requires_grad_()
         grads.append(torch.autograd.grad((fn(a) * torch.arange(1.0, shape[0] + 1)).sum(), a)[0])
-    _assert_gradient(*grads)
+    assert_gradient(*grads)
     if pair == "identical":
         assert float(grads[0].abs().max()) <= 1e-15
 
@@ -77,7 +59,7 @@ def test_metric_forward_as_a_loss():
     (got,) = torch.autograd.grad(value, a)
     b = preds.clone().requires_grad_()
     (expected,) = torch.autograd.grad(ref.ssim(b, target, data_range=1.0, **kw)[0].mean(), b)
-    _assert_gradient(got, expected)
+    assert_gradient(got, expected)
 
 
 @pytest.mark.parametrize("transform", ["grad", "jacfwd"])
@@ -99,4 +81,4 @@ def test_functional_under_torch_func(transform):
         expected = torch.autograd.grad(reference(a).sum(), a)[0]
     else:
         got, expected = jacfwd(per_image)(preds), torch.autograd.functional.jacobian(reference, preds)
-    _assert_gradient(got, expected)
+    assert_gradient(got, expected)
