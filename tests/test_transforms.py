@@ -319,9 +319,9 @@ INDUCTOR_CHILD = textwrap.dedent(
     diffs = []
     loss = lambda a, b: 1 - f(a, b, data_range=1.0)
     compiled = torch.compile(loss, fullgraph=True, dynamic=True)
-    for size in (24, 29):
-        x = torch.rand(2, 3, size, size + 1, generator=g)
-        y = 0.6 * x + 0.4 * torch.rand(2, 3, size, size + 1, generator=g)
+    for shape in SHAPES:
+        x = torch.rand(shape, generator=g)
+        y = 0.6 * x + 0.4 * torch.rand(shape, generator=g)
         a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
         out, eager = compiled(a, y), loss(b, y)
         ga, gb = torch.autograd.grad(out, a)[0], torch.autograd.grad(eager, b)[0]
@@ -331,15 +331,22 @@ INDUCTOR_CHILD = textwrap.dedent(
 )
 
 
-def test_inductor_dynamic_forward_and_backward():
-    """Inductor (C++ on CPU) with dynamic shapes, forward and backward: capped at 100 s, a cold
+@pytest.mark.parametrize(
+    "shapes", [((2, 3, 24, 25), (2, 3, 29, 30)), ((1, 2, 12, 13, 14), (1, 2, 15, 16, 17))], ids=["2d", "3d"]
+)
+def test_inductor_dynamic_forward_and_backward(shapes):
+    """Inductor (C++ on CPU) with dynamic shapes, forward and backward: capped at 150 s, a cold
     compile cache on a slow machine skips."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
     try:
         out = subprocess.run(
-            [sys.executable, "-c", INDUCTOR_CHILD], capture_output=True, text=True, timeout=100, env=env
+            [sys.executable, "-c", f"SHAPES = {shapes!r}\n" + INDUCTOR_CHILD],
+            capture_output=True,
+            text=True,
+            timeout=150,
+            env=env,
         )
     except subprocess.TimeoutExpired:
-        pytest.skip("inductor did not finish compiling within 100 s here (cold cache)")
+        pytest.skip("inductor did not finish compiling within 150 s here (cold cache)")
     assert out.returncode == 0, out.stderr[-4000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["diff"] < 1e-4, out.stdout

@@ -129,3 +129,32 @@ def test_an_image_too_small_for_its_window():
     x, y = _pair((1, 1, 5, 16))
     with pytest.raises(ValueError, match=r"Axis 2 \(height\) has size 5, too short for reflect padding by 5"):
         uqi(x, y)
+
+
+def test_transforms_and_compile():
+    """UQI runs on the same engine: torch.func and torch.compile (dynamic) agree with eager."""
+    from torch.func import grad, jacfwd, vmap
+
+    x, y = _pair((2, 1, 16, 17), seed=7)
+    kw = dict(kernel_size=(5, 3), sigma=(1.0, 0.7))
+
+    def loss(a):
+        return uqi(a, y, **kw)
+
+    a = x.clone().requires_grad_()
+    (eager,) = torch.autograd.grad(loss(a), a)
+    torch.testing.assert_close(grad(loss)(x), eager, atol=1e-12, rtol=1e-9)
+    per_image = vmap(lambda p, t: uqi(p[None], t[None], **kw))(x, y)
+    torch.testing.assert_close(
+        per_image, torch.stack([uqi(x[i : i + 1], y[i : i + 1], **kw) for i in range(2)])
+    )
+    torch.testing.assert_close(
+        jacfwd(loss)(x), torch.autograd.functional.jacobian(loss, x), atol=1e-12, rtol=1e-9
+    )
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True, dynamic=True)
+    b = x.clone().requires_grad_()
+    value = compiled(b)
+    torch.testing.assert_close(value, loss(x), atol=1e-12, rtol=0)
+    torch.testing.assert_close(torch.autograd.grad(value, b)[0], eager, atol=1e-12, rtol=1e-9)
+    torch._dynamo.reset()
