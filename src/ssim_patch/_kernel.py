@@ -9,7 +9,9 @@
   band of rows with its halo) filtered in place; on other devices every pass is one convolution
   over the whole stack of maps. When a gradient is needed it runs inside :class:`_Similarity`,
   whose backward is written out: ``W^T`` of three maps (four when both images need a gradient)
-  built from what the forward kept, instead of autograd through the forward.
+  instead of autograd through the forward. For a per-image SSIM (a loss) the forward forms those
+  maps itself while each piece is in cache; for the other outputs it keeps the terms they are
+  made of. A double backward, or a backward under a transform, recomputes through the traced route.
 """
 
 from __future__ import annotations
