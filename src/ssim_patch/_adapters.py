@@ -36,7 +36,7 @@ import sys
 import types
 import warnings
 from collections.abc import Sequence
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -54,6 +54,7 @@ from ssim_patch._releases import (
 from ssim_patch.engine import _reduce, _ssim_per_image, uqi
 
 Result = Union[Tensor, tuple[Tensor, Tensor]]
+R = TypeVar("R")
 
 
 def _raised_by_torchmetrics(exc: BaseException) -> bool:
@@ -83,6 +84,16 @@ def _error_for(original: Callable[..., Any], args: tuple[Any, ...], ours: Except
     return ours
 
 
+def _or_release_error(original: Callable[..., Any], args: tuple[Any, ...], corrected: Callable[[], R]) -> R:
+    """``corrected()``, or where the engine rejects the call, the exception :func:`_error_for`
+    picks for ``original(*args)``."""
+    try:
+        return corrected()
+    except (ValueError, TypeError) as exc:
+        rejected: Exception = exc
+    raise _error_for(original, args, rejected)  # outside the handler: no chained context
+
+
 def _update_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def _ssim_update(
         preds: Tensor,
@@ -108,11 +119,7 @@ def _update_adapter(padding: str, original: Callable[..., Any]) -> Callable[...,
             return_full_image,
             return_contrast_sensitivity,
         )
-        try:
-            return _ssim_per_image(*args, padding)
-        except (ValueError, TypeError) as exc:
-            rejected: Exception = exc
-        raise _error_for(original, args, rejected)  # outside the handler: no chained context
+        return _or_release_error(original, args, lambda: _ssim_per_image(*args, padding))
 
     return _ssim_update
 
@@ -131,7 +138,21 @@ def _compute_adapter(padding: str, original: Callable[..., Any]) -> Callable[...
         return_full_image: bool = False,
         return_contrast_sensitivity: bool = False,
     ) -> Result:
-        try:
+        args = (
+            preds,
+            target,
+            gaussian_kernel,
+            sigma,
+            kernel_size,
+            reduction,
+            data_range,
+            k1,
+            k2,
+            return_full_image,
+            return_contrast_sensitivity,
+        )
+
+        def corrected() -> Result:
             check_reduction(reduction)
             out = _ssim_per_image(
                 preds,
@@ -146,26 +167,11 @@ def _compute_adapter(padding: str, original: Callable[..., Any]) -> Callable[...
                 return_contrast_sensitivity,
                 padding,
             )
-        except (ValueError, TypeError) as exc:
-            rejected: Exception = exc
-        else:
             if isinstance(out, tuple):
                 return _reduce(out[0], reduction), _reduce(out[1], reduction)
             return _reduce(out, reduction)
-        args = (
-            preds,
-            target,
-            gaussian_kernel,
-            sigma,
-            kernel_size,
-            reduction,
-            data_range,
-            k1,
-            k2,
-            return_full_image,
-            return_contrast_sensitivity,
-        )
-        raise _error_for(original, args, rejected)  # outside the handler: no chained context
+
+        return _or_release_error(original, args, corrected)
 
     return _ssim_compute
 
@@ -229,7 +235,9 @@ def _corrected_uqi(
 ) -> Tensor:
     """The corrected UQI for a replacement of ``_uqi_compute`` called with ``args``; the release's
     own error where the release rejects them."""
-    try:
+    uqi_padding = _uqi_padding(padding, reduction)  # before any other call: it reads the stack
+
+    def corrected() -> Tensor:
         _check_planar(preds)
         return uqi(
             preds,
@@ -237,11 +245,10 @@ def _corrected_uqi(
             kernel_size=kernel_size,
             sigma=sigma,
             reduction=reduction,
-            padding=_uqi_padding(padding, reduction),  # type: ignore[arg-type]
+            padding=uqi_padding,  # type: ignore[arg-type]
         )
-    except (ValueError, TypeError) as exc:
-        rejected: Exception = exc
-    raise _error_for(original, args, rejected)  # outside the handler: no chained context
+
+    return _or_release_error(original, args, corrected)
 
 
 def _uqi_adapter(padding: str, original: Callable[..., Any]) -> Callable[..., Any]:
