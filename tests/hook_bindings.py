@@ -1,4 +1,4 @@
-"""Where torchmetrics' SSIM hook function is bound right now (for the patch-state tests)."""
+"""Where a torchmetrics hook function (SSIM's or UQI's) is bound right now (for the patch-state tests)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 from ssim_patch import _releases
 
 
-def hook_bindings(hook: str) -> dict[str, Any]:
-    """``module.attr`` -> value for every module attribute holding the hook function named ``hook``:
-    the original, an older copy, or a replacement (which carries the original's name)."""
+def hook_bindings(hook: str, defined_in: str = _releases.MODULE) -> dict[str, Any]:
+    """``module.attr`` -> value for every module attribute holding the function ``hook`` of
+    torchmetrics module ``defined_in``: the original, an older copy, or a replacement (which carries
+    the original's name)."""
     out = {}
     for name, module in list(sys.modules.items()):
         namespace = getattr(module, "__dict__", None) if isinstance(module, types.ModuleType) else None
@@ -20,7 +21,7 @@ def hook_bindings(hook: str) -> dict[str, Any]:
         for attr, value in list(namespace.items()):
             if (
                 type(value) is types.FunctionType
-                and value.__module__ == _releases.MODULE
+                and value.__module__ == defined_in
                 and value.__qualname__ == hook
             ):
                 out[f"{name}.{attr}"] = value

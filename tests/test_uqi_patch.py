@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import pytest
 import torch
-from hook_bindings import hook_bindings as ssim_bindings
+from hook_bindings import hook_bindings
 from reference import uqi_reference
 
 import ssim_patch
@@ -46,7 +46,7 @@ KEEP: dict[str, Any] = {}
 def unpatched(ssim_patch):
     """Each test starts unpatched; the plugin's fixture puts the session's state back after."""
     ssim_patch.revert()
-    KEEP.update(compute=U._uqi_compute, update=CLASS.__dict__["update"], ssim=ssim_bindings(SSIM_HOOK))
+    KEEP.update(compute=U._uqi_compute, update=CLASS.__dict__["update"], ssim=hook_bindings(SSIM_HOOK))
     assert not hasattr(KEEP["compute"], "__ssim_patch__") and not hasattr(KEEP["update"], "__ssim_patch__")
     yield
     for name in [n for n in sys.modules if n.startswith(PREFIX)]:
@@ -57,19 +57,7 @@ def unpatched(ssim_patch):
 
 def uqi_bindings() -> dict[str, Any]:
     """``module.attr`` -> value for every module binding of UQI's hook function."""
-    out = {}
-    for name, module in list(sys.modules.items()):
-        namespace = getattr(module, "__dict__", None) if isinstance(module, types.ModuleType) else None
-        if not isinstance(namespace, dict):
-            continue
-        for attr, value in list(namespace.items()):
-            if (
-                type(value) is types.FunctionType
-                and value.__module__ == _releases.UQI_MODULE
-                and value.__qualname__ == "_uqi_compute"
-            ):
-                out[f"{name}.{attr}"] = value
-    return out
+    return hook_bindings("_uqi_compute", _releases.UQI_MODULE)
 
 
 def assert_uqi(state: Optional[str], extra: tuple[str, ...] = ()) -> None:
@@ -132,7 +120,7 @@ def test_apply_revert_and_patched_cover_uqi():
     places = (f"{third.__name__}.copy",)
     assert_uqi(None, places)
     report = ssim_patch.apply(padding="valid")
-    assert report.applied and set(report.places) == set(ssim_bindings(SSIM_HOOK))
+    assert report.applied and set(report.places) == set(hook_bindings(SSIM_HOOK))
     assert_uqi("valid", places)
     with ssim_patch.patched(padding="same"):
         assert_uqi("same", places)
@@ -171,7 +159,7 @@ def test_randomised_sequences_keep_every_binding_consistent():
             module = _module(f"s{step}", bound=U._uqi_compute)
             extra.append(f"{module.__name__}.bound")
         assert_uqi(state, tuple(extra))
-        assert set(ssim_patch.status().places) == (set(ssim_bindings(SSIM_HOOK)) if state else set())
+        assert set(ssim_patch.status().places) == (set(hook_bindings(SSIM_HOOK)) if state else set())
     while stack:
         stack.pop()[0].__exit__(None, None, None)
 
@@ -240,7 +228,7 @@ def test_a_uqi_hook_point_with_another_signature_changes_nothing(where, before):
         pytest.skip("this release's UniversalImageQualityIndex.update is not a hook point")
     if before:
         ssim_patch.apply(padding=before)
-    saved_ssim = ssim_bindings(SSIM_HOOK)
+    saved_ssim = hook_bindings(SSIM_HOOK)
     saved_uqi = uqi_bindings()
     saved_update = CLASS.__dict__["update"]
     if where == "_uqi_compute":
@@ -257,7 +245,7 @@ def test_a_uqi_hook_point_with_another_signature_changes_nothing(where, before):
         assert params in message and message.endswith("Nothing was changed.")
         with pytest.warns(UserWarning, match=r"takes \(.*Nothing was changed \(strict=False\)"):
             assert ssim_patch.apply(padding="valid", strict=False).padding == before
-        assert ssim_bindings(SSIM_HOOK) == saved_ssim  # SSIM's hook point was not swapped either
+        assert hook_bindings(SSIM_HOOK) == saved_ssim  # SSIM's hook point was not swapped either
         replaced = f"{_releases.UQI_MODULE}._uqi_compute" if where == "_uqi_compute" else None
         assert uqi_bindings() == {k: v for k, v in saved_uqi.items() if k != replaced}
         assert CLASS.__dict__["update"] is (saved_update if replaced else _changed_update)
@@ -277,7 +265,7 @@ def test_a_missing_metric_class_changes_nothing(monkeypatch):
         PatchError, match=r"torchmetrics\.image\.uqi has no function UniversalImageQualityIndex\.update"
     ):
         ssim_patch.apply()
-    assert not ssim_patch.is_applied() and ssim_bindings(SSIM_HOOK) == KEEP["ssim"]
+    assert not ssim_patch.is_applied() and hook_bindings(SSIM_HOOK) == KEEP["ssim"]
     monkeypatch.undo()
     assert_uqi(None)
 
