@@ -22,6 +22,7 @@ import pytest
 import torch
 from reference import reduce, uqi_reference, zeroed_border
 from test_errors import UPSTREAM_IDS, UPSTREAM_INVALID, assert_parity, both, side_by_side
+from test_release import assert_reproduces_unpatched_and_the_patch_fixes_it
 
 import ssim_patch
 from ssim_patch import _releases
@@ -357,12 +358,7 @@ UQI_SYMPTOMS = {
 
 @pytest.mark.parametrize("bug", list(UQI_SYMPTOMS))
 def test_upstream_uqi_bug_reproduces_unpatched_and_the_patch_fixes_it(release, bug):
-    has_bug = bug in release["upstream_bugs"]
-    assert bool(UQI_SYMPTOMS[bug]()) is has_bug, (
-        f"torchmetrics {release['version']}: {bug} {'does not reproduce' if has_bug else 'shows'} unpatched"
-    )
-    ssim_patch.apply()
-    assert not UQI_SYMPTOMS[bug](), f"{bug} still shows with the patch applied"
+    assert_reproduces_unpatched_and_the_patch_fixes_it(release, bug, UQI_SYMPTOMS[bug])
 
 
 def test_uqi_symptom_table_covers_every_uqi_bug():
