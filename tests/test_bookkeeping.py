@@ -11,15 +11,13 @@ Timings are in benchmarks/bench_patcher.py, not here.
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import subprocess
 import sys
 import textwrap
 import types
 from typing import Any
 
 import pytest
+from fresh_interpreter import assert_scenarios_pass
 from hook_bindings import hook_bindings
 
 import ssim_patch as sp
@@ -248,11 +246,4 @@ if globals().get("RELOADED"):
 
 def test_reloads_in_a_fresh_interpreter(tmp_path):
     (tmp_path / "thirdparty_copy.py").write_text(THIRD_PARTY.format(hook=HOOK))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
-    out = subprocess.run(
-        [sys.executable, "-c", RELOADS, str(tmp_path)], capture_output=True, text=True, timeout=240, env=env
-    )
-    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == 3, out.stdout + out.stderr[-4000:]
-    failed = {r["scenario"]: r["error"] for r in results if not r["ok"]}
-    assert not failed, "\n".join(f"--- {k}\n{v}" for k, v in failed.items())
+    assert_scenarios_pass(RELOADS, str(tmp_path), count=3)

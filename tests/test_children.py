@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torchmetrics.functional.image.ssim  # noqa: F401  (imported: apply() lands at once)
+from fresh_interpreter import unpatched_environ
 from packaging.version import Version
 
 import ssim_patch as sp
@@ -33,7 +34,7 @@ def _environ() -> list[Any]:
 
 @pytest.fixture(scope="module")
 def checks() -> dict[str, dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+    env = unpatched_environ()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH", "")]))
     done = subprocess.run(
         [sys.executable, "-c", "import _children; _children.parent()"],

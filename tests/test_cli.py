@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from fresh_interpreter import unpatched_environ
 from packaging.version import Version
 
 import ssim_patch
@@ -50,14 +50,10 @@ CHECK_KEYS = {
 }
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
-
-
 def test_python_m_ssim_patch_check_json():
     result = subprocess.run(
         [sys.executable, "-m", "ssim_patch", "check", "--json"],
-        env=_env(),
+        env=unpatched_environ(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -7,7 +7,6 @@ The distributed test spawns two torch.distributed ranks (gloo, spawn start metho
 from __future__ import annotations
 
 import json
-import os
 import site
 import socket
 import subprocess
@@ -23,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchmetrics.functional.image as tmf
+from fresh_interpreter import unpatched_environ
 from reference import ssim_reference
 
 from ssim_patch import _releases, _startup
@@ -33,7 +33,7 @@ SIGMA = (1.0, 1.5, 3.0)  # anisotropic: torchmetrics 1.4.2+ sizes the last axis'
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+    env = unpatched_environ()
     env.update(extra)
     return env
 

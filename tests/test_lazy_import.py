@@ -8,12 +8,12 @@ is first used. (The time the plugin costs is measured by benchmarks/bench_patche
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from fresh_interpreter import unpatched_environ
 
 pytest_plugins = ["pytester"]
 
@@ -30,7 +30,7 @@ REPORT = textwrap.dedent(
 
 
 def _run(code: str, **environ: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+    env = unpatched_environ()
     env.update(environ)
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code) + REPORT],

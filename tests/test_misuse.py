@@ -12,7 +12,6 @@ import importlib
 import importlib.metadata
 import json
 import math
-import os
 import pathlib
 import pickle
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 import torch
+from fresh_interpreter import assert_scenarios_pass, unpatched_environ
 from hook_bindings import hook_bindings as _hook_bindings
 from packaging.version import Version
 from reference import ssim_reference
@@ -354,7 +354,7 @@ def test_inductor_compiles_or_falls_back_cleanly():
     """The default backend (inductor, C++ on CPU): capped at 50 s, a cold compile cache on a slow
     machine skips; a compiler failure must fall back to eager with the same numbers."""
     # The child starts unpatched: nothing this session exported (the plugin exports the patch).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+    env = unpatched_environ()
     try:
         out = subprocess.run(
             [sys.executable, "-c", COMPILE_CHILD], capture_output=True, text=True, timeout=50, env=env
@@ -579,15 +579,7 @@ FAULTS_CHILD = textwrap.dedent(
 
 
 def test_faults_in_fresh_interpreters():
-    # The child starts unpatched: nothing this session exported (the plugin exports the patch).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
-    out = subprocess.run(
-        [sys.executable, "-c", FAULTS_CHILD], capture_output=True, text=True, timeout=240, env=env
-    )
-    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == 6, out.stdout + out.stderr[-4000:]
-    failed = {r["scenario"]: r["error"] for r in results if not r["ok"]}
-    assert not failed, "\n".join(f"--- {k}\n{v}" for k, v in failed.items())
+    assert_scenarios_pass(FAULTS_CHILD, count=6)  # the child starts unpatched
 
 
 # --- bad inputs: the table in docs/bad-inputs.md -------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import os
 import random
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any, Optional
 
 import pytest
 import torch
+from fresh_interpreter import unpatched_environ
 from hook_bindings import hook_bindings as _hook_bindings
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -363,7 +363,7 @@ HAND_WRITTEN = [
 
 def _spawn(sequences: list[list[str]]) -> subprocess.Popen:
     # The child starts unpatched: nothing this session exported (the plugin exports the patch).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+    env = unpatched_environ()
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, json.dumps(sequences)],
         stdout=subprocess.PIPE,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 import reference_torch as ref
 import torch
 import torch.autograd.forward_ad as fwAD
+from fresh_interpreter import unpatched_environ
 from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
 from torch.utils.checkpoint import checkpoint
 
@@ -337,7 +337,7 @@ INDUCTOR_CHILD = textwrap.dedent(
 def test_inductor_dynamic_forward_and_backward(shapes):
     """Inductor (C++ on CPU) with dynamic shapes, forward and backward: capped at 150 s, a cold
     compile cache on a slow machine skips."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+    env = unpatched_environ()
     try:
         out = subprocess.run(
             [sys.executable, "-c", f"SHAPES = {shapes!r}\n" + INDUCTOR_CHILD],

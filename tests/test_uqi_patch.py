@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
-import os
 import pickle
 import random
-import subprocess
 import sys
 import textwrap
 import types
@@ -24,6 +21,7 @@ from typing import Any, Optional
 
 import pytest
 import torch
+from fresh_interpreter import assert_scenarios_pass
 from hook_bindings import hook_bindings
 from reference import uqi_reference
 
@@ -383,18 +381,7 @@ CHILD = textwrap.dedent(
 
 
 def test_faults_in_a_fresh_interpreter():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, "1" if SWAPS_UPDATE else "0"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-    )
-    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == 4 + SWAPS_UPDATE, out.stdout + out.stderr[-4000:]
-    failed = {r["scenario"]: r["error"] for r in results if not r["ok"]}
-    assert not failed, "\n".join(f"--- {k}\n{v}" for k, v in failed.items())
+    assert_scenarios_pass(CHILD, "1" if SWAPS_UPDATE else "0", count=4 + SWAPS_UPDATE)
 
 
 def test_compile_traces_the_patched_uqi_sum_in_one_graph():

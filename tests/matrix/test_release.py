@@ -4,7 +4,6 @@ revert() restores the release bit for bit, and the release's own bugs reproduce 
 from __future__ import annotations
 
 import importlib
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
+from fresh_interpreter import unpatched_environ
 from reference import ms_ssim_reference, ssim_reference, zeroed_border
 
 import ssim_patch
@@ -174,7 +174,7 @@ def test_fresh_process(order):
         """
     )
     # The child starts unpatched whatever this process exported: the test applies the patch itself.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+    env = unpatched_environ()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split() == ["0.98349", "0.98349"], out.stderr
 

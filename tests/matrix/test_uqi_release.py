@@ -10,7 +10,6 @@ import importlib
 import inspect
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 import torch
+from fresh_interpreter import unpatched_environ
 from reference import reduce, uqi_reference, zeroed_border
 from test_errors import UPSTREAM_IDS, UPSTREAM_INVALID, assert_parity, both, side_by_side
 from test_release import assert_reproduces_unpatched_and_the_patch_fixes_it
@@ -266,7 +266,7 @@ def test_fresh_process():
     """In one fresh interpreter, torchmetrics imported after apply() (post-import hooks) or before
     it; and each metric's modules imported on their own after apply(), one before the other."""
     # The child starts unpatched whatever this process exported: it applies the patch itself.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSIM_PATCH_")}
+    env = unpatched_environ()
     out = subprocess.run([sys.executable, "-c", FRESH, *ORDERS], capture_output=True, text=True, env=env)
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["order"] for r in results] == ORDERS, out.stderr[-3000:]
