@@ -1,0 +1,113 @@
+"""The algebra every backend shares around ``_formula``: the per-plane shifts, the outputs from
+the map, the loss's gradient with respect to the maps, and the image gradients recombined from
+``W^T`` of the adjoint maps. Written once; plain tensor ops, usable with or without autograd.
+
+The image gradients (``_formula.Adjoints``), with ``xs = x - a_x``, ``ys = y - a_y``::
+
+    grad_x = W^T g_x - 2 xs W^T g_sq + 2 ys W^T g_cross
+    grad_y = W^T g_y - 2 ys W^T g_sq + 2 xs W^T g_cross
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ssim_patch import _formula
+from ssim_patch.backends._protocol import Plan
+
+#: ``W^T`` of the adjoint stack, unstacked: (g_x where needed, g_y where needed, g_sq, g_cross).
+Back = tuple[Optional[Tensor], Optional[Tensor], Tensor, Tensor]
+
+
+def image_dims(t: Tensor) -> tuple[int, ...]:
+    """Every dim of ``t`` but the first (the images)."""
+    return tuple(range(1, t.ndim))
+
+
+def sd_shift(x: Tensor, y: Tensor) -> Tensor:
+    """The shifts ``(2, N, C, 1, ..)`` of s = x + y and d = x - y: the per-plane means."""
+    dims = tuple(range(2, x.ndim))
+    mx, my = x.mean(dims, keepdim=True), y.mean(dims, keepdim=True)
+    return torch.stack((mx + my, mx - my))
+
+
+def own_shifts(shift: Tensor) -> tuple[Tensor, Tensor]:
+    """The shifts of x and y that go with ``shift`` ``(2, ...)``: (a_s + a_d) / 2, (a_s - a_d) / 2."""
+    a_s, a_d = shift.unbind(0)
+    return (a_s + a_d) / 2, (a_s - a_d) / 2
+
+
+def finish(maps: Tensor, t: _formula.Terms, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
+    """Per-image mean of the ``(N, C, *out)`` map, and what ``plan.output`` asks for."""
+    per_image = maps.mean(image_dims(maps))
+    if plan.output == "map":
+        return per_image, maps
+    if plan.output == "cs":
+        cs = _formula.contrast(t)
+        return per_image, cs.mean(image_dims(cs))
+    return per_image, None
+
+
+def unit_gradient(images: Sequence[int], like: Tensor) -> Tensor:
+    """The S map's gradient for a loss that is the sum of the per-image means; ``images``: the
+    map's shape ``(N, C, *out)``."""
+    return torch.full((), 1.0 / math.prod(images[1:]), dtype=like.dtype, device=like.device)
+
+
+def upstream(
+    g_image: Optional[Tensor], g_extra: Optional[Tensor], plan: Plan, images: Sequence[int]
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The loss's gradient with respect to the S map and the cs map, ``(N, C, *out)`` or
+    broadcastable ``(N, 1, ..)``, from the gradients of the outputs (None where there is none);
+    ``images``: the maps' shape ``(N, C, *out)``."""
+    size = math.prod(images[1:])  # the per-image means are over channels and space
+    per_image = [-1, *[1] * (len(images) - 1)]
+    grad_map = grad_cs = None
+    if g_image is not None:
+        grad_map = g_image.view(per_image) / size
+    if g_extra is not None and plan.output == "map":
+        grad_map = g_extra if grad_map is None else grad_map + g_extra
+    elif g_extra is not None and plan.output == "cs":
+        grad_cs = g_extra.view(per_image) / size
+    return grad_map, grad_cs
+
+
+def adjoint_stack(adj: _formula.Adjoints) -> list[Tensor]:
+    """The maps ``W^T`` is applied to, of one shape: (g_x, g_y where needed, g_sq, g_cross)."""
+    maps = [g for g in (adj.g_x, adj.g_y) if g is not None] + [adj.g_sq, adj.g_cross]
+    if all(g.shape == maps[0].shape for g in maps):
+        return maps
+    shape = torch.broadcast_shapes(*(g.shape for g in maps))  # type: ignore[no-untyped-call]
+    return [g if g.shape == shape else g.expand(shape) for g in maps]
+
+
+def unstack(back: Tensor, has_x: bool, has_y: bool) -> Back:
+    """``W^T`` of a stacked :func:`adjoint_stack`, split into its rows."""
+    rows = iter(back.unbind(0))
+    bx = next(rows) if has_x else None
+    by = next(rows) if has_y else None
+    return bx, by, next(rows), next(rows)
+
+
+def combine(
+    back: Back,
+    xs: Tensor,
+    ys: Tensor,
+    out: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """``grad_x = W^T g_x - 2 xs W^T g_sq + 2 ys W^T g_cross`` and the same for y (x, y swapped),
+    ``xs``, ``ys`` the images less their shifts; written into ``out`` where given."""
+    bx, by, sq, cross = back
+    grads: list[Optional[Tensor]] = []
+    for b, own, other, o in ((bx, xs, ys, out[0]), (by, ys, xs, out[1])):
+        if b is None:
+            grads.append(None)
+            continue
+        first = torch.addcmul(b, own, sq, value=-2, out=o) if o is not None else b.addcmul(own, sq, value=-2)
+        grads.append(first.addcmul_(other, cross, value=2))
+    return grads[0], grads[1]
