@@ -1,6 +1,7 @@
-"""The non-CPU path (convolutions over the whole stack of maps): the same numbers as the CPU path,
-and no host sync anywhere, checked on ``meta`` tensors and under ``FakeTensorMode`` (any read of a
-tensor's value raises there)."""
+"""The conv backend (convolutions over the whole stack of maps, the non-CPU route), forced on CPU
+tensors with ``SSIM_PATCH_BACKEND=conv``: the same numbers as the cpu backend, and no host sync
+anywhere, checked on ``meta`` tensors and under ``FakeTensorMode`` (any read of a tensor's value
+raises there)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import ssim_patch
-from ssim_patch import _kernel, _patcher
+from ssim_patch import _patcher
+from ssim_patch.backends import conv
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
 
@@ -37,10 +39,10 @@ def _range(value, like):
     return torch.tensor(1.3, dtype=torch.float64, device=like.device) if value == "tensor" else value
 
 
-def _both_paths(monkeypatch, fn):
+def _both_backends(monkeypatch, fn):
     results = []
-    for force in (False, True):
-        monkeypatch.setattr(_kernel, "FORCE_DEVICE_PATH", force)
+    for backend in ("cpu", "conv"):
+        monkeypatch.setenv("SSIM_PATCH_BACKEND", backend)
         results.append(fn())
     return results
 
@@ -49,7 +51,7 @@ def _both_paths(monkeypatch, fn):
 @pytest.mark.parametrize(
     ("shape", "window"), WINDOWS, ids=[f"{len(s) - 2}d-{i}" for i, (s, _) in enumerate(WINDOWS)]
 )
-def test_device_path_equals_cpu_path_in_float64(shape, window, padding, monkeypatch):
+def test_conv_backend_equals_cpu_backend_in_float64(shape, window, padding, monkeypatch):
     x, y = _pair(shape)
     for data_range, output in itertools.product(RANGES, OUTPUTS):
         kw = dict(window, padding=padding, data_range=_range(data_range, x), reduction="none", **output)
@@ -63,7 +65,7 @@ def test_device_path_equals_cpu_path_in_float64(shape, window, padding, monkeypa
             )
             return (*values, *torch.autograd.grad(loss, (a, b)))
 
-        cpu, device = _both_paths(monkeypatch, forward_and_backward)
+        cpu, device = _both_backends(monkeypatch, forward_and_backward)
         for c, d in zip(cpu, device):
             torch.testing.assert_close(d, c, atol=1e-12, rtol=0)
 
@@ -103,10 +105,10 @@ def test_no_value_is_read_on_meta_tensors(data_range, patched):
         loss.backward()
 
 
-@pytest.mark.parametrize("force_device_path", [False, True])
+@pytest.mark.parametrize("backend", ["cpu", "conv", "traced"])
 @pytest.mark.parametrize("data_range", [None, 1.0, (0.0, 1.0), "tensor"])
-def test_no_value_is_read_under_fake_tensor_mode(data_range, force_device_path, patched, monkeypatch):
-    monkeypatch.setattr(_kernel, "FORCE_DEVICE_PATH", force_device_path)
+def test_no_value_is_read_under_fake_tensor_mode(data_range, backend, patched, monkeypatch):
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", backend)
     with FakeTensorMode():
         for call in _calls("cpu", data_range):
             call().backward()
@@ -115,8 +117,9 @@ def test_no_value_is_read_under_fake_tensor_mode(data_range, force_device_path, 
 @pytest.mark.skipif(
     not torch.backends.cuda.is_built(), reason="fake CUDA convolutions need a CUDA build of torch"
 )
-def test_fake_cuda_tensors_take_the_device_path_without_a_read(patched):
-    """Fake CUDA tensors (no GPU needed): the convolution path and its TF32 guard."""
+def test_fake_cuda_tensors_take_the_conv_backend_without_a_read(patched, monkeypatch):
+    """Fake CUDA tensors (no GPU needed): the conv backend and its TF32 guard."""
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", "conv")
     with FakeTensorMode():
         x = torch.empty(2, 3, 32, 32, device="cuda")
         for data_range in (None, 1.0, torch.tensor(1.0, device="cuda")):
@@ -132,7 +135,7 @@ def test_fake_weights_are_not_kept():
 
     blur = _filters.Blur((_filters.uniform_taps(3), _filters.uniform_taps(5)), "same")
     with FakeTensorMode():
-        _filters.conv_blur(torch.empty(1, 1, 8, 8, dtype=torch.float64), blur)
-    real = _filters.conv_blur(torch.ones(1, 1, 8, 8, dtype=torch.float64), blur)  # valid windows
+        conv.conv_blur(torch.empty(1, 1, 8, 8, dtype=torch.float64), blur)
+    real = conv.conv_blur(torch.ones(1, 1, 8, 8, dtype=torch.float64), blur)  # valid windows
     assert type(real) is torch.Tensor
     torch.testing.assert_close(real, torch.ones(1, 1, 6, 4, dtype=torch.float64), atol=1e-15, rtol=0)

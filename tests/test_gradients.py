@@ -10,7 +10,7 @@ import reference_torch as ref
 import torch
 
 import ssim_patch
-from ssim_patch import _kernel, ssim
+from ssim_patch import ssim
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
 REL = 1e-8  # float64, relative to the largest entry of the reference gradient
@@ -61,7 +61,7 @@ def _grads(fn, x, y, weights):
 @pytest.fixture(params=["fused", "device-path"])
 def path(request, monkeypatch):
     """The fused CPU path, and the non-CPU (convolution) path forced on CPU tensors."""
-    monkeypatch.setattr(_kernel, "FORCE_DEVICE_PATH", request.param == "device-path")
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", "conv" if request.param == "device-path" else "cpu")
     return request.param
 
 

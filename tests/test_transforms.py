@@ -19,7 +19,10 @@ from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
 from torch.utils.checkpoint import checkpoint
 
 import ssim_patch
-from ssim_patch import _kernel, _patcher
+from ssim_patch import _patcher
+from ssim_patch.backends import _op, cpu
+from ssim_patch.backends._protocol import Plan
+from ssim_patch.backends.traced import similarity as traced_similarity
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
 TOL = dict(atol=1e-12, rtol=1e-9)
@@ -218,7 +221,7 @@ def _plan(kw):
     from ssim_patch import _filters
 
     taps = _filters.gaussian_taps(1.0, 7)
-    return _kernel.Plan(_filters.Blur((taps, taps), "same"), output=kw)
+    return Plan(_filters.Blur((taps, taps), "same"), output=kw)
 
 
 @pytest.mark.parametrize("output", ["ssim", "map", "cs"])
@@ -228,11 +231,11 @@ def test_the_function_under_vmap_jvp_and_grad(output):
     plan = _plan(output)
 
     def fused(a, b, c1=1e-4):
-        out = _kernel._apply(a, b, c1, 9e-4, plan)
+        out = _op._apply(a, b, c1, 9e-4, plan, cpu.BACKEND)
         return out[1] if output != "ssim" else out[0]
 
     def traced(a, b, c1=1e-4):
-        per_image, extra = _kernel._traced_similarity(a, b, c1, 9e-4, plan)
+        per_image, extra = traced_similarity(a, b, c1, 9e-4, plan)
         return extra if output != "ssim" else per_image
 
     torch.testing.assert_close(vmap(fused)(x[:, None], y[:, None]).squeeze(1), traced(x, y), **TOL)

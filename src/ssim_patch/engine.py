@@ -17,9 +17,11 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
-from ssim_patch import _filters, _kernel
+from ssim_patch import _filters
 from ssim_patch._options import check_padding as _check_padding
 from ssim_patch._options import check_reduction as _check_reduction
+from ssim_patch.backends import _op
+from ssim_patch.backends._protocol import Output, Plan
 
 Padding = Literal["same", "valid"]
 Reduction = Optional[Literal["elementwise_mean", "sum", "none"]]
@@ -187,7 +189,7 @@ def _readable(value: Union[float, Tensor]) -> Optional[float]:
     """``value`` as a float where reading it costs no device sync and breaks no trace, else None."""
     if not isinstance(value, Tensor):
         return float(value)
-    if value.device.type == "cpu" and not value.requires_grad and not _kernel.traced() and not is_fake(value):
+    if value.device.type == "cpu" and not value.requires_grad and not _op.tracing() and not is_fake(value):
         return float(value)
     return None
 
@@ -244,8 +246,8 @@ def _ssim_per_image(
     dtype = _compute_dtype(preds.dtype)
     x, y, big_l = _data_range(preds.to(dtype), target.to(dtype), data_range)
     c1, c2 = _constants(big_l, k1, k2, dtype)
-    output: _kernel.Output = "map" if return_full_image else "cs" if return_contrast_sensitivity else "ssim"
-    per_image, extra = _kernel.similarity(x, y, c1, c2, _kernel.Plan(_blur(windows, padding), output=output))
+    output: Output = "map" if return_full_image else "cs" if return_contrast_sensitivity else "ssim"
+    per_image, extra = _op.similarity(x, y, c1, c2, Plan(_blur(windows, padding), output=output))
     if extra is None:
         return per_image.to(out_dtype)
     return per_image.to(out_dtype), extra.to(out_dtype)
@@ -330,9 +332,9 @@ def uqi(
     _check_sizes(preds.shape, windows, padding)
     out_dtype = preds.dtype if preds.is_floating_point() else torch.float32
     dtype = _compute_dtype(preds.dtype)
-    output: _kernel.Output = "ssim" if reduction == "elementwise_mean" else "map"
-    plan = _kernel.Plan(_blur(windows, padding), eps=torch.finfo(out_dtype).eps, output=output)
-    per_image, full = _kernel.similarity(preds.to(dtype), target.to(dtype), 0.0, 0.0, plan)
+    output: Output = "ssim" if reduction == "elementwise_mean" else "map"
+    plan = Plan(_blur(windows, padding), eps=torch.finfo(out_dtype).eps, output=output)
+    per_image, full = _op.similarity(preds.to(dtype), target.to(dtype), 0.0, 0.0, plan)
     if reduction == "elementwise_mean":
         return per_image.mean().to(out_dtype)
     assert full is not None

@@ -1,3 +1,113 @@
-"""The engine's backends: each way of computing SSIM in a module of its own behind
-:class:`ssim_patch.backends._protocol.Backend`. (The chooser lands here with the split of
-``_kernel.py``.)"""
+"""How any backend is chosen: :func:`choose`, ``SSIM_PATCH_BACKEND`` and what :func:`describe`
+reports.
+
+Each way of computing SSIM is a module of its own behind the protocol in ``_protocol``:
+
+- ``cpu`` (:mod:`.cpu`): cache-sized pieces on CPU tensors;
+- ``conv`` (:mod:`.conv`): depthwise convolutions, any device;
+- ``triton`` (:mod:`.triton`, where it exists and Triton imports): fused kernels, 2-D CUDA;
+- ``traced`` (:mod:`.traced`): plain differentiable ops (also the route of traces and transforms).
+
+``SSIM_PATCH_BACKEND`` (``auto``, the default, or one of the names above) is read from the
+environment at each call, so it holds for the whole process (and a test can set it). ``auto``
+picks ``cpu`` for CPU tensors; ``triton`` for 2-D float16 / bfloat16 / float32 CUDA images where
+the Triton backend loads and takes the call; ``conv`` for the rest (other devices, 3-D, float64).
+A forced backend that cannot run a call raises; it never falls back silently.
+
+A backend module defines ``BACKEND``, an object with the protocol's members.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ssim_patch.backends._protocol import Backend, Plan
+
+#: The environment variable that forces a backend for the whole process.
+ENV = "SSIM_PATCH_BACKEND"
+#: Every name it takes, "auto" first.
+NAMES = ("auto", "triton", "conv", "cpu", "traced")
+
+#: Backends loaded so far, or why one cannot load (a sentence), by name.
+_LOADED: dict[str, Union[Backend, str]] = {}
+_MODULES = {"cpu": "cpu", "conv": "conv", "traced": "traced", "triton": "triton"}
+
+
+def requested() -> str:
+    """The backend ``SSIM_PATCH_BACKEND`` asks for ("auto" when unset or empty); a ValueError for
+    a name not in :data:`NAMES`."""
+    raw = os.environ.get(ENV, "")
+    name = raw.strip().lower() or "auto"
+    if name not in NAMES:
+        raise ValueError(
+            f"{ENV}={raw!r} is not a backend: use one of {', '.join(NAMES)} (auto is the default)."
+        )
+    return name
+
+
+def load(name: str) -> Union[Backend, str]:
+    """The backend called ``name`` (not "auto"), or why it cannot load here (a sentence)."""
+    found = _LOADED.get(name)
+    if found is not None:
+        return found
+    try:
+        module = importlib.import_module(f"{__name__}.{_MODULES[name]}")
+        result: Union[Backend, str] = module.BACKEND
+    except ImportError as exc:
+        result = f"it does not load here ({type(exc).__name__}: {exc})"
+    _LOADED[name] = result
+    return result
+
+
+def _why_not(name: str, x: Tensor, plan: Plan) -> Optional[str]:
+    backend = load(name)
+    return backend if isinstance(backend, str) else backend.unsupported(x, plan)
+
+
+def choose(x: Tensor, plan: Plan) -> Backend:
+    """The backend for images ``x`` and ``plan``: the forced one (a RuntimeError naming it, why it
+    cannot run the call and what can, if it cannot), else auto's pick."""
+    name = requested()
+    if name == "auto":
+        name = _auto(x, plan)
+    why = _why_not(name, x, plan)
+    if why is not None:
+        able = [other for other in NAMES[1:] if other != name and _why_not(other, x, plan) is None]
+        raise RuntimeError(
+            f"{ENV}={name} cannot compute SSIM of {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} "
+            f"images on {x.device}: {why}. Backends that can: {', '.join(able)} (or unset {ENV} for auto)."
+        )
+    backend = load(name)
+    assert not isinstance(backend, str)
+    return backend
+
+
+def _auto(x: Tensor, plan: Plan) -> str:
+    if x.device.type == "cpu":
+        return "cpu"
+    triton_shaped = x.device.type == "cuda" and x.ndim == 4 and str(x.dtype) in _TRITON_DTYPES
+    return "triton" if triton_shaped and _why_not("triton", x, plan) is None else "conv"
+
+
+_TRITON_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
+
+
+def describe() -> dict[str, str]:
+    """What ``status()`` reports: ``backend`` (the forced name, or "auto"; the variable's value
+    with an error when it names no backend), and what a call on CPU and on CUDA would use
+    (``cpu``; ``cuda``: for 2-D float32 images, without loading Triton)."""
+    try:
+        name = requested()
+    except ValueError:
+        bad = os.environ.get(ENV, "")
+        return {"backend": f"invalid {ENV}={bad!r}", "cpu": "error", "cuda": "error"}
+    if name != "auto":
+        return {"backend": name, "cpu": name, "cuda": name}
+    triton = all(importlib.util.find_spec(m) is not None for m in ("triton", f"{__name__}.triton"))
+    return {"backend": "auto", "cpu": "cpu", "cuda": "triton" if triton else "conv"}

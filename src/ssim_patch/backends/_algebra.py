@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Optional
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from ssim_patch import _formula
-from ssim_patch.backends._protocol import Plan
+from ssim_patch.backends._protocol import Kept, Needs, Plan, compute_dtype
 
 #: ``W^T`` of the adjoint stack, unstacked: (g_x where needed, g_y where needed, g_sq, g_cross).
 Back = tuple[Optional[Tensor], Optional[Tensor], Tensor, Tensor]
@@ -111,3 +112,86 @@ def combine(
         first = torch.addcmul(b, own, sq, value=-2, out=o) if o is not None else b.addcmul(own, sq, value=-2)
         grads.append(first.addcmul_(other, cross, value=2))
     return grads[0], grads[1]
+
+
+# --- what the moment-based forwards (cpu, conv) keep ----------------------------------------------
+
+
+def adjoint_rows(keep: Needs) -> int:
+    """How many adjoint maps a loss's backward applies ``W^T`` to: g_x, g_y where needed, g_sq, g_cross."""
+    return int(keep.x) + int(keep.y) + 2
+
+
+@dataclass
+class TermsKept:
+    """What the cpu and conv forwards keep for their backward; every tensor is ``(S, N, C, ...)``.
+
+    For a per-image SSIM (the loss case) the forward already computes the adjoint maps for a unit
+    upstream gradient per image, while its pieces are in cache: ``adjoints`` (g_x if x needs a
+    gradient, g_y if y does, g_sq, g_cross) and ``c_sums`` ``(2, N, C)`` (the per-plane sums of
+    g_c1, g_c2); the backward scales them by the upstream gradient and applies ``W^T``. For the
+    other outputs it keeps the terms (``mu``; ``contrast``: C_num, C_den) and the backward forms
+    the adjoints.
+    """
+
+    shift: Tensor  # (2, N, C, 1, ..): a_s, a_d
+    mu: Optional[Tensor] = None
+    contrast: Optional[Tensor] = None
+    adjoints: Optional[Tensor] = None
+    c_sums: Optional[Tensor] = None
+
+    @staticmethod
+    def layout(plan: Plan) -> tuple[str, ...]:
+        """The names of the kept tensors, in order."""
+        if plan.output == "ssim":
+            return ("shift", "adjoints", "c_sums")
+        return ("shift", "mu", "contrast")
+
+    def tensors(self, plan: Plan) -> Kept:
+        return tuple(getattr(self, name) for name in self.layout(plan))
+
+    @classmethod
+    def of(cls, plan: Plan, tensors: Sequence[Tensor]) -> TermsKept:
+        return cls(**dict(zip(cls.layout(plan), tensors)))
+
+    @classmethod
+    def like(cls, x: Tensor, plan: Plan, keep: Needs) -> Kept:
+        """Empty tensors shaped and typed as what the forward keeps for images ``x``."""
+        n, channels, *spatial = x.shape
+        dtype = compute_dtype(x.dtype)
+        out = plan.blur.out_size(tuple(spatial))
+        shift = x.new_empty((2, n, channels, *[1] * len(spatial)), dtype=dtype)
+        if plan.output == "ssim":
+            adjoints = x.new_empty((adjoint_rows(keep), n, channels, *out), dtype=dtype)
+            return shift, adjoints, x.new_empty((2, n, channels), dtype=dtype)
+        terms = x.new_empty((2, n, channels, *out), dtype=dtype)
+        return shift, terms, x.new_empty((2, n, channels, *out), dtype=dtype)
+
+    @property
+    def terms(self) -> _formula.Terms:
+        assert self.mu is not None and self.contrast is not None
+        return _formula.Terms(self.mu, self.contrast[0], self.contrast[1])
+
+
+class Upstream(NamedTuple):
+    """The outputs' gradients in the form a backward from :class:`TermsKept` uses: kept adjoints
+    are multiplied by ``scale`` ``(N, 1, ..)`` (their c sums already scaled: ``c_sums`` ``(2,)``);
+    kept terms take ``grad_map`` and ``grad_cs`` (see :func:`upstream`)."""
+
+    scale: Optional[Tensor]
+    c_sums: Optional[Tensor]
+    grad_map: Optional[Tensor]
+    grad_cs: Optional[Tensor]
+
+
+def scaled_upstream(
+    kept: TermsKept, g_image: Optional[Tensor], g_extra: Optional[Tensor], plan: Plan, x: Tensor
+) -> Upstream:
+    """:class:`Upstream` for images ``x`` from the outputs' gradients."""
+    images = (*x.shape[:2], *plan.blur.out_size(tuple(x.shape[2:])))
+    if kept.adjoints is not None:  # the adjoints of a unit gradient per image: scale them
+        assert g_image is not None and kept.c_sums is not None
+        scale = g_image.view(-1, *[1] * (len(images) - 1))
+        return Upstream(scale, (kept.c_sums * g_image.view(-1, 1)).sum((1, 2)), None, None)
+    grad_map, grad_cs = upstream(g_image, g_extra, plan, images)
+    return Upstream(None, None, grad_map, grad_cs)

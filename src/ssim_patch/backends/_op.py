@@ -1,0 +1,265 @@
+"""The one entry into the backends, :func:`similarity`, and the one ``autograd.Function`` around
+them: the route a call takes, the casts, setup_context, the written-out backward, vmap and jvp.
+
+Routes (chosen in :func:`use_traced`, the only place):
+
+- **traced**: plain differentiable ops (:mod:`ssim_patch.backends.traced`), while
+  ``torch.compile`` traces, a ``torch.func`` transform is active or forward-mode AD is on, and for
+  every call when ``SSIM_PATCH_BACKEND=traced``. Autograd, every transform and inductor's fusion
+  then see ordinary operations.
+- **fused**: the chosen backend's forward and backward (:func:`_fused`), no autograd inside. When
+  a gradient is needed it runs inside :class:`_Similarity`, whose backward is the backend's. A
+  double backward, or a backward under a transform, recomputes through
+  :func:`ssim_patch.backends.traced.gradients`.
+
+Dtypes: a backend that does not read float16 / bfloat16 itself gets float32 copies, made here
+(:func:`_cast`) and nowhere else; outputs come back in the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ssim_patch import _formula, backends
+from ssim_patch.backends import _algebra, traced
+from ssim_patch.backends._protocol import REDUCED, Backend, Needs, Plan, Scalar, compute_dtype
+
+
+def tracing() -> bool:
+    """True while torch.compile traces, a torch.func transform is active or forward AD is on."""
+    compiling = getattr(torch.compiler, "is_compiling", None)
+    if (compiling is not None and compiling()) or transforms_active():
+        return True
+    level: int = getattr(torch.autograd.forward_ad, "_current_level", -1)
+    return level >= 0
+
+
+def transforms_active() -> bool:
+    """True while a torch.func transform (vmap, grad, jvp, ...) is active."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active is not None and active())
+
+
+def similarity(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
+    """Per-image mean of the map ``(N,)``, and the map ``(N, C, *out)`` or the per-image mean of
+    cs ``(N,)`` as ``plan.output`` asks (else None), in the compute dtype. ``x``, ``y``:
+    ``(N, C, *spatial)``, the same floating dtype and device; ``c1``, ``c2``: numbers or 0-d
+    tensors in the compute dtype."""
+    if use_traced(None):
+        a, b = _cast(x, y, traced.BACKEND)
+        return traced.similarity(a, b, c1, c2, plan)
+    backend = backends.choose(x, plan)
+    a, b = _cast(x, y, backend)
+    if use_traced(backend):
+        return traced.similarity(a, b, c1, c2, plan)
+    return _fused(a, b, c1, c2, plan, backend)
+
+
+def use_traced(backend: Optional[Backend]) -> bool:
+    """The route: True for the traced one. Asked first without a backend (a trace or transform is
+    active: no backend is chosen), then with the chosen one (``SSIM_PATCH_BACKEND=traced``).
+
+    A torch.library custom op (see ``_custom_op``, where torch has ``torch.library.custom_op``)
+    would take the fused route under ``torch.compile`` too, leaving the traced one to active
+    ``torch.func`` transforms and forward AD."""
+    if backend is None:
+        return tracing()
+    return backend.name == traced.BACKEND.name
+
+
+def _cast(x: Tensor, y: Tensor, backend: Backend) -> tuple[Tensor, Tensor]:
+    """float32 copies of float16 / bfloat16 images for a backend that does not read them itself
+    (differentiable: the gradient comes back in the images' dtype)."""
+    if x.dtype in REDUCED and not backend.reads_reduced_precision:
+        return x.float(), y.float()
+    return x, y
+
+
+def constants(c1: Scalar, c2: Scalar, plan: Plan, x: Tensor) -> _formula.Constants:
+    """``_formula.constants`` in the compute dtype of images ``x``."""
+    dtype = compute_dtype(x.dtype)
+    like = x if x.dtype == dtype else x.new_empty((), dtype=dtype)
+    return _formula.constants(c1, c2, plan.eps, like)
+
+
+def _fused(
+    x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan, backend: Backend
+) -> tuple[Tensor, Optional[Tensor]]:
+    """The fused route: the backend's forward, inside :class:`_Similarity` when a gradient is
+    needed."""
+    tensors = [t for t in (x, y, c1, c2) if isinstance(t, Tensor)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        out = _apply(x, y, c1, c2, plan, backend)
+        return out[0], (out[1] if plan.output != "ssim" else None)
+    per_image, extra, _ = backend.forward(x, y, constants(c1, c2, plan, x), plan, None)
+    return per_image, extra
+
+
+def _sum_to(g: Optional[Tensor], c: Any) -> Optional[Tensor]:
+    """A gradient for ``c``: None unless ``c`` is a tensor, and then of its shape."""
+    if g is None or not isinstance(c, Tensor):
+        return None
+    return g.reshape(c.shape)
+
+
+def _like(g: Optional[Tensor], t: Tensor) -> Optional[Tensor]:
+    """A gradient for images ``t``, in their dtype."""
+    return g if g is None or g.dtype == t.dtype else g.to(t.dtype)
+
+
+class _Similarity(torch.autograd.Function):
+    """A backend's forward, with its backward written out (see the module's docstring).
+
+    Outputs: the per-image mean, the extra output (an empty tensor when none is asked), and what
+    the backend keeps for its backward (non-differentiable).
+    """
+
+    @staticmethod
+    def forward(
+        x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan, backend: Backend
+    ) -> tuple[Tensor, ...]:
+        k = constants(c1, c2, plan, x)
+        per_image, extra, kept = backend.forward(x, y, k, plan, keep=Needs.of(x, y, c1, c2))
+        assert kept is not None
+        return (per_image, extra if extra is not None else per_image.new_empty(0), *kept)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        x, y, c1, c2, plan, backend = inputs
+        ctx.mark_non_differentiable(*output[2:])
+        ctx.set_materialize_grads(False)
+        ctx.plan = plan
+        ctx.backend = backend
+        ctx.scalars = (c1, c2)
+        ctx.kept_count = len(output) - 2
+        # What the forward kept is for the gradients it saw asked for (under a torch.func
+        # transform it sees none, and the backward recomputes).
+        ctx.fused = Needs.of(x, y, c1, c2) == Needs(*ctx.needs_input_grad[:4])
+        ctx.save_for_backward(x, y, *output[2:])
+        ctx.save_for_forward(x, y)
+
+    @staticmethod
+    def backward(
+        ctx: Any, g_image: Optional[Tensor], g_extra: Optional[Tensor], *_: Any
+    ) -> tuple[Optional[Tensor], ...]:
+        x, y, *kept = ctx.saved_tensors
+        c1, c2 = ctx.scalars
+        plan: Plan = ctx.plan
+        backend: Backend = ctx.backend
+        needs = Needs(*(bool(v) for v in ctx.needs_input_grad[:4]))
+        if g_image is None and (g_extra is None or plan.output == "ssim"):
+            return None, None, None, None, None, None
+        if torch.is_grad_enabled() or tracing() or not ctx.fused:
+            a, b = _cast(x, y, traced.BACKEND)
+            images = (*x.shape[:2], *plan.blur.out_size(tuple(x.shape[2:])))
+            grad_map, grad_cs = _algebra.upstream(g_image, g_extra, plan, images)
+            grads = traced.gradients(a, b, constants(c1, c2, plan, a), grad_map, grad_cs, plan, needs)
+        else:
+            k = constants(c1, c2, plan, x)
+            grads = backend.backward(x, y, k, tuple(kept), g_image, g_extra, plan, needs)
+        return (
+            _like(grads[0], x),
+            _like(grads[1], y),
+            _sum_to(grads[2], c1),
+            _sum_to(grads[3], c2),
+            None,
+            None,
+        )
+
+    @staticmethod
+    def jvp(
+        ctx: Any, tx: Optional[Tensor], ty: Optional[Tensor], tc1: Any, tc2: Any, *_: Any
+    ) -> tuple[Any, ...]:
+        """Forward mode through the traced route: ``torch.func.jvp`` under functorch, and under
+        plain forward AD (which does not nest) reverse mode transposed: ``J v = d/du <J^T u, v>``."""
+        x, y = ctx.saved_tensors[:2]
+        plan: Plan = ctx.plan
+        primals = (x, y, *ctx.scalars)
+        tangents = (tx, ty, tc1, tc2)
+        used = [i for i, t in enumerate(tangents) if isinstance(t, Tensor)]
+
+        def run(*args: Any) -> list[Tensor]:
+            full = list(primals)
+            for i, arg in zip(used, args):
+                full[i] = arg
+            a, b = _cast(full[0], full[1], traced.BACKEND)
+            per_image, extra = traced.similarity(a, b, full[2], full[3], plan)
+            return [per_image] + ([extra] if extra is not None else [])
+
+        inputs: list[Tensor] = [primals[i] for i in used]
+        vectors: list[Optional[Tensor]] = [tangents[i] for i in used]
+        if transforms_active():
+            d = list(torch.func.jvp(run, tuple(inputs), tuple(vectors))[1])
+        else:
+            with torch.enable_grad():
+                leaves = [p.detach().requires_grad_() for p in inputs]
+                outputs = run(*leaves)
+                probes = [torch.zeros_like(o, requires_grad=True) for o in outputs]
+                vjps = torch.autograd.grad(outputs, leaves, probes, create_graph=True, allow_unused=True)
+                dot = outputs[0].new_zeros(())
+                for v, t in zip(vjps, vectors):
+                    if v is not None and t is not None:
+                        dot = dot + (v * t).sum()
+                d = [
+                    g if g is not None else torch.zeros_like(o)
+                    for g, o in zip(torch.autograd.grad(dot, probes, allow_unused=True), outputs)
+                ]
+        return (d[0], d[1] if len(d) > 1 else d[0].new_empty(0), *[None] * ctx.kept_count)
+
+    @staticmethod
+    def vmap(
+        info: Any,
+        in_dims: tuple[Optional[int], ...],
+        x: Tensor,
+        y: Tensor,
+        c1: Scalar,
+        c2: Scalar,
+        plan: Plan,
+        backend: Backend,
+    ) -> tuple[Any, Any]:
+        """Vmapped calls fold the vmapped dimension into the batch of images (each image is
+        independent of the others); a vmapped c1 or c2 runs image by image."""
+        dx, dy, dc1, dc2 = in_dims[:4]
+        size = info.batch_size
+
+        def batched(t: Any, d: Optional[int]) -> Any:
+            if not isinstance(t, Tensor):
+                return t
+            return t.movedim(d, 0) if d is not None else t.expand(size, *t.shape)
+
+        xb, yb, c1b, c2b = (batched(t, d) for t, d in zip((x, y, c1, c2), (dx, dy, dc1, dc2)))
+        if dc1 is not None or dc2 is not None:
+            results = [
+                _apply(
+                    xb[i],
+                    yb[i],
+                    c1b[i] if dc1 is not None else c1,
+                    c2b[i] if dc2 is not None else c2,
+                    plan,
+                    backend,
+                )
+                for i in range(size)
+            ]
+            outputs = tuple(torch.stack(parts) for parts in zip(*results))
+            return outputs, (0,) * len(outputs)
+        per_image, extra, *kept = _apply(
+            xb.reshape(-1, *xb.shape[2:]), yb.reshape(-1, *yb.shape[2:]), c1, c2, plan, backend
+        )
+
+        def split(t: Tensor, dim: int) -> Tensor:
+            return t.reshape(*t.shape[:dim], size, t.shape[dim] // size, *t.shape[dim + 1 :])
+
+        outputs = (
+            split(per_image, 0),
+            split(extra, 0) if extra.numel() else extra.new_empty(size, 0),
+            *(split(t, 1) for t in kept),  # every kept tensor is (S, N, C, ...)
+        )
+        return outputs, (0, 0, *[1] * len(kept))
+
+
+def _apply(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan, backend: Backend) -> tuple[Tensor, ...]:
+    out: tuple[Tensor, ...] = _Similarity.apply(x, y, c1, c2, plan, backend)  # type: ignore[no-untyped-call]
+    return out

@@ -1,0 +1,318 @@
+"""SSIM on CPU tensors: the work cut into cache-sized pieces, filtered in place, 2-D and 3-D,
+float32 and float64.
+
+A piece is a few whole planes (``N * C`` planes in all), or a band of rows of one plane with the
+window's halo, about ``_CHUNK`` samples. For each piece the forward writes the four shifted maps
+``s', d', s'^2, d'^2`` into a reused buffer, blurs them in place (:class:`BandBlur`: shifted
+multiply-adds over views made once per shape), applies the formula and adds the piece's sums to
+the per-image sums; for a per-image SSIM (a loss) it also forms the adjoint maps for a unit
+upstream gradient while the piece is in cache, for the map and cs outputs it keeps the terms. The
+backward goes plane by plane: ``W^T`` of the stacked adjoint maps in reused buffers (the reflect
+pads folded back by ``index_add_``), recombined straight into the gradient (``_algebra.combine``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ssim_patch import _filters, _formula
+from ssim_patch.backends import _algebra
+from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
+
+#: The work is cut into pieces of about this many samples (whole planes, or bands of rows of one
+#: plane), so that the moment maps and their filtered copies stay in cache.
+_CHUNK = 1 << 16
+
+
+def source_rows(n: int, k: int, mode: _filters.Mode, lo: int, hi: int) -> Tensor:
+    """Indices of the input rows that output rows ``lo:hi`` of a ``k``-tap window read.
+
+    "same" reflects about the edges (torch's reflect); "valid" reads whole windows only.
+    """
+    if mode == "valid":
+        return torch.arange(lo, hi + k - 1)
+    pad = (k - 1) // 2
+    idx = torch.arange(lo - pad, hi + pad).abs()
+    return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+
+
+class Workspace:
+    """Reusable scratch buffers for one call: fresh large allocations cost page faults on CPU."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        size = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < size or buf.dtype != like.dtype:
+            buf = like.new_empty(size)
+            self._buffers[name] = buf
+        return buf[:size].view(shape)
+
+
+#: One pass of a window along an axis: the output, the shifted views it sums, the taps.
+_Pass = tuple[Tensor, list[Tensor], tuple[float, ...]]
+#: One fold of reflect padding: the image's rows on the axis, the axis, where the pad rows go, the pad.
+_Fold = tuple[Tensor, int, Tensor, Tensor]
+
+
+class BandBlur:
+    """``W`` and ``W^T`` on CPU, without autograd, in buffers reused from piece to piece of a call.
+
+    ``filter`` blurs a stack ``(S, P, *padded)`` of gathered rows (the first spatial axis with its
+    halo, from :meth:`rows`; the others padded by :meth:`pad_rest`). The views each pass reads and
+    writes are made once per shape and reused: a call runs the same few shapes many times, and
+    each view made costs as much as a small multiply-add.
+    """
+
+    def __init__(self, blur: _filters.Blur, spatial: tuple[int, ...]) -> None:
+        self.blur = blur
+        self.spatial = spatial
+        self.work = Workspace()
+        self._filters: dict[tuple[object, ...], list[_Pass]] = {}
+        self._adjoints: dict[tuple[object, ...], tuple[list[_Pass], list[_Fold], Tensor]] = {}
+
+    def rows(self, r0: int, r1: int) -> Tensor:
+        """The input rows (with the halo, reflected at the edges) that output rows r0:r1 read."""
+        return source_rows(self.spatial[0], len(self.blur.taps[0]), self.blur.padding, r0, r1)
+
+    def pad_rest(self, t: Tensor) -> Tensor:
+        """Reflect-pad every spatial axis but the first (already gathered with its halo)."""
+        return _filters.reflect_pad(t, self.blur.pads[1:])
+
+    def filter(self, stack: Tensor) -> Tensor:
+        """Correlate every axis of a gathered, padded stack ``(S, P, *padded)``; a buffer view."""
+        key = (stack.data_ptr(), tuple(stack.shape), tuple(stack.stride()))
+        passes = self._filters.get(key)
+        if passes is None:
+            passes = []
+            nd = len(self.blur.taps)
+            src = stack
+            for i, taps in enumerate(self.blur.taps):
+                dim = stack.ndim - nd + i
+                shape = list(src.shape)
+                shape[dim] -= len(taps) - 1
+                out = self.work.take(f"blur-{i % 2}", tuple(shape), stack)
+                passes.append((out, [src.narrow(dim, j, shape[dim]) for j in range(len(taps))], taps))
+                src = out
+            self._filters[key] = passes
+        for out, sources, taps in passes:
+            torch.mul(sources[0], taps[0], out=out)
+            for source, w in zip(sources[1:], taps[1:]):
+                out.add_(source, alpha=w)
+        return passes[-1][0]
+
+    def adjoint(self, g: Tensor, slot: str = "") -> Tensor:
+        """``W^T g`` for whole planes ``(..., *out)``: a view of a buffer ``(..., *spatial)`` that
+        stays valid until the next call with the same ``slot``."""
+        key = (slot, tuple(g.shape))
+        plan = self._adjoints.get(key)
+        if plan is None:
+            nd = len(self.blur.taps)
+            spreads: list[_Pass] = []
+            shape = list(g.shape)
+            for i in reversed(range(nd)):
+                dim, n = g.ndim - nd + i, shape[g.ndim - nd + i]
+                shape[dim] += len(self.blur.taps[i]) - 1
+                spread = self.work.take(f"adjoint{slot}-{i % 2}", tuple(shape), g)
+                taps = self.blur.taps[i]
+                spreads.append((spread, [spread.narrow(dim, j, n) for j in range(len(taps))], taps))
+            folds: list[_Fold] = []
+            core = spreads[-1][0]
+            for i, pad in enumerate(self.blur.pads):
+                if pad:
+                    dim, n = g.ndim - nd + i, self.spatial[i]
+                    inner = core.narrow(dim, pad, n)
+                    # padded sample j < pad is image sample pad - j; padded n + pad + j is n - 2 - j
+                    folds.append((inner, dim, torch.arange(pad, 0, -1), core.narrow(dim, 0, pad)))
+                    folds.append(
+                        (inner, dim, torch.arange(n - 2, n - 2 - pad, -1), core.narrow(dim, n + pad, pad))
+                    )
+                    core = inner
+            plan = (spreads, folds, core)
+            self._adjoints[key] = plan
+        spreads, folds, core = plan
+        source = g
+        for spread, dests, taps in spreads:
+            spread.zero_()
+            for dest, w in zip(dests, taps):
+                dest.add_(source, alpha=w)
+            source = spread
+        for inner, dim, index, pad_part in folds:
+            inner.index_add_(dim, index, pad_part)
+        return core
+
+
+def _pieces(
+    planes: int, spatial: Sequence[int], out_rows: int
+) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """Pieces of work: (first plane, end plane, output row bands) of about ``_CHUNK`` samples."""
+    row = math.prod(spatial[1:])
+    plane = out_rows * row
+    if plane <= _CHUNK:
+        per = max(1, _CHUNK // max(1, plane))
+        return [(lo, min(lo + per, planes), [(0, out_rows)]) for lo in range(0, planes, per)]
+    band = max(8, _CHUNK // max(1, row))
+    bands = [(r0, min(r0 + band, out_rows)) for r0 in range(0, out_rows, band)]
+    return [(p, p + 1, bands) for p in range(planes)]
+
+
+class CpuBackend:
+    """Cache-sized pieces on CPU (see the module's docstring)."""
+
+    name = "cpu"
+    reads_reduced_precision = False
+
+    def unsupported(self, x: Tensor, plan: Plan) -> Optional[str]:
+        del plan
+        if x.device.type != "cpu":
+            return f"it runs on CPU tensors only, and the images are on {x.device}"
+        return None
+
+    def forward(
+        self, x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs]
+    ) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
+        n, channels, *spatial = x.shape
+        planes, nd = n * channels, len(spatial)
+        xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
+        shift = _algebra.sd_shift(xp[None], yp[None])[:, 0]  # (2, P, 1, ..)
+        out = plan.blur.out_size(tuple(spatial))
+        dims = tuple(range(1, nd + 1))
+        sums = x.new_zeros(planes)
+        cs_sums = x.new_zeros(planes) if plan.output == "cs" else None
+        full = x.new_empty((planes, *out)) if plan.output == "map" else None
+        adjoints = keep is not None and plan.output == "ssim"
+        kept: dict[str, Tensor] = {}
+        if keep is not None and adjoints:
+            rows = _algebra.adjoint_rows(keep)
+            kept = {"adjoints": x.new_empty((rows, planes, *out)), "c_sums": x.new_zeros((2, planes))}
+            unit = _algebra.unit_gradient((n, channels, *out), x)
+        elif keep is not None:
+            # One tensor each, under glibc's largest mmap threshold: reused from call to call.
+            kept = {"mu": x.new_empty((2, planes, *out)), "contrast": x.new_empty((2, planes, *out))}
+        band = BandBlur(plan.blur, tuple(spatial))
+        for p0, p1, bands in _pieces(planes, spatial, out[0]):
+            sh = shift[:, p0:p1]
+            for r0, r1 in bands:
+                if len(bands) == 1:
+                    xb = _filters.reflect_pad(xp[p0:p1], plan.blur.pads)
+                    yb = _filters.reflect_pad(yp[p0:p1], plan.blur.pads)
+                    stack = band.work.take("stack", (4, *xb.shape), xb)
+                else:
+                    rows_in = band.rows(r0, r1)
+                    xb = band.pad_rest(xp[p0:p1].index_select(1, rows_in))
+                    yb = band.pad_rest(yp[p0:p1].index_select(1, rows_in))
+                    stack = band.work.take("stack", (4, *xb.shape), xb)
+                sd, squares = stack.tensor_split(2)
+                torch.add(xb, yb, out=stack[0])
+                torch.sub(xb, yb, out=stack[1])
+                torch.mul(sd.sub_(sh), sd, out=squares)
+                t = _formula.terms(band.filter(stack), sh, k)
+                made = _formula.similarity_map(t, k)
+                maps = made.s
+                sums[p0:p1] += maps.sum(dims)
+                if cs_sums is not None:
+                    cs_sums[p0:p1] += _formula.contrast(t).sum(dims)
+                if full is not None:
+                    full[p0:p1, r0:r1] = maps
+                if keep is not None and adjoints:
+                    into = kept["adjoints"][:, p0:p1, r0:r1]
+                    adj = _formula.adjoints(t, sh, k, unit, None, keep.x, keep.y, made, out=into)
+                    if keep.c1 or keep.c2:
+                        kept["c_sums"][0, p0:p1] += adj.g_c1.sum(dims)
+                        kept["c_sums"][1, p0:p1] += adj.g_c2.sum(dims)
+                elif keep is not None:
+                    kept["mu"][:, p0:p1, r0:r1] = t.mu
+                    kept["contrast"][0, p0:p1, r0:r1] = t.c_num
+                    kept["contrast"][1, p0:p1, r0:r1] = t.c_den
+        size = math.prod(out) * channels
+        per_image = sums.view(n, channels).sum(1) / size
+        extra: Optional[Tensor] = None
+        if full is not None:
+            extra = full.view(n, channels, *out)
+        elif cs_sums is not None:
+            extra = cs_sums.view(n, channels).sum(1) / size
+        if keep is None:
+            return per_image, extra, None
+        images = {name: t.view(t.shape[0], n, channels, *t.shape[2:]) for name, t in kept.items()}
+        held = _algebra.TermsKept(shift.view(2, n, channels, *[1] * nd), **images)
+        return per_image, extra, held.tensors(plan)
+
+    def kept_like(self, x: Tensor, plan: Plan, keep: Needs) -> Kept:
+        return _algebra.TermsKept.like(x, plan, keep)
+
+    def backward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        k: _formula.Constants,
+        kept: Kept,
+        g_image: Optional[Tensor],
+        g_extra: Optional[Tensor],
+        plan: Plan,
+        needs: Needs,
+    ) -> Grads:
+        """Plane by plane: ``W^T`` in reused buffers, recombined straight into the gradients."""
+        held = _algebra.TermsKept.of(plan, kept)
+        up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
+        n, channels, *spatial_list = x.shape
+        spatial = tuple(spatial_list)
+        planes, nd = n * channels, len(spatial)
+        out = plan.blur.out_size(spatial)
+        xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
+        gx = x.new_empty((planes, *spatial)) if needs.x else None
+        gy = x.new_empty((planes, *spatial)) if needs.y else None
+        band = BandBlur(plan.blur, spatial)
+
+        def planar(g: Optional[Tensor]) -> Optional[Tensor]:
+            return None if g is None else g.expand(n, channels, *g.shape[2:]).reshape(planes, *g.shape[2:])
+
+        shift = held.shift.reshape(2, planes, *[1] * nd)
+        own = _algebra.own_shifts(shift)  # a_x, a_y per plane
+        scale_p = planar(up.scale)
+        if held.adjoints is not None:
+            adj_p = held.adjoints.reshape(held.adjoints.shape[0], planes, *out)
+            c_sums = up.c_sums
+        else:
+            grad_map_p, grad_cs_p = planar(up.grad_map), planar(up.grad_cs)
+            terms = held.terms
+            mu = terms.mu.reshape(2, planes, *out)
+            c_num, c_den = (v.reshape(planes, *out) for v in (terms.c_num, terms.c_den))
+            c_sums = x.new_zeros(2)
+        assert c_sums is not None
+        per = max(1, _CHUNK // max(1, math.prod(out)))
+        for p0 in range(0, planes, per):
+            p1 = min(p0 + per, planes)
+            sh = shift[:, p0:p1]
+            if held.adjoints is not None:
+                stacked = adj_p[:, p0:p1]
+            else:
+                t = _formula.Terms(mu[:, p0:p1], c_num[p0:p1], c_den[p0:p1])
+                grad_map_c = None if grad_map_p is None else grad_map_p[p0:p1]
+                grad_cs_c = None if grad_cs_p is None else grad_cs_p[p0:p1]
+                adj = _formula.adjoints(t, sh, k, grad_map_c, grad_cs_c, needs.x, needs.y)
+                stacked = torch.stack(_algebra.adjoint_stack(adj))
+                c_sums += torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
+            if needs.x or needs.y:
+                targets = (None if gx is None else gx[p0:p1], None if gy is None else gy[p0:p1])
+                back = _algebra.unstack(band.adjoint(stacked), needs.x, needs.y)
+                _algebra.combine(back, xp[p0:p1] - own[0][p0:p1], yp[p0:p1] - own[1][p0:p1], targets)
+                if scale_p is not None:
+                    for g in targets:
+                        if g is not None:
+                            g.mul_(scale_p[p0:p1])
+        return (
+            None if gx is None else gx.view(x.shape),
+            None if gy is None else gy.view(y.shape),
+            c_sums[0] if needs.c1 else None,
+            c_sums[1] if needs.c2 else None,
+        )
+
+
+BACKEND = CpuBackend()
