@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import reference_torch
 import torch
-from reference import reduce, uqi_reference, zeroed_border
+from reference import correlate_axis, gaussian_window, reduce, uqi_reference, zeroed_border
 
-from ssim_patch import _kernel
 from ssim_patch.engine import uqi
 
 WINDOWS = [
@@ -21,6 +20,8 @@ WINDOWS = [
     dict(kernel_size=(1, 1), sigma=(1.5, 1.5)),
 ]
 SHAPES = [(2, 3, 40, 36), (1, 1, 23, 17)]
+#: The backends that run on CPU tensors (``SSIM_PATCH_BACKEND``).
+BACKENDS = ["cpu", "conv", "traced"]
 
 
 def _pair(shape, seed=0, dtype=torch.float64):
@@ -71,10 +72,134 @@ def test_flat_images_give_zero():
     assert abs(uqi(x.float(), x.float().clone()).item()) < 1e-6
 
 
-@pytest.mark.parametrize("force_device_path", [False, True])
+def _flat_half(level, dtype=torch.float32, seed=11, shape=(2, 2, 64, 56)):
+    """Images whose top half is flat at ``level`` in both (torchmetrics issue 2281) and whose bottom
+    half is noise of ``level``'s scale, ``preds`` a noisy copy of ``target``; and where they are flat."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.full(shape, level, dtype=torch.float64)
+    half = shape[2] // 2
+    t[..., half:, :] = level * 2 * torch.rand(t[..., half:, :].shape, generator=g, dtype=torch.float64)
+    p = t.clone()
+    noise = 0.07 * level * torch.randn(p[..., half:, :].shape, generator=g, dtype=torch.float64)
+    p[..., half:, :] = (t[..., half:, :] + noise).clamp_min(0)
+    flat = torch.zeros(shape[2:], dtype=torch.bool)
+    flat[:half] = True
+    return p.to(dtype), t.to(dtype), flat
+
+
+def _flat_border(level, dtype=torch.float32, seed=12, shape=(2, 3, 48, 52), width=12):
+    """Images with a constant frame ``width`` pixels wide at ``level`` in both; and where they are flat."""
+    p, t = _pair(shape, seed=seed)
+    inner = (..., slice(width, -width), slice(width, -width))
+    framed = [torch.full(shape, level, dtype=torch.float64) for _ in range(2)]
+    for out, image in zip(framed, (p, t)):
+        out[inner] = image[inner]
+    flat = torch.ones(shape[2:], dtype=torch.bool)
+    flat[inner[1:]] = False
+    return framed[0].to(dtype), framed[1].to(dtype), flat
+
+
+def _flat_windows(flat, kernel_size=(11, 11)):
+    """Where the whole window (reflect padding stays within its reach) lies in the flat pixels."""
+    reach = [k // 2 for k in kernel_size]
+    textured = (~flat).double()[None, None]
+    touched = torch.nn.functional.max_pool2d(textured, [2 * r + 1 for r in reach], 1, reach)
+    return ~touched[0, 0].bool()
+
+
+def _uqi_about(x, y, level, eps, kernel_size=(11, 11), sigma=(1.5, 1.5)):
+    """The float64 UQI map with the variances taken about ``level`` (they do not depend on it), so
+    that float64 rounding of a large mean does not enter a flat window's variance: there it is 0."""
+    windows = [gaussian_window(s, k) for k, s in zip(kernel_size, sigma)]
+    a, b = (np.asarray(v, dtype=np.float64) - level for v in (x, y))
+
+    def blur(v):
+        for i, w in enumerate(windows):
+            v = correlate_axis(v, 2 + i, w, "same")
+        return v
+
+    ma, mb = blur(a), blur(b)
+    vx, vy = np.maximum(blur(a * a) - ma * ma, 0.0), np.maximum(blur(b * b) - mb * mb, 0.0)
+    cov = blur(a * b) - ma * mb
+    mx, my = ma + level, mb + level
+    return (2 * mx * my) * (2 * cov) / ((mx * mx + my * my) * (vx + vy) + eps)
+
+
+FLAT_CASES = {
+    "half-0.7123": (_flat_half, 0.7123, torch.float32),
+    "half-100": (_flat_half, 100.3, torch.float32),
+    "half-1e-3": (_flat_half, 1.37e-3, torch.float32),
+    "half-0.7123-float16": (_flat_half, 0.7123, torch.float16),
+    "frame-0.7123": (_flat_border, 0.7123, torch.float32),
+    "frame-0.25": (_flat_border, 0.25, torch.float32),
+    "frame-0": (_flat_border, 0.0, torch.float32),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(FLAT_CASES))
+def test_float32_flat_regions_match_float64(case, backend, monkeypatch):
+    """UQI has no stabilising constants: a flat window is 0/eps, and without the flat-window rule
+    float32 rounding of its moments was the answer (up to 0.06 at 0.7123, 1.0 at 100). The float32
+    map is within 1e-3 of the float64 one of the same pixels (with the input dtype's eps) wherever
+    the window is flat, and the mean within 1e-4 (plus half an ulp of float16)."""
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", backend)
+    make, level, dtype = FLAT_CASES[case]
+    p, t, flat = make(level, dtype)
+    eps = float(torch.finfo(dtype).eps)
+    expected = _uqi_about(p.double().numpy(), t.double().numpy(), level, eps)
+    got = uqi(p, t, reduction="none")
+    assert got.dtype == dtype
+    where = _flat_windows(flat).numpy()
+    assert where.sum() >= where.size / 8  # the test covers flat windows
+    np.testing.assert_allclose(got.double().numpy()[..., where], expected[..., where], rtol=0, atol=1e-3)
+    mean_tol = 1e-4 + (eps / 2 if dtype == torch.float16 else 0.0)
+    assert abs(uqi(p, t).double().item() - expected.mean()) < mean_tol
+
+
+@pytest.mark.parametrize("case", list(FLAT_CASES))
+def test_float64_flat_regions_are_right_too(case):
+    """float64 has the same 0/eps in flat windows (its eps is smaller: without the rule a flat window
+    at 100 scored 0.94). With it the map equals the reference (variances taken about the flat level)
+    to 1e-12 in flat windows and 1e-9 in the rest (a window that barely reaches the texture is
+    ill-conditioned: its variance is a tiny fraction of its second moment)."""
+    make, level, _ = FLAT_CASES[case]
+    p, t, flat = make(level, torch.float64)
+    expected = _uqi_about(p.numpy(), t.numpy(), level, float(torch.finfo(torch.float64).eps))
+    got = uqi(p, t, reduction="none").numpy()
+    where = _flat_windows(flat).numpy()
+    np.testing.assert_allclose(got[..., where], expected[..., where], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("level", [0.7123, 100.3])
+def test_gradient_with_flat_windows_is_the_exact_derivative(level, backend, monkeypatch):
+    """A flat window's variances are at their minimum (0), so its exact derivative is 0; the rule
+    gives it no gradient, where the unguarded formula gave rounding noise times 1/eps. The float64
+    gradient equals autograd through the reference with its variances taken about the flat level
+    (where they are exactly 0 and so is their derivative), on every backend."""
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", backend)
+    p, t, _ = _flat_half(level, torch.float64, shape=(1, 2, 24, 22))
+    kw = dict(kernel_size=(5, 5), sigma=(1.0, 1.0))
+    eps = float(torch.finfo(torch.float64).eps)
+    grads = []
+    for fn in (
+        lambda a, b: uqi(a, b, **kw),
+        lambda a, b: _reference_uqi(a, b, eps=eps, padding="same", about=level, **kw).mean(),
+    ):
+        a, b = p.clone().requires_grad_(), t.clone().requires_grad_()
+        grads.append(torch.autograd.grad(fn(a, b), (a, b)))
+    for got, expected in zip(*grads):
+        scale = expected.abs().max().item()
+        assert scale > 0  # the textured half has a gradient
+        torch.testing.assert_close(got, expected, atol=1e-9 * scale, rtol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("padding", ["same", "valid"])
-def test_gradient_is_the_exact_derivative(padding, force_device_path, monkeypatch):
-    monkeypatch.setattr(_kernel, "FORCE_DEVICE_PATH", force_device_path)
+def test_gradient_is_the_exact_derivative(padding, backend, monkeypatch):
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", backend)
     x, y = _pair((2, 2, 20, 21), seed=3)
     kw = dict(kernel_size=(7, 5), sigma=(1.2, 0.9))
     eps = float(torch.finfo(torch.float64).eps)
@@ -89,12 +214,15 @@ def test_gradient_is_the_exact_derivative(padding, force_device_path, monkeypatc
         torch.testing.assert_close(got, expected, atol=1e-13, rtol=1e-8)
 
 
-def _reference_uqi(x, y, kernel_size, sigma, eps, padding):
+def _reference_uqi(x, y, kernel_size, sigma, eps, padding, about=0.0):
+    """The UQI map in plain torch ops, the variances taken about ``about`` (they do not depend on it)."""
     windows = [reference_torch.gaussian_window(s, k) for k, s in zip(kernel_size, sigma)]
+    x, y = x - about, y - about
     mx, my = (reference_torch.blur(a, windows, padding) for a in (x, y))
     vx = reference_torch.blur(x * x, windows, padding) - mx * mx
     vy = reference_torch.blur(y * y, windows, padding) - my * my
     cov = reference_torch.blur(x * y, windows, padding) - mx * my
+    mx, my = mx + about, my + about
     return (2 * mx * my) * (2 * cov) / ((mx * mx + my * my) * (vx + vy) + eps)
 
 

@@ -18,6 +18,15 @@ equal images (``d = 0``) give exactly 1 and a gradient of exactly 0. The clamps 
 only: their derivative is taken as the identity (straight through), so they never zero a gradient
 where the formula is differentiable.
 
+UQI's flat windows. UQI has no ``c1``, ``c2``: where both images are flat it is ``0 / (4 eps)``, and
+rounding of the moments (a few ulps of the second moment about the shift) would be the answer
+(up to 0.06 in float32 at 0.7, 1.0 at 100, in float64 too). So a window is flat, both its variances
+0, when ``v_s + v_d <= flat * (m[2] + m[3])`` (after the clamp), ``flat = FLAT_EPS * eps`` of the
+compute dtype: rounding of flat windows measures below 12 eps up to 31x31 windows, 22 eps at
+151x151. Its derivative is 0 there, not straight through: a variance is at its minimum (0) in a
+flat window, so the exact derivative of the map is 0, while the computed one is rounding noise
+times ``1 / eps``. ``adjoints`` gives such a window (``C_den = 0``) no gradient either.
+
 Every function here is plain tensor ops: it runs as is under autograd, ``torch.func`` and
 ``torch.compile``, on any device, in any layout (everything broadcasts).
 """
@@ -29,26 +38,36 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
+#: UQI's flat-window tolerance, in units of the compute dtype's machine epsilon (see :func:`terms`).
+FLAT_EPS = 32
+
 
 class Constants(NamedTuple):
-    """``2 c1``, ``2 c2`` and ``4 eps`` (None for SSIM) as 0-d tensors."""
+    """``2 c1``, ``2 c2``, ``4 eps`` (None for SSIM) and the flat-window tolerance ``flat`` (UQI's;
+    None for SSIM), as 0-d tensors."""
 
     two_c1: Tensor
     two_c2: Tensor
     four_eps: Optional[Tensor]
+    flat: Optional[Tensor] = None
 
 
 def constants(
     c1: Union[float, Tensor], c2: Union[float, Tensor], eps: Optional[float], like: Tensor
 ) -> Constants:
-    """The constants in ``like``'s dtype and device (numbers become 0-d tensors, one fill each)."""
+    """The constants in ``like``'s dtype and device (numbers become 0-d tensors, one fill each).
+
+    With ``eps`` (UQI), also ``flat = FLAT_EPS * finfo(like.dtype).eps``, the compute dtype's."""
 
     def scaled(value: Union[float, Tensor], factor: float) -> Tensor:
         if isinstance(value, Tensor):
             return value * factor
         return torch.full((), value * factor, dtype=like.dtype, device=like.device)
 
-    return Constants(scaled(c1, 2), scaled(c2, 2), None if eps is None else scaled(eps, 4))
+    if eps is None:
+        return Constants(scaled(c1, 2), scaled(c2, 2), None)
+    flat = scaled(torch.finfo(like.dtype).eps, FLAT_EPS)
+    return Constants(scaled(c1, 2), scaled(c2, 2), scaled(eps, 4), flat)
 
 
 class Terms(NamedTuple):
@@ -68,6 +87,8 @@ def terms(m: Tensor, shift: Tensor, k: Constants, straight_through: bool = False
     var = squares - means * means
     clamped = var.clamp_min(0)
     var = var + (clamped - var).detach() if straight_through else clamped
+    if k.flat is not None:  # UQI: a flat window has no variance, and none to differentiate
+        var = var.masked_fill(clamped.sum(0) <= k.flat * squares.sum(0), 0)
     v_s, v_d = var.unbind(0)
     c_den = k.two_c2.add(v_s).add(v_d)
     return Terms(mu=means + shift, c_num=c_den.add(v_d, alpha=-2), c_den=c_den, means=means)
@@ -152,6 +173,8 @@ def adjoints(
     # a = 2 dS/dL_num, b = -2 dS/dL_den, c = 2 dS/dC_num, d = -2 dS/dC_den, times the loss's gradient.
     if grad_map is not None:
         u = (2 * grad_map).div(made.den)
+        if k.flat is not None:  # UQI: a window with no variance contributes no gradient (see terms)
+            u = u.masked_fill(t.c_den == 0, 0)
         v = u * made.s  # u S, with S exactly as the forward has it
         a, b = u * t.c_num, v * t.c_den
         final = grad_cs is None
