@@ -1,0 +1,414 @@
+# mypy: ignore-errors
+# (Triton kernels: triton.language code, not typed Python.)
+"""The Triton kernels of :mod:`ssim_patch.backends.triton`: one fused forward, one fused backward.
+
+Imported only by that module, and only once ``import triton`` works. Both kernels run a 1-D
+persistent grid: program ``pid`` takes tiles ``pid, pid + G, pid + 2G, ...`` (G programs), a tile
+being one plane's band of ``BLOCK_H`` rows by a strip of ``BLOCK_W`` columns, so any number of
+planes runs with any grid. Each tile sweeps its rows top to bottom:
+
+- forward: for each input row of the band's window, the horizontal pass is ``KW`` shifted,
+  reflect-indexed loads of x and y giving the 4 moment rows; the vertical pass keeps the ``KH``
+  output rows still open in a register accumulator ``[KH_P2, BLOCK_W]`` per moment (output row o in
+  slot ``o mod KH``); each input row adds its weight to every open row, and the row it completes
+  is taken out (a masked sum over the slots) and its slot reset. The formula then runs on that row.
+- backward: the same sweep over adjoint rows: the horizontal transpose is a gather (up to three
+  preimages per tap where the strip touches an edge: p, -p and 2(n-1)-p), the vertical transpose
+  the sliding accumulator with each row's weight summed over its reflected preimages.
+
+Per-tile sums go to a buffer ``[planes, tiles per plane]`` that the launcher reduces in a fixed order:
+no atomics, two runs bit-identical. All offsets into images and maps are int64.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def ssim_forward_kernel(
+    x_ptr,
+    y_ptr,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    syn,
+    syc,
+    syh,
+    syw,
+    taps_h_ptr,
+    taps_w_ptr,
+    c1_ptr,  # 2 c1, 0-d float32
+    c2_ptr,  # 2 c2
+    eps_ptr,  # 4 eps (read when HAS_EPS)
+    flat_ptr,  # UQI's flat-window tolerance (read when HAS_FLAT)
+    unit,  # the S map's gradient for a unit upstream gradient per image
+    sums_ptr,  # [P, tiles]: per-tile sums of S
+    cs_ptr,  # [P, tiles]: per-tile sums of cs (WRITE_CS)
+    csum_ptr,  # [2, P, tiles]: per-tile sums of g_c1, g_c2 (WRITE_CSUMS)
+    map_ptr,  # [P, OH, OW]: the S map (WRITE_MAP)
+    terms_ptr,  # [4, P, OH, OW]: mu_s, mu_d, C_num, C_den (WRITE_TERMS)
+    adj_ptr,  # [S, P, OH, OW]: g_x, g_y (where needed), g_sq, g_cross (WRITE_ADJ)
+    P,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    PAD_H: tl.constexpr,
+    PAD_W: tl.constexpr,
+    KH_P2: tl.constexpr,
+    HAS_EPS: tl.constexpr,
+    HAS_FLAT: tl.constexpr,
+    WRITE_MAP: tl.constexpr,
+    WRITE_CS: tl.constexpr,
+    WRITE_TERMS: tl.constexpr,
+    WRITE_ADJ: tl.constexpr,
+    NEED_X: tl.constexpr,
+    NEED_Y: tl.constexpr,
+    Y_AT: tl.constexpr,  # index of g_y in the adjoint stack (int(NEED_X))
+    SQ_AT: tl.constexpr,  # index of g_sq (NEED_X + NEED_Y); g_cross follows
+    WRITE_CSUMS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    strips = tl.cdiv(OW, BLOCK_W)
+    per_plane = strips * tl.cdiv(OH, BLOCK_H)
+    total = P * per_plane
+    lanes = tl.arange(0, BLOCK_W)
+    slots = tl.arange(0, KH_P2)
+    slot_ok = slots < KH
+    two_c1 = tl.load(c1_ptr).to(tl.float32)
+    two_c2 = tl.load(c2_ptr).to(tl.float32)
+    four_eps = 0.0
+    if HAS_EPS:
+        four_eps = tl.load(eps_ptr).to(tl.float32)
+    flat = 0.0
+    if HAS_FLAT:
+        flat = tl.load(flat_ptr).to(tl.float32)
+    plane_size = OH * OW
+    for tile in range(pid, total, programs):
+        plane = tile // per_plane
+        rest = tile % per_plane
+        band = rest // strips
+        strip = rest % strips
+        n = tl.cast(plane // C, tl.int64)
+        ch = tl.cast(plane % C, tl.int64)
+        xb = x_ptr + n * sxn + ch * sxc
+        yb = y_ptr + n * syn + ch * syc
+        x0 = tl.load(xb).to(tl.float32)
+        y0 = tl.load(yb).to(tl.float32)
+        a_s = x0 + y0
+        a_d = x0 - y0
+        cols = strip * BLOCK_W + lanes
+        cmask = cols < OW
+        o0 = band * BLOCK_H
+        o1 = tl.minimum(o0 + BLOCK_H, OH)
+        plane64 = tl.cast(plane, tl.int64)
+        acc0 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        acc1 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        acc2 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        acc3 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        sum_s = tl.zeros([BLOCK_W], dtype=tl.float32)
+        sum_cs = tl.zeros([BLOCK_W], dtype=tl.float32)
+        sum_c1 = tl.zeros([BLOCK_W], dtype=tl.float32)
+        sum_c2 = tl.zeros([BLOCK_W], dtype=tl.float32)
+        for p in range(o0, o1 + KH - 1):
+            # the image row at padded row p (reflected), filtered along the row: 4 moment rows
+            r = tl.abs(p - PAD_H)
+            r = tl.cast(tl.where(r > H - 1, 2 * (H - 1) - r, r), tl.int64)
+            xr = xb + r * sxh
+            yr = yb + r * syh
+            h0 = tl.zeros([BLOCK_W], dtype=tl.float32)
+            h1 = tl.zeros([BLOCK_W], dtype=tl.float32)
+            h2 = tl.zeros([BLOCK_W], dtype=tl.float32)
+            h3 = tl.zeros([BLOCK_W], dtype=tl.float32)
+            for j in tl.static_range(KW):
+                c = tl.abs(cols + (j - PAD_W))  # reflect padding: -i and 2(W-1)-i
+                c = tl.where(c > W - 1, 2 * (W - 1) - c, c)
+                xv = tl.load(xr + c * sxw, mask=cmask, other=0.0).to(tl.float32)
+                yv = tl.load(yr + c * syw, mask=cmask, other=0.0).to(tl.float32)
+                s = (xv + yv) - a_s
+                d = (xv - yv) - a_d
+                w = tl.load(taps_w_ptr + j)
+                h0 += w * s
+                h1 += w * d
+                h2 += w * (s * s)
+                h3 += w * (d * d)
+            # every open output row o (slot o mod KH) takes weight taps_h[p - o]
+            wv = tl.load(taps_h_ptr + ((p % KH) - slots + KH) % KH, mask=slot_ok, other=0.0)
+            wv = wv[:, None]
+            acc0 += wv * h0[None, :]
+            acc1 += wv * h1[None, :]
+            acc2 += wv * h2[None, :]
+            acc3 += wv * h3[None, :]
+            # output row o = p - KH + 1 is complete: take it out, free its slot
+            o = p - (KH - 1)
+            sel = (slots == (p + 1) % KH)[:, None]
+            m0 = tl.sum(tl.where(sel, acc0, 0.0), axis=0)
+            acc0 = tl.where(sel, 0.0, acc0)
+            m1 = tl.sum(tl.where(sel, acc1, 0.0), axis=0)
+            acc1 = tl.where(sel, 0.0, acc1)
+            m2 = tl.sum(tl.where(sel, acc2, 0.0), axis=0)
+            acc2 = tl.where(sel, 0.0, acc2)
+            m3 = tl.sum(tl.where(sel, acc3, 0.0), axis=0)
+            acc3 = tl.where(sel, 0.0, acc3)
+            if o >= o0:
+                # _formula.terms: variances clamped at 0 (NaN kept), contrast factors
+                v_s = m2 - m0 * m0
+                v_d = m3 - m1 * m1
+                v_s = tl.where(v_s < 0.0, 0.0, v_s)
+                v_d = tl.where(v_d < 0.0, 0.0, v_d)
+                if HAS_FLAT:  # UQI: a flat window has no variance, and none to differentiate
+                    is_flat = (v_s + v_d) <= flat * (m2 + m3)
+                    v_s = tl.where(is_flat, 0.0, v_s)
+                    v_d = tl.where(is_flat, 0.0, v_d)
+                c_den = (two_c2 + v_s) + v_d
+                c_num = c_den - 2.0 * v_d
+                mu_s = m0 + a_s
+                mu_d = m1 + a_d
+                # _formula.luminance / similarity_map
+                l_den = (two_c1 + mu_s * mu_s) + mu_d * mu_d
+                l_num = l_den - 2.0 * (mu_d * mu_d)
+                den = l_den * c_den
+                if HAS_EPS:
+                    den = four_eps + den
+                sim = (l_num * c_num) / den
+                sum_s += tl.where(cmask, sim, 0.0)
+                if WRITE_CS:
+                    sum_cs += tl.where(cmask, c_num / c_den, 0.0)
+                at = tl.cast(o, tl.int64) * OW + cols
+                if WRITE_MAP:
+                    tl.store(map_ptr + plane64 * plane_size + at, sim, mask=cmask)
+                if WRITE_TERMS:
+                    tl.store(terms_ptr + plane64 * plane_size + at, mu_s, mask=cmask)
+                    tl.store(terms_ptr + (P + plane64) * plane_size + at, mu_d, mask=cmask)
+                    tl.store(terms_ptr + (2 * P + plane64) * plane_size + at, c_num, mask=cmask)
+                    tl.store(terms_ptr + (3 * P + plane64) * plane_size + at, c_den, mask=cmask)
+                if WRITE_ADJ:
+                    # _formula.adjoints for grad_map = unit
+                    u = (2.0 * unit) / den
+                    if HAS_FLAT:
+                        u = tl.where(c_den == 0.0, 0.0, u)
+                    v = u * sim
+                    a = u * c_num
+                    b = v * c_den
+                    g_cross = u * l_num
+                    g_sq = v * l_den
+                    ab = a - b
+                    a_b = a + b
+                    cd = g_cross - g_sq
+                    c_d = g_cross + g_sq
+                    g_m0 = mu_s * ab - m0 * cd
+                    g_m1 = m1 * c_d - mu_d * a_b
+                    if NEED_X:
+                        tl.store(adj_ptr + plane64 * plane_size + at, g_m0 + g_m1, mask=cmask)
+                    if NEED_Y:
+                        tl.store(adj_ptr + (Y_AT * P + plane64) * plane_size + at, g_m0 - g_m1, mask=cmask)
+                    tl.store(adj_ptr + (SQ_AT * P + plane64) * plane_size + at, g_sq, mask=cmask)
+                    tl.store(adj_ptr + ((SQ_AT + 1) * P + plane64) * plane_size + at, g_cross, mask=cmask)
+                    if WRITE_CSUMS:
+                        sum_c1 += tl.where(cmask, ab, 0.0)
+                        sum_c2 += tl.where(cmask, cd, 0.0)
+        at_tile = plane64 * per_plane + rest
+        tl.store(sums_ptr + at_tile, tl.sum(sum_s, axis=0))
+        if WRITE_CS:
+            tl.store(cs_ptr + at_tile, tl.sum(sum_cs, axis=0))
+        if WRITE_CSUMS:
+            tl.store(csum_ptr + at_tile, tl.sum(sum_c1, axis=0))
+            tl.store(csum_ptr + total + at_tile, tl.sum(sum_c2, axis=0))
+
+
+@triton.jit
+def _spread_row(
+    base,
+    cols,
+    cmask,
+    OW,
+    W,
+    taps_w_ptr,
+    edge,
+    KW: tl.constexpr,
+    PAD_W: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    """The horizontal transpose of one adjoint row at the strip's image columns ``cols``."""
+    out = tl.zeros([BLOCK_W], dtype=tl.float32)
+    for j in tl.static_range(KW):
+        w = tl.load(taps_w_ptr + j)
+        q = cols + (PAD_W - j)
+        g = tl.load(base + q, mask=cmask & (q >= 0) & (q < OW), other=0.0)
+        if edge:  # columns reached through the reflected pads: -c and 2(W-1)-c
+            q = (PAD_W - j) - cols
+            m = cmask & (cols >= 1) & (cols <= PAD_W) & (q >= 0) & (q < OW)
+            g += tl.load(base + q, mask=m, other=0.0)
+            q = (2 * (W - 1) + PAD_W - j) - cols
+            m = cmask & (cols >= W - 1 - PAD_W) & (cols <= W - 2) & (q >= 0) & (q < OW)
+            g += tl.load(base + q, mask=m, other=0.0)
+        out += w * g
+    return out
+
+
+@triton.jit
+def ssim_backward_kernel(
+    adj_ptr,  # [S, P, OH, OW] float32: g_x, g_y (where needed), g_sq, g_cross
+    scale_ptr,  # [N]: the upstream gradient per image (HAS_SCALE)
+    scale_stride,
+    x_ptr,
+    y_ptr,
+    gx_ptr,
+    gy_ptr,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    syn,
+    syc,
+    syh,
+    syw,
+    gxn,
+    gxc,
+    gxh,
+    gxw,
+    gyn,
+    gyc,
+    gyh,
+    gyw,
+    taps_h_ptr,
+    taps_w_ptr,
+    P,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    PAD_H: tl.constexpr,
+    PAD_W: tl.constexpr,
+    KH_P2: tl.constexpr,
+    NEED_X: tl.constexpr,
+    NEED_Y: tl.constexpr,
+    Y_AT: tl.constexpr,
+    SQ_AT: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    strips = tl.cdiv(W, BLOCK_W)
+    per_plane = strips * tl.cdiv(H, BLOCK_H)
+    total = P * per_plane
+    lanes = tl.arange(0, BLOCK_W)
+    slots = tl.arange(0, KH_P2)
+    slot_ok = slots < KH
+    plane_size = OH * OW
+    for tile in range(pid, total, programs):
+        plane = tile // per_plane
+        rest = tile % per_plane
+        band = rest // strips
+        strip = rest % strips
+        n = tl.cast(plane // C, tl.int64)
+        ch = tl.cast(plane % C, tl.int64)
+        xb = x_ptr + n * sxn + ch * sxc
+        yb = y_ptr + n * syn + ch * syc
+        x0 = tl.load(xb).to(tl.float32)
+        y0 = tl.load(yb).to(tl.float32)
+        scale = 1.0
+        if HAS_SCALE:
+            scale = tl.load(scale_ptr + n * scale_stride).to(tl.float32)
+        cols = strip * BLOCK_W + lanes
+        cmask = cols < W
+        edge = (strip * BLOCK_W <= PAD_W) | (strip * BLOCK_W + BLOCK_W >= W - 1 - PAD_W)
+        r0 = band * BLOCK_H
+        r1 = tl.minimum(r0 + BLOCK_H, H)
+        plane64 = tl.cast(plane, tl.int64)
+        acc_x = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        acc_y = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        acc_q = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        acc_c = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        # adjoint row o reaches image rows [o - PAD_H, o - PAD_H + KH - 1]; row r is complete after o = r + PAD_H
+        for o in range(r0 + PAD_H - (KH - 1), r1 + PAD_H):
+            h_x = tl.zeros([BLOCK_W], dtype=tl.float32)
+            h_y = tl.zeros([BLOCK_W], dtype=tl.float32)
+            h_q = tl.zeros([BLOCK_W], dtype=tl.float32)
+            h_c = tl.zeros([BLOCK_W], dtype=tl.float32)
+            if (o >= 0) & (o < OH):
+                row = tl.cast(o, tl.int64) * OW
+                if NEED_X:
+                    h_x = _spread_row(
+                        adj_ptr + plane64 * plane_size + row,
+                        cols,
+                        cmask,
+                        OW,
+                        W,
+                        taps_w_ptr,
+                        edge,
+                        KW,
+                        PAD_W,
+                        BLOCK_W,
+                    )
+                if NEED_Y:
+                    at = (Y_AT * P + plane64) * plane_size + row
+                    h_y = _spread_row(adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, KW, PAD_W, BLOCK_W)
+                at = (SQ_AT * P + plane64) * plane_size + row
+                h_q = _spread_row(adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, KW, PAD_W, BLOCK_W)
+                at = ((SQ_AT + 1) * P + plane64) * plane_size + row
+                h_c = _spread_row(adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, KW, PAD_W, BLOCK_W)
+            # image row r of each slot, and the weight of row o on it (summed over r's preimages)
+            low = o - PAD_H
+            r = low + (slots - ((low % KH) + KH) % KH + KH) % KH
+            i = r + PAD_H - o
+            wv = tl.load(taps_h_ptr + i, mask=slot_ok & (i >= 0) & (i < KH), other=0.0)
+            i = (PAD_H - o) - r
+            m = slot_ok & (r >= 1) & (r <= PAD_H) & (i >= 0) & (i < KH)
+            wv += tl.load(taps_h_ptr + i, mask=m, other=0.0)
+            i = (2 * (H - 1) + PAD_H - o) - r
+            m = slot_ok & (r >= H - 1 - PAD_H) & (r <= H - 2) & (i >= 0) & (i < KH)
+            wv += tl.load(taps_h_ptr + i, mask=m, other=0.0)
+            wv = wv[:, None]
+            if NEED_X:
+                acc_x += wv * h_x[None, :]
+            if NEED_Y:
+                acc_y += wv * h_y[None, :]
+            acc_q += wv * h_q[None, :]
+            acc_c += wv * h_c[None, :]
+            # image row low is complete
+            sel = (slots == ((low % KH) + KH) % KH)[:, None]
+            b_q = tl.sum(tl.where(sel, acc_q, 0.0), axis=0)
+            acc_q = tl.where(sel, 0.0, acc_q)
+            b_c = tl.sum(tl.where(sel, acc_c, 0.0), axis=0)
+            acc_c = tl.where(sel, 0.0, acc_c)
+            b_x = b_q
+            b_y = b_q
+            if NEED_X:
+                b_x = tl.sum(tl.where(sel, acc_x, 0.0), axis=0)
+                acc_x = tl.where(sel, 0.0, acc_x)
+            if NEED_Y:
+                b_y = tl.sum(tl.where(sel, acc_y, 0.0), axis=0)
+                acc_y = tl.where(sel, 0.0, acc_y)
+            if low >= r0:
+                rr = tl.cast(low, tl.int64)
+                xs = tl.load(xb + rr * sxh + cols * sxw, mask=cmask, other=0.0).to(tl.float32) - x0
+                ys = tl.load(yb + rr * syh + cols * syw, mask=cmask, other=0.0).to(tl.float32) - y0
+                # Each difference is exactly 0 for identical images: an exact 0 gradient.
+                b_diff = b_q - b_c
+                if NEED_X:
+                    gx = b_x + 2.0 * (ys - xs) * b_c - 2.0 * xs * b_diff
+                    if HAS_SCALE:
+                        gx = gx * scale
+                    at = gx_ptr + n * gxn + ch * gxc + rr * gxh + cols * gxw
+                    tl.store(at, gx.to(gx_ptr.dtype.element_ty), mask=cmask)
+                if NEED_Y:
+                    gy = b_y + 2.0 * (xs - ys) * b_c - 2.0 * ys * b_diff
+                    if HAS_SCALE:
+                        gy = gy * scale
+                    at = gy_ptr + n * gyn + ch * gyc + rr * gyh + cols * gyw
+                    tl.store(at, gy.to(gy_ptr.dtype.element_ty), mask=cmask)

@@ -1,0 +1,423 @@
+"""How SSIM runs on CUDA: fused Triton kernels for 2-D images ``(N, C, H, W)``.
+
+One kernel per pass (``_triton_kernels``), each reading the images once:
+
+- forward: moments of ``s = x + y`` and ``d = x - y`` less a per-plane shift (the plane's first
+  pixel: ``a_s = x[0,0] + y[0,0]``, ``a_d = x[0,0] - y[0,0]``, read inside the kernels), the
+  window (reflect "same" or "valid", any odd size and taps per axis), ``_formula``'s terms and S,
+  per-tile partial sums (S; cs; for a tensor ``data_range`` g_c1, g_c2) reduced afterwards in a fixed
+  order, and as asked the S map, the terms a backward needs (mu, C_num, C_den), or for a loss the
+  adjoint maps of a unit upstream gradient per image (g_x, g_y where needed, g_sq, g_cross);
+- backward: ``W^T`` of the adjoint maps with the reflect pads folded back, combined into the
+  gradients of x and y in the images' dtype, scaled by the upstream gradient per image.
+
+float16 and bfloat16 images are read as they are and computed in float32; strided and
+channels_last images are read through their strides. No host sync, no float atomics: two runs
+are bit-identical. Triton is imported on first use: ``import ssim_patch.backends`` works without
+it, and :func:`unsupported` says why a call cannot run here. With ``TRITON_INTERPRET=1`` set
+before the first use, the kernels run on CPU tensors (the tests do that).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from types import ModuleType
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ssim_patch import _filters, _formula
+from ssim_patch.backends import _algebra
+from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
+
+#: The images' dtypes the kernels read (float64 is for the other backends).
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel's launch parameters: a tile is ``block_h`` rows by ``block_w`` columns."""
+
+    block_h: int = 64
+    block_w: int = 128
+    num_warps: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    """Launch parameters of both kernels, and the persistent grid's size: at most
+    ``max_programs`` programs (None: ``programs_per_sm`` per multiprocessor; under the
+    interpreter, one per tile), each looping over tiles. ``fp_fusion``: Triton's
+    ``enable_fp_fusion`` (None: Triton's default)."""
+
+    forward: Launch = field(default_factory=Launch)
+    backward: Launch = field(default_factory=Launch)
+    max_programs: Optional[int] = None
+    programs_per_sm: int = 8
+    fp_fusion: Optional[bool] = None
+
+
+#: The configuration every call uses; tests and ``benchmarks/gpu_check.py`` replace it.
+CONFIG = Config()
+
+_KERNELS: Optional[ModuleType] = None
+_IMPORT_ERROR: Optional[str] = None
+
+
+def interpreting() -> bool:
+    """True when Triton's interpreter runs the kernels (``TRITON_INTERPRET=1``): CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _kernels() -> Optional[ModuleType]:
+    """The kernels' module, imported once; None (and ``_IMPORT_ERROR`` set) where triton is missing."""
+    global _KERNELS, _IMPORT_ERROR
+    if _KERNELS is None and _IMPORT_ERROR is None:
+        try:
+            from ssim_patch.backends import _triton_kernels
+        except ImportError as exc:
+            _IMPORT_ERROR = (
+                "triton is not installed" if getattr(exc, "name", "") == "triton" else f"triton: {exc}"
+            )
+        else:
+            _KERNELS = _triton_kernels
+    return _KERNELS
+
+
+def unsupported(x: Tensor, plan: Plan) -> Optional[str]:
+    """Why these kernels cannot compute SSIM of images like ``x`` for ``plan``; None when they can."""
+    if x.ndim != 4 or len(plan.blur.taps) != 2:
+        return f"the Triton kernels take 2-D images (N, C, H, W), not {x.ndim - 2}-D ones"
+    if x.dtype not in DTYPES:
+        name = str(x.dtype).replace("torch.", "")
+        return f"the Triton kernels read float32, float16 and bfloat16 images, not {name}"
+    wanted = "cpu" if interpreting() else "cuda"
+    if x.device.type != wanted:
+        return f"the Triton kernels run on {wanted} tensors here, not {x.device.type} ones"
+    if x.numel() == 0:
+        return "the Triton kernels take non-empty images"
+    if _kernels() is None:
+        return _IMPORT_ERROR
+    return None
+
+
+# --- small device tensors, made once ---------------------------------------------------------
+
+#: The windows' taps as float32 tensors on a device, by (taps, device): a call copies nothing.
+_TAPS: dict[tuple[object, ...], Tensor] = {}
+
+
+def _taps(taps: tuple[float, ...], device: torch.device) -> Tensor:
+    key = (taps, device)
+    found = _TAPS.get(key)
+    if found is None:
+        host = torch.tensor(taps, dtype=torch.float32)
+        if device.type == "cuda":
+            host = host.pin_memory()  # an asynchronous copy: no host sync
+        found = host.to(device, non_blocking=True)
+        if len(_TAPS) >= 64:
+            _TAPS.clear()
+        _TAPS[key] = found
+    return found
+
+
+_SMS: dict[int, int] = {}
+
+
+def _programs(tiles: int, device: torch.device, config: Config) -> int:
+    """The persistent grid's size for ``tiles`` tiles."""
+    cap = config.max_programs
+    if cap is None and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index not in _SMS:
+            _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+        cap = _SMS[index] * config.programs_per_sm
+    return max(1, min(tiles, cap if cap is not None else tiles))
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _block_w(launch: Launch, width: int) -> int:
+    return max(2, min(_pow2(launch.block_w), _pow2(width)))
+
+
+def _options(launch: Launch, config: Config) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_warps": launch.num_warps}
+    if config.fp_fusion is not None and not interpreting():
+        options["enable_fp_fusion"] = config.fp_fusion
+    return options
+
+
+def _scalar(t: Optional[Tensor], like: Tensor) -> Tensor:
+    """A 0-d constant as float32 on the images' device (no copy when it already is)."""
+    if t is None:
+        return like.new_zeros((), dtype=torch.float32)
+    return t.to(device=like.device, dtype=torch.float32).reshape(())
+
+
+def _window(blur: _filters.Blur) -> dict[str, int]:
+    """The window's constexprs: sizes, pads, and the accumulator's slots (a power of 2, >= 2)."""
+    (taps_h, taps_w), (pad_h, pad_w) = blur.taps, blur.pads
+    slots = max(2, _pow2(len(taps_h)))
+    return {"KH": len(taps_h), "KW": len(taps_w), "PAD_H": pad_h, "PAD_W": pad_w, "KH_P2": slots}
+
+
+def _empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    return torch.empty(shape, dtype=torch.float32, device=like.device)
+
+
+# --- the forward -------------------------------------------------------------------------------
+
+
+def forward(
+    x: Tensor,
+    y: Tensor,
+    k: _formula.Constants,
+    plan: Plan,
+    keep: Optional[Needs],
+    config: Optional[Config] = None,
+) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
+    """``(per_image, extra, kept)`` as the protocol's ``forward`` (float32 outputs).
+
+    Kept for a loss (output "ssim"): the adjoint maps ``(S, N, C, *out)`` (g_x if x needs a
+    gradient, g_y if y does, g_sq, g_cross, for a unit upstream gradient per image) and the
+    per-plane sums of g_c1, g_c2 ``(2, N, C)`` (left empty unless c1 or c2 needs a gradient); for
+    the map and cs outputs: mu ``(2, N, C, *out)`` (mu_s, mu_d) and C_num, C_den ``(2, N, C, *out)``.
+    The shifts are read from the images again by the backward."""
+    kernels = _kernels()
+    assert kernels is not None, _IMPORT_ERROR
+    config = config if config is not None else CONFIG
+    launch = config.forward
+    blur, output = plan.blur, plan.output
+    n, channels, h, w = x.shape
+    oh, ow = blur.out_size((h, w))
+    planes = n * channels
+    block_w = _block_w(launch, ow)
+    per_plane = math.ceil(ow / block_w) * math.ceil(oh / launch.block_h)
+    sums = _empty((planes, per_plane), x)
+    cs_sums = _empty((planes, per_plane), x) if output == "cs" else sums
+    full = _empty((n, channels, oh, ow), x) if output == "map" else sums
+    loss = keep is not None and output == "ssim"
+    need_x = keep is not None and keep.x
+    need_y = keep is not None and keep.y
+    c_grads = keep is not None and loss and (keep.c1 or keep.c2)
+    adjoints = _empty((int(need_x) + int(need_y) + 2, n, channels, oh, ow), x) if loss else sums
+    terms = _empty((4, n, channels, oh, ow), x) if keep is not None and not loss else sums
+    c_partial = _empty((2, planes, per_plane), x) if c_grads else sums
+    two_c1 = _scalar(k.two_c1, x)
+    kernels.ssim_forward_kernel[(_programs(planes * per_plane, x.device, config),)](
+        x,
+        y,
+        *x.stride(),
+        *y.stride(),
+        _taps(blur.taps[0], x.device),
+        _taps(blur.taps[1], x.device),
+        two_c1,
+        _scalar(k.two_c2, x),
+        _scalar(k.four_eps, x) if k.four_eps is not None else two_c1,
+        _scalar(k.flat, x) if k.flat is not None else two_c1,
+        1.0 / (channels * oh * ow),  # the S map's gradient for a unit gradient per image
+        sums,
+        cs_sums,
+        c_partial,
+        full,
+        terms,
+        adjoints,
+        planes,
+        channels,
+        h,
+        w,
+        oh,
+        ow,
+        **_window(blur),
+        HAS_EPS=k.four_eps is not None,
+        HAS_FLAT=k.flat is not None,
+        WRITE_MAP=output == "map",
+        WRITE_CS=output == "cs",
+        WRITE_TERMS=keep is not None and not loss,
+        WRITE_ADJ=loss,
+        NEED_X=need_x,
+        NEED_Y=need_y,
+        Y_AT=int(need_x),
+        SQ_AT=int(need_x) + int(need_y),
+        WRITE_CSUMS=c_grads,
+        BLOCK_H=launch.block_h,
+        BLOCK_W=block_w,
+        **_options(launch, config),
+    )
+    size = channels * oh * ow
+    per_image = sums.view(n, -1).sum(1) / size
+    extra: Optional[Tensor] = None
+    if output == "map":
+        extra = full
+    elif output == "cs":
+        extra = cs_sums.view(n, -1).sum(1) / size
+    if keep is None:
+        return per_image, extra, None
+    if loss:
+        c_sums = c_partial.view(2, n, channels, per_plane).sum(-1) if c_grads else _empty((2, n, channels), x)
+        return per_image, extra, (adjoints, c_sums)
+    return per_image, extra, (terms[:2], terms[2:])
+
+
+def kept_like(x: Tensor, plan: Plan, keep: Needs) -> Kept:
+    """Empty tensors shaped and typed as what :func:`forward` keeps for images ``x``."""
+    n, channels, h, w = x.shape
+    oh, ow = plan.blur.out_size((h, w))
+    if plan.output == "ssim":
+        rows = _algebra.adjoint_rows(keep)
+        return _empty((rows, n, channels, oh, ow), x), _empty((2, n, channels), x)
+    return _empty((2, n, channels, oh, ow), x), _empty((2, n, channels, oh, ow), x)
+
+
+# --- the backward ------------------------------------------------------------------------------
+
+
+def shift(x: Tensor, y: Tensor) -> Tensor:
+    """The per-plane shifts ``(2, N, C, 1, 1)`` the kernels use: a_s, a_d of the first pixels."""
+    x0, y0 = x[:, :, :1, :1].float(), y[:, :, :1, :1].float()
+    return torch.stack((x0 + y0, x0 - y0))
+
+
+def backward(
+    x: Tensor,
+    y: Tensor,
+    k: _formula.Constants,
+    kept: Kept,
+    g_image: Optional[Tensor],
+    g_extra: Optional[Tensor],
+    plan: Plan,
+    needs: Needs,
+    config: Optional[Config] = None,
+) -> Grads:
+    """Gradients for x and y (in their dtype) and for c1, c2 (0-d float32), as the protocol's
+    ``backward``, from what :func:`forward` kept."""
+    n, channels, h, w = x.shape
+    oh, ow = plan.blur.out_size((h, w))
+    scale: Optional[Tensor] = None
+    c_grad: Optional[Tensor] = None
+    if plan.output == "ssim":  # the adjoints of a unit gradient per image: scaled in the kernel
+        if g_image is None:
+            return None, None, None, None
+        stack, c_sums = kept
+        scale = g_image.reshape(n)
+        if needs.c1 or needs.c2:
+            c_grad = (c_sums * scale.view(-1, 1)).sum((1, 2))
+    else:
+        mu, contrast = kept
+        grad_map, grad_cs = _algebra.upstream(g_image, g_extra, plan, (n, channels, oh, ow))
+        if grad_map is None and grad_cs is None:
+            return None, None, None, None
+        terms = _formula.Terms(mu, contrast[0], contrast[1])
+        adj = _formula.adjoints(terms, shift(x, y), k, grad_map, grad_cs, needs.x, needs.y)
+        stack = torch.stack([g.expand(n, channels, oh, ow) for g in _algebra.adjoint_stack(adj)])
+        if needs.c1 or needs.c2:
+            c_grad = torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
+    gx = torch.empty_like(x) if needs.x else None
+    gy = torch.empty_like(y) if needs.y else None
+    if gx is not None or gy is not None:
+        _backward_launch(x, y, stack, scale, gx, gy, plan.blur, config or CONFIG)
+    gc1 = c_grad[0] if c_grad is not None and needs.c1 else None
+    gc2 = c_grad[1] if c_grad is not None and needs.c2 else None
+    return gx, gy, gc1, gc2
+
+
+def _backward_launch(
+    x: Tensor,
+    y: Tensor,
+    stack: Tensor,
+    scale: Optional[Tensor],
+    gx: Optional[Tensor],
+    gy: Optional[Tensor],
+    blur: _filters.Blur,
+    config: Config,
+) -> None:
+    """``W^T`` of the adjoint ``stack``, combined into ``gx`` and ``gy`` (where given), times ``scale``."""
+    kernels = _kernels()
+    assert kernels is not None, _IMPORT_ERROR
+    launch = config.backward
+    n, channels, h, w = x.shape
+    oh, ow = blur.out_size((h, w))
+    expected = (int(gx is not None) + int(gy is not None) + 2, n, channels, oh, ow)
+    if tuple(stack.shape) != expected:
+        raise ValueError(f"the adjoint maps are {tuple(stack.shape)}, expected {expected}")
+    stack = stack.to(torch.float32).contiguous()
+    block_w = _block_w(launch, w)
+    tiles = n * channels * math.ceil(w / block_w) * math.ceil(h / launch.block_h)
+    out_x = gx if gx is not None else gy
+    out_y = gy if gy is not None else gx
+    assert out_x is not None and out_y is not None
+    kernels.ssim_backward_kernel[(_programs(tiles, x.device, config),)](
+        stack,
+        scale if scale is not None else stack,
+        scale.stride(0) if scale is not None else 0,
+        x,
+        y,
+        out_x,
+        out_y,
+        *x.stride(),
+        *y.stride(),
+        *out_x.stride(),
+        *out_y.stride(),
+        _taps(blur.taps[0], x.device),
+        _taps(blur.taps[1], x.device),
+        n * channels,
+        channels,
+        h,
+        w,
+        oh,
+        ow,
+        **_window(blur),
+        NEED_X=gx is not None,
+        NEED_Y=gy is not None,
+        Y_AT=int(gx is not None),
+        SQ_AT=int(gx is not None) + int(gy is not None),
+        HAS_SCALE=scale is not None,
+        BLOCK_H=launch.block_h,
+        BLOCK_W=block_w,
+        **_options(launch, config),
+    )
+
+
+def with_config(**changes: Any) -> Config:
+    """:data:`CONFIG` with some fields replaced (``forward=Launch(...)``, ``max_programs=2``, ...)."""
+    return replace(CONFIG, **changes)
+
+
+class TritonBackend:
+    """Fused Triton kernels, 2-D CUDA images (see the module's docstring)."""
+
+    name = "triton"
+    reads_reduced_precision = True
+
+    def unsupported(self, x: Tensor, plan: Plan) -> Optional[str]:
+        return unsupported(x, plan)
+
+    def forward(
+        self, x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs]
+    ) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
+        return forward(x, y, k, plan, keep)
+
+    def kept_like(self, x: Tensor, plan: Plan, keep: Needs) -> Kept:
+        return kept_like(x, plan, keep)
+
+    def backward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        k: _formula.Constants,
+        kept: Kept,
+        g_image: Optional[Tensor],
+        g_extra: Optional[Tensor],
+        plan: Plan,
+        needs: Needs,
+    ) -> Grads:
+        return backward(x, y, k, kept, g_image, g_extra, plan, needs)
+
+
+BACKEND = TritonBackend()
