@@ -1,4 +1,4 @@
-"""Independent float64 SSIM reference, written from the definition (SPEC.md), in numpy.
+"""Independent float64 SSIM reference, written from the definition (docs/semantics.md), in numpy.
 
 Per spatial axis, a 1-D correlation with the window, after mirror padding by (size-1)//2
 ("same", numpy's "reflect": the edge sample is not repeated) or over whole windows only
@@ -127,7 +127,7 @@ def reduce(values: np.ndarray, reduction) -> np.ndarray:
 
 
 def zeroed_border(images):
-    """The SPEC's example target: the images with a one-pixel frame set to 0."""
+    """The README's zeroed-border target: the images with a one-pixel frame set to 0."""
     out = images.clone()
     out[..., 0, :] = 0
     out[..., -1, :] = 0

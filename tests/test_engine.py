@@ -185,7 +185,7 @@ def test_zeroed_border_example():
     out = ssim(x, zeroed_border(x))
     ref = ssim_reference(x.double().numpy(), zeroed_border(x).double().numpy())
     assert abs(out.item() - ref.per_image.mean()) < 2e-6
-    assert round(out.item(), 5) == 0.98349  # SPEC: the corrected value, not 0.99996
+    assert round(out.item(), 5) == 0.98349  # the corrected value (README), not 0.99996
 
 
 def test_second_order_gradients():

@@ -113,7 +113,7 @@ def test_the_figure_shows_what_the_release_gets_wrong(maps):
 
 def test_ssim_maps_show_what_each_score_counts(ssim_maps):
     """On releases with the border crop the unpatched score leaves a 5-px frame of the map out
-    (11-tap Gaussian window); patched, the whole map counts and the score is the SPEC's value."""
+    (11-tap Gaussian window); patched, the whole map counts and the score is the corrected value (0.98349)."""
     maps = ssim_maps
     assert maps.quantity == "ssim" and maps.label == "SSIM"
     assert maps.unpatched.crop == (5 if CROPPED_SSIM else 0)

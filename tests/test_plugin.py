@@ -55,7 +55,7 @@ def test_torchmetrics_gives_the_corrected_ssim():
     for axis in (2, 3):
         target.select(axis, 0).zero_()
         target.select(axis, -1).zero_()
-    assert abs(float(ssim(preds, target)) - 0.98349) < 1e-5  # the SPEC's zeroed-border example
+    assert abs(float(ssim(preds, target)) - 0.98349) < 1e-5  # the README's zeroed-border example
     p3 = torch.rand(2, 1, 32, 40, 48, generator=torch.Generator().manual_seed(1))
     t3 = p3.clone()
     for axis in (2, 3, 4):

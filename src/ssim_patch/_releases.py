@@ -13,7 +13,7 @@ from typing import Optional
 
 from packaging.version import Version
 
-#: Upstream defects, by id (see SPEC.md).
+#: Upstream defects, by id (README.md, Compatibility; docs/semantics.md).
 BUGS: dict[str, str] = {
     "border-crop": "the SSIM map is cropped by the pad after reflect padding: the image border never counts",
     "gaussian-pad": "the pad is sized from the Gaussian window even for a uniform window (NaN for sigma < 1/7)",

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from ssim_patch.engine import Padding
 
-#: The SPEC's zeroed-border example with default arguments: the corrected SSIM (padding="same").
+#: The zeroed-border example (README) with default arguments: the corrected SSIM (padding="same").
 ZEROED_BORDER_SAME = 0.98349
 #: The UQI examples (``rand(2, 3, 40, 36)``, seed 0, its 1-pixel frame set to 0): the corrected
 #: UQI by padding, with the default window and with ``kernel_size=(11, 3), sigma=(1.5, 0.5)``.
@@ -116,7 +116,7 @@ def _once(compute: Callable[[], float]) -> Callable[[], float]:
 
 
 def _border_example() -> tuple[Tensor, Tensor]:
-    """The SPEC's zeroed-border example: ``rand(3, 3, 256, 256)`` (seed 0), its 1-pixel frame set to 0."""
+    """The zeroed-border example: ``rand(3, 3, 256, 256)`` (seed 0), its 1-pixel frame set to 0."""
     import torch
 
     preds = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(0))
@@ -193,7 +193,7 @@ def _uqi_examples(padding: Padding) -> list[_Example]:
 
 
 def _examples(padding: Padding) -> list[_Example]:
-    """The built-in examples: the SPEC's zeroed border (2-D), an anisotropic 3-D one, then UQI's."""
+    """The built-in examples: the zeroed border (2-D), an anisotropic 3-D one, then UQI's."""
     import torch
     import torch.nn.functional as F
     import torchmetrics.functional.image as tmf

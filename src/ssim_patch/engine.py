@@ -1,6 +1,6 @@
 """The corrected SSIM: whole-map SSIM with reflect padding sized from the window actually used.
 
-Semantics (see SPEC.md): per spatial axis i (tensor dim 2+i) a Gaussian window of
+Semantics (docs/semantics.md): per spatial axis i (tensor dim 2+i) a Gaussian window of
 ``2*int(3.5*sigma_i+0.5)+1`` taps or a uniform window of ``kernel_size_i`` taps; "same" padding
 reflects by ``(size_i-1)//2`` so the map has the input's shape, "valid" keeps only windows wholly
 inside the image. SSIM and contrast sensitivity are means over the whole map.
