@@ -57,7 +57,8 @@ def windows_for(nd: int, gaussian_kernel: bool = True, sigma=1.5, kernel_size=11
 def data_range_of(x: Tensor, y: Tensor, data_range) -> tuple[Tensor, Tensor, Union[float, Tensor]]:
     """(preds, target, L) as docs/semantics.md defines them; L is differentiable where it is a tensor."""
     if data_range is None:
-        big = torch.maximum(x.max() - x.min(), y.max() - y.min())
+        # Python's max(), as torchmetrics computes L: on a tie, preds' range (and its gradient).
+        big = max(x.max() - x.min(), y.max() - y.min())
         return x, y, torch.where(big > 0, big, torch.ones_like(big))
     if isinstance(data_range, tuple):
         lo, hi = data_range

@@ -705,7 +705,8 @@ SHOULD_RAISE = {
     "range-tensor-nan": (ValueError,),  # before the fix: NaN
     "sigma-str": (TypeError,),  # before the fix: ValueError "`sigma` has 3 entries (['1', '.', '5'])"
 }
-SHOULD_WORK = ("kernel-numpy", "sigma-numpy", "range-numpy")  # upstream torchmetrics accepts them
+#: Cases upstream torchmetrics accepts (numpy scalars; True, a number to Python): they work patched too.
+SHOULD_WORK = ("kernel-numpy", "sigma-numpy", "range-numpy", "range-bool")
 
 
 def outcome(call: Callable[[Callable[..., Any]], Any], fn: Callable[..., Any]) -> str:
@@ -783,20 +784,23 @@ patched hook); and torchmetrics {version}'s own function, unpatched, for compari
 FOOTER = """
 ## Known gaps
 
-None known. `ssim_patch.ssim` answers every case above with a `ValueError` or `TypeError`, or with a
-number: for numpy scalars, which torchmetrics accepts too (`kernel-numpy`, `sigma-numpy`,
-`range-numpy`), for bool and integer images (computed in float32; upstream fails on them), for a
-target of another dtype (cast to preds' dtype), for a negative `k1` (only its square is used), and
-NaN for `k-zero-flat` (below). `test_no_bad_input_gives_an_internal_error` checks every case,
-`test_bad_input_raises_a_clear_error` the error type of the cases once listed here as gaps (empty
-batch or channels, infinite or tensor ranges, a string sigma), `test_numpy_scalars_work_as_upstream`
-the numpy scalars.
+None known. `ssim_patch.ssim` answers every case above with a `ValueError` (or its subclass
+`ImageTooSmallError`) or `TypeError`, or with a number: for numpy scalars and `data_range=True` (1,
+as Python reads a bool), which torchmetrics accepts too (`kernel-numpy`, `sigma-numpy`,
+`range-numpy`, `range-bool`), for bool and integer images (computed in float32; upstream fails on
+them), for a target of another dtype (cast to preds' dtype), for a negative `k1` (only its square is
+used), and NaN for `k-zero-flat` (below). `test_no_bad_input_gives_an_internal_error` checks every
+case, `test_bad_input_raises_a_clear_error` the error type of the cases once listed here as gaps
+(empty batch or channels, infinite or tensor ranges, a string sigma),
+`test_numpy_scalars_work_as_upstream` the cases torchmetrics accepts.
 
 Other notes:
 - Through the patched torchmetrics function, an argument the installed release rejects itself gets
   that release's own error, type and message unchanged (compare the two torchmetrics columns). The
   patch raises its own error where the release would return a number (`range-zero`, `range-empty`)
-  or fail inside torch with a RuntimeError (`short-same`, `short-depth`).
+  or fail inside torch with a RuntimeError (`short-same`, `short-depth`). An image too small for the
+  window names the other padding: `padding=` for `ssim_patch.ssim`, `ssim_patch.apply(padding=...)`
+  (or the pytest option) through torchmetrics, which has no `padding` argument.
 - A NaN or inf pixel gives NaN for its own image only. With `data_range=None` the range is taken over
   the finite pixels, so the other images score as they would without it
   (`test_nan_inf_pixels_spoil_only_their_image`, and through the patched function and Metric class

@@ -51,7 +51,7 @@ from ssim_patch._releases import (
     UQI_METRIC_UPDATE,
     HookPoint,
 )
-from ssim_patch.engine import _reduce, _ssim_per_image, uqi
+from ssim_patch.engine import ImageTooSmallError, _reduce, _ssim_per_image, uqi
 
 Result = Union[Tensor, tuple[Tensor, Tensor]]
 R = TypeVar("R")
@@ -86,11 +86,14 @@ def _error_for(original: Callable[..., Any], args: tuple[Any, ...], ours: Except
 
 def _or_release_error(original: Callable[..., Any], args: tuple[Any, ...], corrected: Callable[[], R]) -> R:
     """``corrected()``, or where the engine rejects the call, the exception :func:`_error_for`
-    picks for ``original(*args)``."""
+    picks for ``original(*args)`` (an image too small for the window says how to change the
+    patch's padding: torchmetrics' API has no ``padding`` argument)."""
     try:
         return corrected()
+    except ImageTooSmallError as exc:
+        rejected: Exception = exc.through_apply()
     except (ValueError, TypeError) as exc:
-        rejected: Exception = exc
+        rejected = exc
     raise _error_for(original, args, rejected)  # outside the handler: no chained context
 
 

@@ -30,14 +30,40 @@ DataRange = Union[None, float, tuple[float, float], Tensor]
 _AXIS_NAMES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 
 
-def _per_axis(value: object, ndim: int, name: str) -> list[object]:
+def _plain(value: object) -> object:
+    """A numpy scalar or numpy array of one number as the Python number it holds (torchmetrics'
+    arithmetic takes them as that number); anything else unchanged."""
+    if type(value).__module__ == "numpy" and getattr(value, "size", None) == 1:
+        return value.item()  # type: ignore[attr-defined]
+    return value
+
+
+def _host_number(value: object) -> object:
+    """:func:`_plain`, and a one-element tensor as the number it holds: for ``sigma`` and
+    ``kernel_size``, which torchmetrics reads on the host too (its checks compare them in Python)."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return value.item()
+    return _plain(value)
+
+
+def _is_number(value: object) -> bool:
+    """A real number (bool included, as in Python) or a real tensor of one element."""
     if isinstance(value, Tensor):
-        value = value.tolist()
+        return value.numel() == 1 and not value.is_complex()
+    return isinstance(value, numbers.Real)
+
+
+def _per_axis(value: object, ndim: int, name: str) -> list[object]:
+    """``value`` for each of ``ndim`` axes: one number for all, or one per axis; numpy values and
+    tensors count as the numbers they hold."""
+    value = _host_number(value)
+    if isinstance(value, Tensor) or type(value).__module__ == "numpy":
+        value = value.tolist()  # type: ignore[attr-defined]
     if isinstance(value, numbers.Real):
         return [value] * ndim
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise TypeError(f"`{name}` must be a number or {ndim} numbers, got {value!r}.")
-    values = list(value)
+    values = [_host_number(v) for v in value]
     if len(values) != ndim:
         raise ValueError(
             f"`{name}` has {len(values)} entries ({values}) but the images have {ndim} spatial "
@@ -67,19 +93,36 @@ def _check_inputs(preds: Tensor, target: Tensor) -> None:
 
 
 def _window_args(
-    sigma: Union[float, Sequence[float]], kernel_size: Union[int, Sequence[int]], nd: int
+    sigma: Union[float, Sequence[float]],
+    kernel_size: Union[int, Sequence[int]],
+    nd: int,
+    sizes_used: bool = True,
 ) -> tuple[list[float], list[int]]:
-    """``sigma`` and ``kernel_size`` per axis, checked: positive finite sigmas, odd positive sizes."""
+    """``sigma`` and ``kernel_size`` per axis, checked: positive finite sigmas, odd positive sizes.
+
+    Sizes a window does not use (a Gaussian window's; ``sizes_used=False``) are only checked as
+    torchmetrics checks them (a number neither even nor <= 0), and come back as ``[]``."""
     sigmas = _per_axis(sigma, nd, "sigma")
     sizes = _per_axis(kernel_size, nd, "kernel_size")
     for s in sigmas:
-        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0 < float(s) < math.inf:
+        if not isinstance(s, numbers.Real) or not 0 < float(s) < math.inf:
             raise ValueError(f"`sigma` must be positive finite numbers, got {sigmas}.")
     for k in sizes:
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0 or k % 2 == 0:
+        if not _size_ok(k, sizes_used):
             odd = [_odd_above(v) for v in sizes]
             raise ValueError(f"`kernel_size` must be odd positive integers, got {sizes}; try {odd}.")
+    if not sizes_used:
+        return [float(s) for s in sigmas], []  # type: ignore[arg-type]
     return [float(s) for s in sigmas], [int(k) for k in sizes]  # type: ignore[arg-type, call-overload]
+
+
+def _size_ok(size: object, used: bool) -> bool:
+    """An odd positive integer; a size the window does not use passes torchmetrics' own check."""
+    if not isinstance(size, numbers.Real):
+        return False
+    if used:
+        return isinstance(size, numbers.Integral) and int(size) > 0 and int(size) % 2 == 1
+    return not (size % 2 == 0 or size <= 0)
 
 
 def _windows(
@@ -90,7 +133,7 @@ def _windows(
 ) -> list[tuple[bool, float, int, int]]:
     """SSIM's window per axis: (gaussian, sigma, uniform size, window size). Both arguments are
     always checked, as torchmetrics does, whichever window is used."""
-    sigmas, sizes = _window_args(sigma, kernel_size, nd)
+    sigmas, sizes = _window_args(sigma, kernel_size, nd, sizes_used=not gaussian_kernel)
     if gaussian_kernel:
         return [(True, s, 0, _filters.gaussian_size(s)) for s in sigmas]
     return [(False, 0.0, k, k) for k in sizes]
@@ -112,6 +155,24 @@ def _odd_above(value: object) -> int:
     return 1
 
 
+class ImageTooSmallError(ValueError):
+    """An image axis too short for the window with the padding in use. Its message says how to
+    switch padding with the engine's ``padding=`` argument; :meth:`through_apply` says it for a
+    call through torchmetrics, which has no such argument (the patch's padding is set by
+    ``ssim_patch.apply``)."""
+
+    def __init__(self, template: str, switch_to: str) -> None:
+        self.template, self.switch_to = template, switch_to
+        super().__init__(template.format(switch=f"padding={switch_to!r}"))
+
+    def through_apply(self) -> ValueError:
+        """The same error for a call through torchmetrics' API."""
+        p = self.switch_to
+        return ValueError(
+            self.template.format(switch=f"ssim_patch.apply(padding={p!r}) (pytest: --ssim-patch-padding={p})")
+        )
+
+
 def _check_sizes(shape: Sequence[int], windows: list[tuple[bool, float, int, int]], padding: str) -> None:
     nd = len(windows)
     names = _AXIS_NAMES[nd]
@@ -121,16 +182,18 @@ def _check_sizes(shape: Sequence[int], windows: list[tuple[bool, float, int, int
         if padding == "same":
             need = (size - 1) // 2 + 1
             if n < need:
-                raise ValueError(
+                raise ImageTooSmallError(
                     f"Axis {2 + i} ({names[i]}) has size {n}, too short for reflect padding by "
                     f"{need - 1} for a {what}: it needs at least {need}, or use a smaller window "
-                    f"or padding='valid' with at least {size}."
+                    f"or {{switch}} with at least {size}.",
+                    "valid",
                 )
         elif n < size:
-            raise ValueError(
+            raise ImageTooSmallError(
                 f"Axis {2 + i} ({names[i]}) has size {n}, shorter than the {what}: padding='valid' "
-                f"needs at least {size}; use a smaller window or padding='same' (needs "
-                f"{(size - 1) // 2 + 1})."
+                f"needs at least {size}; use a smaller window or {{switch}} (needs "
+                f"{(size - 1) // 2 + 1}).",
+                "same",
             )
 
 
@@ -149,9 +212,13 @@ def _data_range(
     With ``data_range=None`` L is a function of the pixels, and the gradient flows through it.
     """
     if data_range is None:
-        big = torch.maximum(_finite_range(preds), _finite_range(target))
+        preds_range, target_range = _finite_range(preds), _finite_range(target)
+        # torchmetrics' Python max(preds_range, target_range): preds' range unless target's is
+        # larger, so on a tie L (and the gradient through it) is preds' range.
+        big = torch.where(target_range > preds_range, target_range, preds_range)
         # A batch with no range at all (both images constant) scores with L=1 instead of 0/0.
         return preds, target, torch.where(big > 0, big, 1.0)
+    data_range = _plain(data_range)  # type: ignore[assignment]
     if isinstance(data_range, Tensor):
         if data_range.numel() != 1:
             raise ValueError(
@@ -162,18 +229,37 @@ def _data_range(
             _check_positive(readable)
         return preds, target, data_range.reshape(()).to(device=preds.device, dtype=preds.dtype)
     if isinstance(data_range, (tuple, list)):
-        if len(data_range) != 2 or not all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in data_range
+        lo, hi = _bounds(data_range, preds)
+        if (
+            isinstance(lo, float)
+            and isinstance(hi, float)
+            and not (math.isfinite(lo) and math.isfinite(hi) and hi > lo)
         ):
-            raise ValueError(f"`data_range` as a range must be two numbers (lo, hi), got {data_range!r}.")
-        lo, hi = (float(v) for v in data_range)
-        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
             raise ValueError(f"`data_range` (lo, hi) needs finite lo < hi, got {data_range!r}.")
-        return preds.clamp(lo, hi), target.clamp(lo, hi), hi - lo
-    if isinstance(data_range, numbers.Real) and not isinstance(data_range, bool):
+        return preds.clamp(lo, hi), target.clamp(lo, hi), hi - lo  # type: ignore[arg-type]
+    if isinstance(data_range, numbers.Real):
         _check_positive(float(data_range))
         return preds, target, float(data_range)
     raise TypeError(f"`data_range` must be None, a positive number or a (lo, hi) tuple, got {data_range!r}.")
+
+
+def _bounds(data_range: Sequence[object], like: Tensor) -> tuple[Union[float, Tensor], Union[float, Tensor]]:
+    """A (lo, hi) range as two floats where both can be read without a sync, else as two 0-d
+    tensors in ``like``'s dtype and device (unchecked, differentiable: tensor bounds stay tensors,
+    as in torchmetrics, where the gradient reaches them through the clamp and hi - lo)."""
+    values = [_plain(v) for v in data_range]
+    if len(values) != 2 or not all(_is_number(v) for v in values):
+        raise ValueError(f"`data_range` as a range must be two numbers (lo, hi), got {data_range!r}.")
+    lo, hi = (_readable(v) for v in values)  # type: ignore[arg-type]
+    if lo is not None and hi is not None:
+        return lo, hi
+
+    def as_tensor(v: object) -> Tensor:
+        if isinstance(v, Tensor):
+            return v.reshape(()).to(dtype=like.dtype, device=like.device)
+        return torch.full((), float(v), dtype=like.dtype, device=like.device)  # type: ignore[arg-type]
+
+    return as_tensor(values[0]), as_tensor(values[1])
 
 
 def _check_positive(value: float) -> None:
@@ -195,20 +281,30 @@ def _readable(value: Union[float, Tensor]) -> Optional[float]:
 
 
 def _constants(
-    big_l: Union[float, Tensor], k1: float, k2: float, dtype: torch.dtype
+    big_l: Union[float, Tensor], k1: object, k2: object, like: Tensor
 ) -> tuple[Union[float, Tensor], Union[float, Tensor]]:
-    """c1 = (k1 L)^2 and c2 = (k2 L)^2; a ValueError where a nonzero one underflows to 0 (SSIM would
-    then be 0/0 on flat windows), checked wherever L can be read."""
-    c1, c2 = (k1 * big_l) ** 2, (k2 * big_l) ** 2
-    for name, k, c in (("k1", k1, c1), ("k2", k2, c2)):
+    """c1 = (k1 L)^2 and c2 = (k2 L)^2: floats where they can be read without a sync, else 0-d
+    tensors in ``like``'s dtype and device (``k1``, ``k2``: numbers or one-element tensors, as in
+    torchmetrics). A ValueError where a nonzero one underflows to 0 (SSIM would then be 0/0 on flat
+    windows), checked wherever it can be read."""
+    constants: list[Union[float, Tensor]] = []
+    for name, k in (("k1", _plain(k1)), ("k2", _plain(k2))):
+        if not _is_number(k):
+            raise TypeError(f"`{name}` must be a number, got {k!r}.")
+        c: Union[float, Tensor] = (k * big_l) ** 2  # type: ignore[operator]
         value = _readable(c)
-        if value is not None and k != 0 and value < _SMALLEST[dtype]:
+        if value is not None and _readable(k) != 0 and value < _SMALLEST[like.dtype]:  # type: ignore[arg-type]
             raise ValueError(
                 f"`data_range`={_readable(big_l)!r} with {name}={k!r} gives ({name} * data_range)^2 = "
-                f"{value:.3g}, which is 0 in {str(dtype).replace('torch.', '')}: SSIM would be 0/0 on flat "
-                "windows. Express the images and data_range in a larger unit (e.g. both times 1e6)."
+                f"{value:.3g}, which is 0 in {str(like.dtype).replace('torch.', '')}: SSIM would be 0/0 on "
+                "flat windows. Express the images and data_range in a larger unit (e.g. both times 1e6)."
             )
-    return c1, c2
+        if value is None:
+            assert isinstance(c, Tensor)  # only a tensor can be unreadable
+            constants.append(c.reshape(()).to(dtype=like.dtype, device=like.device))
+        else:
+            constants.append(value)
+    return constants[0], constants[1]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -245,7 +341,7 @@ def _ssim_per_image(
     out_dtype = preds.dtype if preds.is_floating_point() else torch.float32
     dtype = _compute_dtype(preds.dtype)
     x, y, big_l = _data_range(preds.to(dtype), target.to(dtype), data_range)
-    c1, c2 = _constants(big_l, k1, k2, dtype)
+    c1, c2 = _constants(big_l, k1, k2, x)
     output: Output = "map" if return_full_image else "cs" if return_contrast_sensitivity else "ssim"
     per_image, extra = _op.similarity(x, y, c1, c2, Plan(_blur(windows, padding), output=output))
     if extra is None:
