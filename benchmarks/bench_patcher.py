@@ -1,4 +1,4 @@
-"""What the patcher's bookkeeping and the pytest plugin cost (issue 12, items 2 and 4).
+"""What the patcher's bookkeeping and the pytest plugin cost, against their floors.
 
 ``plugin``: wall time of ``python -m pytest`` on a torch-free suite (trivial tests in a temporary
 folder, one of which checks that torch was never imported), with the plugin on (the default), with

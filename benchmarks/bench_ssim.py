@@ -145,7 +145,7 @@ def run_count(args: argparse.Namespace, modes: Sequence[str]) -> int:
         log(f"wrote the section {report.COUNT_HEADING!r} of {args.out}")
     failing = sum(not row.floor_holds() for row in rows)
     print(
-        f"issue 11's floor (patched <= unpatched in all three): {len(rows) - failing} of {len(rows)} rows hold"
+        f"the launch/byte floor (patched <= unpatched in all three): {len(rows) - failing} of {len(rows)} rows hold"
     )
     return 0
 

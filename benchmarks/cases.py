@@ -13,7 +13,7 @@ Shape = tuple[int, ...]
 CPU_SHAPES: tuple[Shape, ...] = ((8, 3, 256, 256), (1, 1, 1024, 1024), (32, 1, 64, 64), (2, 1, 64, 64, 64))
 CUDA_SHAPES: tuple[Shape, ...] = ((16, 3, 512, 512), *CPU_SHAPES)
 QUICK_SHAPES: tuple[Shape, ...] = ((2, 3, 32, 32), (2, 1, 16, 16, 16))
-#: The shapes of issue 11's launch/byte floor (counted on ``device="meta"``).
+#: The shapes of the launch/byte floor (counted on ``device="meta"``).
 COUNT_SHAPES: tuple[Shape, ...] = ((16, 3, 512, 512), (32, 1, 64, 64), (2, 1, 64, 64, 64))
 #: The shapes ``gpu_check.py`` times on a GPU.
 GPU_CHECK_SHAPES: tuple[Shape, ...] = ((16, 3, 512, 512), (5, 3, 1080, 1920), (2, 1, 96, 96, 96))

@@ -1,4 +1,4 @@
-"""One GPU check of the patched SSIM (issue 11), in under 5 minutes on one GPU.
+"""One GPU check of the patched SSIM, in under 5 minutes on one GPU.
 
 (a) No host sync: ``torch.cuda.set_sync_debug_mode("error")`` around the patched functional SSIM
     (2-D and 3-D), the ``StructuralSimilarityIndexMeasure`` Metric class (``update`` + ``compute``)
@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line's options."""
     parser = argparse.ArgumentParser(
         prog="python benchmarks/gpu_check.py",
-        description="Host syncs, TF32 accuracy and timings of the patched SSIM on one GPU (issue 11).",
+        description="Host syncs, TF32 accuracy and timings of the patched SSIM on one GPU.",
     )
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a dry run")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 1-2 rounds (a dry run)")

@@ -2,7 +2,7 @@
 
 On meta tensors ssim_patch takes its non-CPU path (one piece of work, as on CUDA), nothing is
 computed, and :class:`~benchmarks.dispatch_count.DispatchCounter` sees every aten op of the call
-(forward, and the backward of ``(1 - ssim)`` for the ``backward`` pass). Issue 11's floor: patched
+(forward, and the backward of ``(1 - ssim)`` for the ``backward`` pass). The floor: patched
 <= unpatched in ops dispatched, in ops that write, and in bytes written, for every shape and pass.
 """
 
@@ -28,7 +28,7 @@ class CountRow:
     patched: OpCounts
 
     def floor_holds(self) -> bool:
-        """Issue 11's floor: patched <= unpatched in ops, ops that write, and bytes written."""
+        """The floor: patched <= unpatched in ops, ops that write, and bytes written."""
         u, p = self.unpatched, self.patched
         return p.ops <= u.ops and p.writing_ops <= u.writing_ops and p.bytes_written <= u.bytes_written
 

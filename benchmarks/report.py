@@ -205,7 +205,7 @@ An op *writes* when it returns a tensor that shares no storage with its inputs, 
 argument (in-place ops, `out=`: the mutated tensor counts); views and metadata ops write nothing,
 and bare allocations (`empty`, `new_empty`) write nothing and launch nothing (the op that fills the
 buffer counts). Each op that writes is at least one kernel launch on CUDA; `MiB written` sums the
-sizes of the tensors written (reads are not counted). Issue 11's floor: patched <= unpatched in all
+sizes of the tensors written (reads are not counted). The floor: patched <= unpatched in all
 three, for every row (`floor holds`)."""
 
 

@@ -1,4 +1,4 @@
-"""Issue 11's floor, counted on ``device="meta"``: the patched SSIM dispatches no more aten ops and
+"""The launch/byte floor, counted on ``device="meta"``: the patched SSIM dispatches no more aten ops and
 writes no more bytes than torchmetrics 1.9.0's own, forward and forward+backward.
 
 On meta tensors the engine takes its non-CPU path and nothing is computed, so these counts are
@@ -73,7 +73,7 @@ def test_counter_sees_the_backward() -> None:
 @pytest.fixture(scope="module")
 def contenders() -> dict[str, Contender]:
     if version("torchmetrics") != "1.9.0":
-        pytest.skip("issue 11's floor is measured against torchmetrics 1.9.0")
+        pytest.skip("the launch/byte floor is measured against torchmetrics 1.9.0")
     return make_contenders(COUNTED)
 
 
