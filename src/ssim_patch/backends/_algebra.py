@@ -100,17 +100,31 @@ def combine(
     xs: Tensor,
     ys: Tensor,
     out: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
+    in_place: bool = False,
 ) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """``grad_x = W^T g_x - 2 xs W^T g_sq + 2 ys W^T g_cross`` and the same for y (x, y swapped),
-    ``xs``, ``ys`` the images less their shifts; written into ``out`` where given."""
+    """The image gradients from ``W^T`` of the adjoint maps, ``xs``, ``ys`` the images less their
+    shifts, in the form that is exactly 0 for identical images (``ys - xs`` is 0, and so are
+    ``W^T g_x`` and ``W^T g_sq - W^T g_cross``, term by term)::
+
+        grad_x = W^T g_x + 2 (ys - xs) W^T g_cross - 2 xs (W^T g_sq - W^T g_cross)
+
+    and the same for y (x, y swapped). (Two fused multiply-adds ``- 2 xs W^T g_sq + 2 ys W^T g_cross``
+    would leave the rounding residue of the first product.) Written into ``out`` where given;
+    ``in_place``: ``back`` is scratch and may be overwritten (no autograd through it)."""
     bx, by, sq, cross = back
+    if bx is None and by is None:
+        return None, None
+    d_sq = sq.sub_(cross) if in_place else sq - cross
     grads: list[Optional[Tensor]] = []
     for b, own, other, o in ((bx, xs, ys, out[0]), (by, ys, xs, out[1])):
         if b is None:
             grads.append(None)
-            continue
-        first = torch.addcmul(b, own, sq, value=-2, out=o) if o is not None else b.addcmul(own, sq, value=-2)
-        grads.append(first.addcmul_(other, cross, value=2))
+        elif in_place:
+            g = torch.sub(other, own, out=o) if o is not None else other - own
+            grads.append(g.mul_(cross).mul_(2).add_(b).addcmul_(own, d_sq, value=-2))
+        else:
+            g = b + 2 * (other - own) * cross - 2 * own * d_sq
+            grads.append(g if o is None else o.copy_(g))
     return grads[0], grads[1]
 
 

@@ -3,11 +3,11 @@ them: the route a call takes, the casts, setup_context, the written-out backward
 
 Routes (chosen in :func:`use_traced`, the only place):
 
-- **traced**: plain differentiable ops (:mod:`ssim_patch.backends.traced`), while
-  ``torch.compile`` traces, a ``torch.func`` transform is active or forward-mode AD is on, and for
-  every call when ``SSIM_PATCH_BACKEND=traced``. Autograd, every transform and inductor's fusion
-  then see ordinary operations.
-- **fused**: the chosen backend's forward and backward (:func:`_fused`), no autograd inside. When
+- **traced**: plain differentiable ops (:mod:`ssim_patch.backends.traced`) and autograd through
+  them, while ``torch.compile`` traces, a ``torch.func`` transform is active or forward-mode AD is
+  on. Autograd, every transform and inductor's fusion then see ordinary operations.
+- **fused**: the chosen backend's forward and backward (:func:`_fused`), no autograd inside (for
+  ``SSIM_PATCH_BACKEND=traced``, plain ops and their written-out derivative). When
   a gradient is needed it runs inside :class:`_Similarity`, whose backward is the backend's. A
   double backward, or a backward under a transform, recomputes through
   :func:`ssim_patch.backends.traced.gradients`.
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ssim_patch import _formula, backends
-from ssim_patch.backends import _algebra, traced
+from ssim_patch.backends import _algebra, _custom_op, traced
 from ssim_patch.backends._protocol import REDUCED, Backend, Needs, Plan, Scalar, compute_dtype
 
 
@@ -48,26 +48,30 @@ def similarity(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tupl
     cs ``(N,)`` as ``plan.output`` asks (else None), in the compute dtype. ``x``, ``y``:
     ``(N, C, *spatial)``, the same floating dtype and device; ``c1``, ``c2``: numbers or 0-d
     tensors in the compute dtype."""
-    if use_traced(None):
+    if use_traced():
         a, b = _cast(x, y, traced.BACKEND)
         return traced.similarity(a, b, c1, c2, plan)
+    if _custom_op.AVAILABLE:  # the op chooses the backend and casts, eagerly and when compiled
+        return _custom_op.similarity(x, y, c1, c2, plan)
     backend = backends.choose(x, plan)
     a, b = _cast(x, y, backend)
-    if use_traced(backend):
-        return traced.similarity(a, b, c1, c2, plan)
     return _fused(a, b, c1, c2, plan, backend)
 
 
-def use_traced(backend: Optional[Backend]) -> bool:
-    """The route: True for the traced one. Asked first without a backend (a trace or transform is
-    active: no backend is chosen), then with the chosen one (``SSIM_PATCH_BACKEND=traced``).
+def use_traced() -> bool:
+    """The route, chosen here only: True for the traced one (autograd through plain ops, no
+    backend chosen), while a trace or a transform is active (:func:`tracing`). Else the chosen
+    backend runs in :func:`_fused` (``SSIM_PATCH_BACKEND=traced`` too: its forward in plain ops,
+    its backward :func:`ssim_patch.backends.traced.gradients`).
 
-    A torch.library custom op (see ``_custom_op``, where torch has ``torch.library.custom_op``)
-    would take the fused route under ``torch.compile`` too, leaving the traced one to active
-    ``torch.func`` transforms and forward AD."""
-    if backend is None:
+    Where torch has ``torch.library.custom_op`` the fused route is the custom op of
+    :mod:`ssim_patch.backends._custom_op` (around the same backends), eagerly and under
+    ``torch.compile`` alike, where it is one opaque op in the graph: the traced route is left to
+    active ``torch.func`` transforms and forward AD. On an older torch a trace takes it too."""
+    if not _custom_op.AVAILABLE:
         return tracing()
-    return backend.name == traced.BACKEND.name
+    level: int = getattr(torch.autograd.forward_ad, "_current_level", -1)
+    return transforms_active() or level >= 0
 
 
 def _cast(x: Tensor, y: Tensor, backend: Backend) -> tuple[Tensor, Tensor]:

@@ -204,7 +204,7 @@ class ConvBackend:
         if needs.x or needs.y:
             back = _algebra.unstack(conv_blur_adjoint(adj_stack, plan.blur, x), needs.x, needs.y)
             ax, ay = _algebra.own_shifts(held.shift)
-            gx, gy = _algebra.combine(back, x - ax, y - ay)
+            gx, gy = _algebra.combine(back, x - ax, y - ay, in_place=True)
             if up.scale is not None:
                 gx, gy = (None if g is None else g.mul_(up.scale) for g in (gx, gy))
         return gx, gy, (c_sums[0] if needs.c1 else None), (c_sums[1] if needs.c2 else None)

@@ -302,7 +302,9 @@ class CpuBackend:
             if needs.x or needs.y:
                 targets = (None if gx is None else gx[p0:p1], None if gy is None else gy[p0:p1])
                 back = _algebra.unstack(band.adjoint(stacked), needs.x, needs.y)
-                _algebra.combine(back, xp[p0:p1] - own[0][p0:p1], yp[p0:p1] - own[1][p0:p1], targets)
+                _algebra.combine(
+                    back, xp[p0:p1] - own[0][p0:p1], yp[p0:p1] - own[1][p0:p1], targets, in_place=True
+                )
                 if scale_p is not None:
                     for g in targets:
                         if g is not None:

@@ -2,12 +2,11 @@
 3-D, float32 and float64, under autograd, every ``torch.func`` transform, forward-mode AD and
 ``torch.compile`` (inductor fuses the taps).
 
-The route :mod:`ssim_patch.backends._op` takes while a trace or a transform is active, on a torch
-without the fused route's needs, and for every call when ``SSIM_PATCH_BACKEND=traced``: then
-autograd differentiates :func:`similarity` itself. :func:`gradients` is the same derivative
-written out in these ops, recomputed from the inputs: the double backward and the backward under
-a transform of the other backends. As a :class:`~ssim_patch.backends._protocol.Backend` it keeps
-nothing and its backward recomputes.
+The traced route of :mod:`ssim_patch.backends._op` (autograd through :func:`similarity`) while a
+trace or a transform is active. :func:`gradients` is the same derivative written out in these
+ops, recomputed from the inputs: the double backward and the backward under a transform of every
+backend, and this backend's own backward (``SSIM_PATCH_BACKEND=traced``: plain ops for the forward,
+nothing kept, the backward recomputed).
 """
 
 from __future__ import annotations

@@ -1,0 +1,197 @@
+"""The backends (``ssim_patch.backends``): every backend that runs on CPU tensors (cpu, conv
+forced on CPU, traced) against the float64 autograd reference in reference_torch.py, values and
+gradients of every output, 2-D and 3-D; identical images give a gradient of exactly 0 on each;
+``SSIM_PATCH_BACKEND`` and its errors; what auto picks."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import reference_torch as ref
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import ssim_patch
+from ssim_patch import _filters, backends
+from ssim_patch.backends._protocol import Needs, Plan
+
+#: The backends that run on CPU tensors.
+CPU_BACKENDS = ["cpu", "conv", "traced"]
+REL = 1e-10  # float64, relative to the largest entry of the reference
+
+WINDOWS = {
+    "2d-gauss": ((2, 3, 21, 18), dict(sigma=1.5)),
+    "2d-uniform-aniso": ((1, 2, 16, 13), dict(gaussian_kernel=False, kernel_size=(3, 7))),
+    "3d-gauss-aniso": ((2, 1, 9, 11, 12), dict(sigma=(0.6, 1.0, 1.3))),
+    "3d-uniform": ((1, 2, 8, 9, 7), dict(gaussian_kernel=False, kernel_size=3)),
+}
+OUTPUTS = {"ssim": {}, "map": {"return_full_image": True}, "cs": {"return_contrast_sensitivity": True}}
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request, monkeypatch):
+    monkeypatch.setenv(backends.ENV, request.param)
+    return request.param
+
+
+def _pair(shape, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    y = 0.6 * x + 0.4 * torch.rand(shape, generator=g, dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+def _close(got, expected):
+    scale = float(expected.abs().max())
+    err = float((got - expected).abs().max())
+    assert err <= REL * scale + 1e-14, f"max error {err:.3g} against a size of {scale:.3g}"
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("output", list(OUTPUTS))
+@pytest.mark.parametrize("window", list(WINDOWS))
+def test_values_and_gradients_match_the_reference(window, output, padding, backend):
+    shape, kw = WINDOWS[window]
+    x, y = _pair(shape)
+    r = torch.tensor(1.3, dtype=torch.float64)
+    a, b, rg = x.clone().requires_grad_(), y.clone().requires_grad_(), r.clone().requires_grad_()
+    out = ssim_patch.ssim(a, b, data_range=rg, padding=padding, reduction="none", **kw, **OUTPUTS[output])
+    ra, rb, rr = x.clone().requires_grad_(), y.clone().requires_grad_(), r.clone().requires_grad_()
+    per_image, maps, cs = ref.ssim(ra, rb, data_range=rr, padding=padding, **kw)
+    expected = {"ssim": (per_image,), "map": (per_image, maps), "cs": (per_image, cs)}[output]
+    got = out if isinstance(out, tuple) else (out,)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and g.dtype == torch.float64
+        _close(g.detach(), e.detach())
+    weights = [torch.linspace(0.5, 1.5, e.numel(), dtype=torch.float64).view(e.shape) for e in expected]
+    grads = torch.autograd.grad(sum((g * w).sum() for g, w in zip(got, weights)), (a, b, rg))
+    ref_grads = torch.autograd.grad(sum((e * w).sum() for e, w in zip(expected, weights)), (ra, rb, rr))
+    for g, e in zip(grads, ref_grads):
+        _close(g, e)
+
+
+SHAPES = [(1, 1, 16, 16), (2, 3, 23, 19), (1, 2, 40, 33), (1, 1, 7, 8, 9), (2, 2, 9, 11, 12)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
+@pytest.mark.parametrize("data_range", [None, 1.0])
+def test_identical_images_give_a_gradient_of_exactly_zero(shape, dtype, data_range, backend):
+    x = _pair(shape, seed=3, dtype=dtype)[0]
+    for output in OUTPUTS.values():
+        preds = x.clone().requires_grad_()
+        out = ssim_patch.ssim(preds, x.clone(), data_range=data_range, reduction="none", **output)
+        loss = sum(o.sum() for o in out) if isinstance(out, tuple) else out.sum()
+        (g,) = torch.autograd.grad(loss, preds)
+        assert g.abs().max().item() == 0.0, (output, g.abs().max().item())
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out = ssim_patch.ssim(a, b, data_range=data_range, reduction="none", **output)
+        loss = sum(o.sum() for o in out) if isinstance(out, tuple) else out.sum()
+        ga, gb = torch.autograd.grad(loss, (a, b))
+        assert ga.abs().max().item() == 0.0 and gb.abs().max().item() == 0.0, output
+
+
+def test_reduced_precision_is_computed_in_float32(backend):
+    """float16 / bfloat16 images give what their float32 values give (the cast is the op's)."""
+    x, y = _pair((2, 3, 20, 17), seed=4, dtype=torch.float16)
+    for dtype in (torch.float16, torch.bfloat16):
+        a, b = x.to(dtype), y.to(dtype)
+        got = ssim_patch.ssim(a, b, data_range=1.0, reduction="none")
+        want = ssim_patch.ssim(a.float(), b.float(), data_range=1.0, reduction="none")
+        assert got.dtype == dtype
+        assert torch.equal(got, want.to(dtype))
+        pa = a.clone().requires_grad_()
+        ssim_patch.ssim(pa, b, data_range=1.0).backward()
+        assert pa.grad is not None and pa.grad.dtype == dtype
+
+
+# --- SSIM_PATCH_BACKEND ------------------------------------------------------------------------
+
+
+def _plan():
+    taps = _filters.gaussian_taps(1.5, 11)
+    return Plan(_filters.Blur((taps, taps), "same"))
+
+
+@pytest.mark.parametrize(
+    ("value", "name"), [("", "auto"), ("auto", "auto"), (" Conv ", "conv"), ("CPU", "cpu")]
+)
+def test_the_variable_names_a_backend(value, name, monkeypatch):
+    monkeypatch.setenv(backends.ENV, value)
+    assert backends.requested() == name
+
+
+def test_unset_is_auto(monkeypatch):
+    monkeypatch.delenv(backends.ENV, raising=False)
+    assert backends.requested() == "auto"
+    assert backends.choose(torch.empty(1, 1, 8, 8), _plan()).name == "cpu"
+
+
+def test_an_unknown_name_raises_with_the_value_and_the_names(monkeypatch):
+    monkeypatch.setenv(backends.ENV, "cuda")
+    x = torch.rand(1, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"SSIM_PATCH_BACKEND='cuda' is not a backend") as info:
+        ssim_patch.ssim(x, x)
+    for name in backends.NAMES:
+        assert name in str(info.value)
+
+
+def test_a_forced_backend_that_cannot_run_the_call_says_why_and_what_can(monkeypatch):
+    monkeypatch.setenv(backends.ENV, "cpu")
+    x = torch.empty(1, 1, 16, 16, device="meta")
+    with pytest.raises(RuntimeError) as info:
+        ssim_patch.ssim(x, x, data_range=1.0)
+    message = str(info.value)
+    assert message.startswith(
+        "SSIM_PATCH_BACKEND=cpu cannot compute SSIM of (1, 1, 16, 16) float32 images on meta"
+    )
+    assert "CPU tensors only" in message
+    assert "Backends that can: " in message and "conv" in message and "traced" in message
+
+
+def test_auto_picks_cpu_for_cpu_tensors_and_conv_for_other_devices(monkeypatch):
+    monkeypatch.setenv(backends.ENV, "auto")
+    plan = _plan()
+    assert backends.choose(torch.empty(2, 3, 16, 16), plan).name == "cpu"
+    assert backends.choose(torch.empty(2, 3, 16, 16, dtype=torch.float64), plan).name == "cpu"
+    assert backends.choose(torch.empty(2, 3, 8, 16, 16, device="meta"), plan).name == "conv"
+    assert backends.choose(torch.empty(2, 3, 16, 16, device="meta"), plan).name == "conv"
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_a_forced_backend_runs_every_call(name, monkeypatch):
+    monkeypatch.setenv(backends.ENV, name)
+    assert backends.choose(torch.empty(2, 3, 16, 16), _plan()).name == name
+
+
+def test_every_backend_keeps_what_kept_like_says():
+    """The shapes and dtypes a fake implementation gets from ``kept_like`` are those kept."""
+    x, y = _pair((2, 3, 12, 10), dtype=torch.float32)
+    k = ssim_patch.backends._op.constants(1e-4, 9e-4, _plan(), x)
+    for name in CPU_BACKENDS:
+        be = backends.load(name)
+        assert not isinstance(be, str)
+        for output in ("ssim", "map", "cs"):
+            taps = _filters.uniform_taps(3)
+            plan = Plan(_filters.Blur((taps, taps), "valid"), output=output)  # type: ignore[arg-type]
+            for keep in (Needs(True, False, False, False), Needs(True, True, True, True)):
+                _, _, kept = be.forward(x, y, k, plan, keep)
+                assert kept is not None
+                like = be.kept_like(x, plan, keep)
+                assert [(t.shape, t.dtype) for t in kept] == [(t.shape, t.dtype) for t in like], (
+                    name,
+                    output,
+                )
+
+
+def test_no_fake_tensor_warning_from_the_cpu_backend(monkeypatch):
+    """The CPU backend's filter cache is not keyed on a fake tensor's address (a warning now, an
+    error in a later torch)."""
+    monkeypatch.setenv(backends.ENV, "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with FakeTensorMode():
+            x = torch.empty(2, 3, 32, 32, requires_grad=True)
+            ssim_patch.ssim(x, torch.empty(2, 3, 32, 32), data_range=1.0).backward()
