@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from ssim_patch import _filters, _formula
 from ssim_patch.backends import _algebra
@@ -87,9 +88,12 @@ class BandBlur:
         return _filters.reflect_pad(t, self.blur.pads[1:])
 
     def filter(self, stack: Tensor) -> Tensor:
-        """Correlate every axis of a gathered, padded stack ``(S, P, *padded)``; a buffer view."""
-        key = (stack.data_ptr(), tuple(stack.shape), tuple(stack.stride()))
-        passes = self._filters.get(key)
+        """Correlate every axis of a gathered, padded stack ``(S, P, *padded)``; a buffer view.
+
+        The passes are kept by the stack's address, shape and strides; a fake tensor (shape
+        inference) has no address, and its passes are made each time and not kept."""
+        key = None if is_fake(stack) else (stack.data_ptr(), tuple(stack.shape), tuple(stack.stride()))
+        passes = None if key is None else self._filters.get(key)
         if passes is None:
             passes = []
             nd = len(self.blur.taps)
@@ -101,7 +105,8 @@ class BandBlur:
                 out = self.work.take(f"blur-{i % 2}", tuple(shape), stack)
                 passes.append((out, [src.narrow(dim, j, shape[dim]) for j in range(len(taps))], taps))
                 src = out
-            self._filters[key] = passes
+            if key is not None:
+                self._filters[key] = passes
         for out, sources, taps in passes:
             torch.mul(sources[0], taps[0], out=out)
             for source, w in zip(sources[1:], taps[1:]):
