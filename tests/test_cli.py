@@ -148,6 +148,33 @@ def test_console_script_is_installed():
     assert script, "the ssim-patch console script is not installed: pip install -e ."
 
 
+def test_check_text_shows_the_digits_in_which_patched_and_reference_agree():
+    """float32 against float64: 0.8947744 and 0.8947758 agree to 1.4e-6, but rounded to 5 decimals
+    they would read 0.89477 and 0.89478. The text shows 7 decimals and the difference."""
+    check = cli.Check(
+        "UQI zeroed border",
+        "universal_image_quality_index",
+        unpatched=0.99969,
+        patched=0.89477444,
+        reference=0.89477576,
+        abs_error=0.89477576 - 0.89477444,
+        ok=True,
+    )
+    report = cli.Report(ssim_patch="0", torchmetrics="1.9.0", supported=True, checks=[check])
+    lines = cli.render(report).splitlines()
+    header = next(line for line in lines if line.startswith("UQI zeroed border"))
+    assert header.split()[-5:] == ["unpatched", "patched", "reference", "|diff|", "ok"]
+    row = next(line for line in lines if "universal_image_quality_index" in line)
+    assert row.split() == [
+        "universal_image_quality_index",
+        "0.9996900",
+        "0.8947744",
+        "0.8947758",
+        "1.3e-06",
+        "yes",
+    ]
+
+
 def test_check_text_valid_padding_and_state_restored(capsys):
     before = _patcher._snapshot()
     assert cli.main(["check", "--padding", "valid"]) == 0

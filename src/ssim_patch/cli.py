@@ -385,9 +385,15 @@ def _run_check(report: Report, padding: Padding) -> None:
 
 
 def _fmt(value: Optional[float], error: Optional[str] = None) -> str:
+    """A value to 7 decimals: float32 round-off (about 1e-7) shows, so patched and reference
+    visibly agree to the tolerance instead of differing in a rounded last digit."""
     if value is not None:
-        return f"{value:.5f}"
+        return f"{value:.7f}"
     return "error" if error else "-"
+
+
+def _fmt_diff(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1e}"
 
 
 def render(report: Report) -> str:
@@ -419,12 +425,14 @@ def render(report: Report) -> str:
             groups.setdefault(c.name, []).append(c)
         for name, checks in groups.items():
             lines.append("")
-            lines.append(f"{name:<{api_w}}  {'unpatched':>9}  {'patched':>9}  {'reference':>9}  ok")
+            lines.append(
+                f"{name:<{api_w}}  {'unpatched':>10}  {'patched':>10}  {'reference':>10}  {'|diff|':>7}  ok"
+            )
             for c in checks:
                 lines.append(
-                    f"  {c.api:<{api_w - 2}}  {_fmt(c.unpatched, c.unpatched_error):>9}  "
-                    f"{_fmt(c.patched, c.patched_error):>9}  {_fmt(c.reference):>9}  "
-                    f"{'yes' if c.ok else 'NO'}"
+                    f"  {c.api:<{api_w - 2}}  {_fmt(c.unpatched, c.unpatched_error):>10}  "
+                    f"{_fmt(c.patched, c.patched_error):>10}  {_fmt(c.reference):>10}  "
+                    f"{_fmt_diff(c.abs_error):>7}  {'yes' if c.ok else 'NO'}"
                 )
                 if c.unpatched_error:
                     lines.append(f"    unpatched: {c.unpatched_error}")
@@ -432,7 +440,8 @@ def render(report: Report) -> str:
                     lines.append(f"    {c.note}")
         lines.append("")
         lines.append(
-            f"reference: ssim_patch.ssim (UQI: ssim_patch.uqi) on float64 inputs; tolerance {TOLERANCE:g}"
+            "reference: ssim_patch.ssim (UQI: ssim_patch.uqi) on float64 inputs; |diff|: patched "
+            f"against it, tolerance {TOLERANCE:g}"
         )
     if report.ok:
         lines.append(
