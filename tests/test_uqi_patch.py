@@ -26,7 +26,7 @@ from hook_bindings import hook_bindings
 from reference import uqi_reference
 
 import ssim_patch
-from ssim_patch import PatchError, _patcher, _releases
+from ssim_patch import PatchError, _adapters, _patcher, _releases
 
 U = importlib.import_module(_releases.UQI_MODULE)
 METRICS = importlib.import_module(_releases.UQI_METRIC_MODULE)
@@ -45,6 +45,7 @@ def unpatched(ssim_patch):
     """Each test starts unpatched; the plugin's fixture puts the session's state back after."""
     ssim_patch.revert()
     KEEP.update(compute=U._uqi_compute, update=CLASS.__dict__["update"], ssim=hook_bindings(SSIM_HOOK))
+    KEEP["code"] = KEEP["update"].__code__
     assert not hasattr(KEEP["compute"], "__ssim_patch__") and not hasattr(KEEP["update"], "__ssim_patch__")
     yield
     for name in [n for n in sys.modules if n.startswith(PREFIX)]:
@@ -74,15 +75,17 @@ def assert_uqi(state: Optional[str], extra: tuple[str, ...] = ()) -> None:
     update = CLASS.__dict__["update"]
     report = ssim_patch.status()
     if state is None:
-        assert bound is KEEP["compute"] and update is KEEP["update"]
+        assert bound is KEEP["compute"] and update is KEEP["update"] and update.__code__ is KEEP["code"]
         assert report.uqi_places == () and not ssim_patch.is_applied()
         return
     assert bound.__ssim_patch__ == state and bound.__wrapped__ is KEEP["compute"]
     if SWAPS_UPDATE:
         assert update.__ssim_patch__ == state and update.__wrapped__ is KEEP["update"]
+        # The release's own function (held by instances created before apply()) runs the trampoline.
+        assert KEEP["update"].__code__ is _adapters._update_trampoline.__code__
         found[_releases.UQI_METRIC_UPDATE.qualified] = update
     else:
-        assert update is KEEP["update"]
+        assert update is KEEP["update"] and update.__code__ is KEEP["code"]
     assert set(report.uqi_places) == set(found) and not set(report.places) & set(found)
     assert ssim_patch.is_applied() and report.padding == state
 
@@ -385,8 +388,8 @@ def test_faults_in_a_fresh_interpreter():
 
 
 def test_compile_traces_the_patched_uqi_sum_in_one_graph():
-    """A sum is where the patched ``_uqi_compute`` looks at its caller (the release's own Metric
-    update); torch.compile cannot trace that look, so it is skipped while compiling."""
+    """The patched ``_uqi_compute`` with ``reduction="sum"`` (what the Metric class sums) traces in
+    one graph: it depends on its arguments only, not on who calls it."""
     dynamo = pytest.importorskip("torch._dynamo")
     dynamo.reset()
     ssim_patch.apply()
@@ -396,3 +399,73 @@ def test_compile_traces_the_patched_uqi_sum_in_one_graph():
     )
     torch.testing.assert_close(compiled(x, y), U._uqi_compute(x, y, (11, 11), (1.5, 1.5), "sum"))
     dynamo.reset()
+
+
+# --- an instance created before apply() -------------------------------------------------------------
+
+
+def _before_apply_expected(x, y, kw):
+    return uqi_reference(x.numpy(), y.numpy(), eps=float(torch.finfo(torch.float64).eps), **kw).mean()
+
+
+@pytest.mark.parametrize("compile_backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_metric_created_before_apply_compiled(compile_backend):
+    """The issue's case: created before apply(), then run through torch.compile. The release's own
+    update function (which the instance holds) runs a trampoline to the corrected update, which
+    compiles like any code: the value is the corrected one (it was 1.7 > 1 with a frame test)."""
+    if not SWAPS_UPDATE:
+        pytest.skip("this release's UniversalImageQualityIndex keeps preds and target")
+    dynamo = pytest.importorskip("torch._dynamo")
+    kw = dict(kernel_size=(11, 3), sigma=(1.5, 0.5))
+    metric = CLASS(**kw).set_dtype(torch.float64)
+    ssim_patch.apply()
+    x, y = _pair((2, 1, 24, 24), seed=5)
+    dynamo.reset()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # no "created before apply()" warning any more
+            value = torch.compile(metric, backend=compile_backend)(x, y)
+    finally:
+        dynamo.reset()
+    expected = _before_apply_expected(x, y, kw)
+    assert abs(value.item() - expected) < 1e-10 and abs(metric.compute().item() - expected) < 1e-10
+
+
+def test_metric_created_before_apply_from_two_threads():
+    """Instances created before apply(), updated at once from two threads, each get the corrected
+    value (the trampoline has no state of its own)."""
+    import threading
+
+    if not SWAPS_UPDATE:
+        pytest.skip("this release's UniversalImageQualityIndex keeps preds and target")
+    kw = dict(kernel_size=(11, 3), sigma=(1.5, 0.5))
+    metrics = [CLASS(**kw).set_dtype(torch.float64) for _ in range(2)]
+    ssim_patch.apply()
+    pairs = [_pair((1, 2, 26, 24), seed=10 + i) for i in range(2)]
+
+    def run(metric, pair):
+        for _ in range(5):
+            metric.update(*pair)
+
+    threads = [threading.Thread(target=run, args=args) for args in zip(metrics, pairs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for metric, (x, y) in zip(metrics, pairs):
+        assert abs(metric.compute().item() - _before_apply_expected(x, y, kw)) < 1e-10
+
+
+def test_the_trampoline_is_undone_by_every_way_out():
+    """revert() and patched()'s exit each give the release's update its own code back."""
+    if not SWAPS_UPDATE:
+        pytest.skip("this release's UniversalImageQualityIndex.update is not a hook point")
+    for leave in ("revert", "patched"):
+        if leave == "revert":
+            ssim_patch.apply()
+            assert KEEP["update"].__code__ is not KEEP["code"]
+            ssim_patch.revert()
+        else:
+            with ssim_patch.patched():
+                assert KEEP["update"].__code__ is not KEEP["code"]
+        assert KEEP["update"].__code__ is KEEP["code"] and CLASS.__dict__["update"] is KEEP["update"]

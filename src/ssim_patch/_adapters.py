@@ -8,7 +8,10 @@
   ``data_range`` and ``return_contrast_sensitivity``, which the release ignores, and so do we).
 - ``UniversalImageQualityIndex.update`` (1.2.1 on): the release sums ``_uqi_compute(...,
   reduction="sum")`` and adds the count of valid windows; the replacement adds the size of the
-  map that the bound ``_uqi_compute`` computes (the whole image with padding="same").
+  map that the bound ``_uqi_compute`` computes (the whole image with padding="same"). An instance
+  created before ``apply()`` holds the release's own ``update`` (``Metric.__init__`` wraps the
+  bound method): while patched that function runs :func:`_update_trampoline`'s code
+  (``_redirect``), which calls the replacement, so every instance gets the same value.
 
 Errors are the release's own where the release rejects the arguments: when the corrected engine
 rejects a call (ValueError/TypeError), the original is called with the same arguments, and if one
@@ -16,12 +19,6 @@ of torchmetrics' own ``raise`` statements rejects them, that exception is raised
 original returns (say, a NaN) or fails somewhere deeper (inside torch, such as ``F.pad`` on an
 image smaller than its pad, or a builtin such as ``int(nan)``), the engine's clearer error is
 raised.
-
-A Metric instance keeps the ``update`` it was created with (``Metric.__init__`` wraps the bound
-method), so a ``UniversalImageQualityIndex`` created before ``apply()`` still runs the release's
-own ``update``, which counts only the windows wholly inside the image. When that ``update`` calls
-the patched ``_uqi_compute``, it gets the corrected UQI of those windows (padding="valid"), so its
-sum and its count agree, and a warning says to create the metric after ``apply()``.
 
 Imported by the patcher only when a torchmetrics module with a hook point is loaded (it imports
 torch).
@@ -32,22 +29,19 @@ from __future__ import annotations
 import dis
 import functools
 import math
-import sys
 import types
-import warnings
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, TypeVar, Union
 
-import torch
 from torch import Tensor
 
+from ssim_patch import _redirect
 from ssim_patch._options import check_reduction
 from ssim_patch._releases import (
     SSIM_COMPUTE,
     SSIM_UPDATE,
     UQI_COMPUTE,
     UQI_COMPUTE_0_8,
-    UQI_METRIC_MODULE,
     UQI_METRIC_UPDATE,
     HookPoint,
 )
@@ -190,35 +184,6 @@ def _padding_of(func: object) -> Optional[str]:
     return padding if isinstance(padding, str) else None
 
 
-def _called_by_the_releases_metric_update(depth: int) -> bool:
-    """The frame ``depth`` levels above the caller runs the release's own
-    ``UniversalImageQualityIndex.update`` (not a replacement of it). Never while torch.compile
-    traces (it cannot trace ``sys._getframe``; a compiled call is not the release's eager update)."""
-    if torch.compiler.is_compiling():
-        return False
-    frame = sys._getframe(depth + 1)
-    return frame.f_code.co_name == "update" and frame.f_globals.get("__name__") == UQI_METRIC_MODULE
-
-
-def _uqi_padding(padding: str, reduction: object) -> str:
-    """The padding for a ``_uqi_compute`` call: ``padding``, except for a sum asked by the release's
-    own ``UniversalImageQualityIndex.update`` (an instance created before ``apply()``), which divides
-    by the count of valid windows: that one gets "valid", so the sum and the count agree."""
-    if padding == "valid" or not (isinstance(reduction, str) and reduction == "sum"):
-        return padding
-    # _uqi_padding <- _corrected_uqi <- the replacement _uqi_compute <- its caller
-    if not _called_by_the_releases_metric_update(3):
-        return padding
-    warnings.warn(
-        "This UniversalImageQualityIndex was created before ssim_patch.apply(): it keeps torchmetrics' "
-        "own update(), which counts only the windows wholly inside the image, so it gets the corrected "
-        "UQI of those windows (padding='valid'), not padding='same'. Create the metric after apply().",
-        UserWarning,
-        stacklevel=4,  # _uqi_padding <- _corrected_uqi <- _uqi_compute <- the release's update
-    )
-    return "valid"
-
-
 def _check_planar(preds: object) -> None:
     """torchmetrics' UQI is for (N, C, H, W) images (the engine also takes 3-D ones)."""
     shape = getattr(preds, "shape", None)
@@ -238,7 +203,6 @@ def _corrected_uqi(
 ) -> Tensor:
     """The corrected UQI for a replacement of ``_uqi_compute`` called with ``args``; the release's
     own error where the release rejects them."""
-    uqi_padding = _uqi_padding(padding, reduction)  # before any other call: it reads the stack
 
     def corrected() -> Tensor:
         _check_planar(preds)
@@ -248,7 +212,7 @@ def _corrected_uqi(
             kernel_size=kernel_size,
             sigma=sigma,
             reduction=reduction,
-            padding=uqi_padding,  # type: ignore[arg-type]
+            padding=padding,  # type: ignore[arg-type]
         )
 
     return _or_release_error(original, args, corrected)
@@ -301,8 +265,8 @@ def _metric_update_adapter(padding: str, original: Callable[..., Any]) -> Callab
         summing = self.reduction not in (None, "none") and "numel" in getattr(self, "_defaults", {})
         if bound is None or not summing:
             # Unpatched (say, after revert()), or an instance that keeps preds and target: the
-            # release's own update.
-            return original(self, preds, target)  # type: ignore[no-any-return]
+            # release's own update (its own code, also while the original runs the trampoline).
+            return _redirect.own(original)(self, preds, target)  # type: ignore[no-any-return]
         preds, target = namespace["_uqi_update"](preds, target)
         assert compute is not None
         self.sum_uqi += compute(preds, target, self.kernel_size, self.sigma, reduction="sum")
@@ -310,6 +274,40 @@ def _metric_update_adapter(padding: str, original: Callable[..., Any]) -> Callab
         return None
 
     return update
+
+
+def _update_trampoline(self: Any, preds: Tensor, target: Tensor) -> None:
+    """The code the release's ``UniversalImageQualityIndex.update`` runs while patched (it runs
+    with torchmetrics' globals, so it imports what it calls)."""
+    from ssim_patch._adapters import pre_apply_update
+
+    pre_apply_update(self, preds, target)
+
+
+def pre_apply_update(self: Any, preds: Tensor, target: Tensor) -> None:
+    """What the release's ``update`` does while patched (an instance created before ``apply()``
+    holds it): the replacement in the instance's class or the nearest base; where none is bound
+    (the class attribute was put back by hand), the release's own update."""
+    fallback: Optional[Callable[..., Any]] = None
+    for klass in type(self).__mro__:
+        method: Any = klass.__dict__.get("update")
+        if _padding_of(method) is not None:
+            method(self, preds, target)
+            return
+        if fallback is None and callable(method) and _redirect.own(method) is not method:
+            fallback = _redirect.own(method)
+    if fallback is None:  # called on an object of another class: the release's update, as it would
+        copies = _redirect.release_copies(UQI_METRIC_UPDATE.name)
+        if not copies:
+            raise RuntimeError("the UniversalImageQualityIndex.update trampoline runs with no release update")
+        fallback = copies[-1]
+    fallback(self, preds, target)
+
+
+def trampoline(hook: HookPoint) -> Optional[Callable[..., Any]]:
+    """The function whose code ``hook``'s original runs while patched (a method hook point that
+    instances bind at creation), or None."""
+    return _update_trampoline if hook == UQI_METRIC_UPDATE else None
 
 
 _FACTORIES: dict[HookPoint, Callable[[str, Callable[..., Any]], Callable[..., Any]]] = {

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 import wrapt
 from packaging.version import InvalidVersion, Version
 
-from ssim_patch import _releases
+from ssim_patch import _redirect, _releases
 from ssim_patch._options import check_padding as _check_padding
 
 #: Read by the start-up hook in every new Python process (see ``_startup``).
@@ -317,6 +317,7 @@ def _unpatch_all() -> None:
         value: Any = owner.__dict__.get(attr)
         if _is_replacement(value):
             setattr(owner, attr, value.__wrapped__)
+    _redirect.restore_all()
 
 
 def _fail(strict: bool, message: str) -> None:
@@ -335,19 +336,24 @@ def _swap(options: _Options, hooks: list[_releases.HookPoint]) -> bool:
         owner, current = _locate(hook)
         original = current.__wrapped__ if _is_replacement(current) else current
         problem = _signature_problem(original, hook)
+        if problem is None and "." in hook.name and not _redirect.can_redirect(original):
+            problem = f"{hook.qualified} is not a plain function without a closure"
         if problem is not None:
             _fail(options.strict, f"Cannot patch torchmetrics {version}: {problem}.")
             return False
         found.append((hook, owner, original))
-    from ssim_patch._adapters import make_replacement  # torch: torchmetrics has imported it
+    from ssim_patch._adapters import make_replacement, trampoline  # torch: torchmetrics has imported it
 
     for hook, owner, original in found:
         replacement = make_replacement(hook, original, options.padding)
         attr = hook.name.rpartition(".")[2]
-        if isinstance(owner, type):  # a method: bound in its class only
+        if isinstance(owner, type):  # a method: bound in its class, and in instances made before
             if (owner, attr) not in _classes:
                 _classes.append((owner, attr))
             setattr(owner, attr, replacement)
+            bounce = trampoline(hook)
+            if bounce is not None:  # the original runs code that calls the class's replacement
+                _redirect.redirect(original, bounce)
             continue
         known = _known.setdefault(hook.qualified, set())
         if id(original) not in known:

@@ -137,30 +137,119 @@ def test_metric_over_images_of_different_sizes(reduction, padding):
     np.testing.assert_allclose(metric.compute().item(), expected, rtol=TOL, atol=TOL)
 
 
+def _collection(**kw: Any) -> Any:
+    from torchmetrics import MetricCollection
+
+    return MetricCollection({"uqi": _metric(**kw)})
+
+
+def _subclass(**kw: Any) -> Any:
+    """A subclass that inherits ``update``."""
+    sub = type("Sub", (METRICS.UniversalImageQualityIndex,), {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sub(**kw).set_dtype(torch.float64)
+
+
+def _overriding(**kw: Any) -> Any:
+    """A subclass whose ``update`` calls ``super().update``."""
+
+    class Overriding(METRICS.UniversalImageQualityIndex):
+        def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+            super().update(preds, target)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Overriding(**kw).set_dtype(torch.float64)
+
+
+def _update_eagerly(metric: Any, batches: list) -> None:
+    for a, b in batches:
+        metric.update(a, b)
+
+
+def _update_compiled(metric: Any, batches: list) -> None:
+    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo.reset()
+    compiled = torch.compile(metric, backend="eager")
+    for a, b in batches:
+        compiled(a, b)
+    dynamo.reset()
+
+
+def _update_from_two_threads(metric: Any, batches: list) -> None:
+    import threading
+
+    errors: list = []
+
+    def run(part: list) -> None:
+        try:
+            _update_eagerly(metric, part)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(batches[i::2],)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+
+BEFORE_APPLY = {
+    "eager": (_metric, _update_eagerly),
+    "compiled": (_metric, _update_compiled),
+    "collection": (_collection, _update_eagerly),
+    "subclass": (_subclass, _update_eagerly),
+    "overriding-subclass": (_overriding, _update_eagerly),
+    "two-threads": (_metric, _update_from_two_threads),
+}
+
+
 @pytest.mark.parametrize("padding", ["same", "valid"])
 @pytest.mark.parametrize("reduction", ["elementwise_mean", "sum", "none"])
-def test_metric_created_before_apply(reduction, padding):
-    """``Metric.__init__`` wraps the bound ``update``, so an instance created before apply() keeps
-    the release's update. Where that update sums and counts the valid windows (1.2.1 on), it gets
-    the corrected UQI of those windows (padding='valid'), with a warning; elsewhere (an instance
-    that keeps preds and target, or valid padding) it gets the same result as a new instance."""
-    x, y = _pair((2, 2, 30, 33), seed=5)
+@pytest.mark.parametrize("how", list(BEFORE_APPLY))
+def test_metric_created_before_apply(how, reduction, padding):
+    """``Metric.__init__`` wraps the bound ``update``, so an instance created before apply() holds
+    the release's own update function. While patched that function runs a trampoline to the
+    corrected update: the instance gets the very value of one created after apply() (the whole map
+    with padding="same"), with no warning, eagerly, compiled, in a MetricCollection, as a subclass
+    and from two threads."""
+    make, run = BEFORE_APPLY[how]
+    x, y = _pair((4, 2, 30, 33), seed=5)
     kw = WINDOWS["11x3"]
-    metric = _metric(reduction=reduction, **kw)
+    metric = make(reduction=reduction, **kw)
+    if how == "two-threads" and reduction == "none":
+        pytest.skip("the order of the kept batches depends on the threads")
     ssim_patch.apply(padding=padding)
+    batches = [(x[i : i + 1], y[i : i + 1]) for i in range(4)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        metric.update(x, y)
-    counted = _keeps_a_count(metric) and reduction != "none"
-    warned = [w for w in caught if "created before ssim_patch.apply()" in str(w.message)]
-    assert len(warned) == (counted and padding == "same")
-    expected = reduce(_map(x, y, "valid" if counted else padding, **kw), reduction)
-    np.testing.assert_allclose(metric.compute().numpy(), expected, rtol=TOL, atol=TOL)
-    fresh = _metric(reduction=reduction, **kw)  # created after apply(): the padding asked for
-    fresh.update(x, y)
-    np.testing.assert_allclose(
-        fresh.compute().numpy(), reduce(_map(x, y, padding, **kw), reduction), rtol=TOL, atol=TOL
-    )
+        run(metric, batches)
+    assert not [w for w in caught if "ssim_patch" in str(w.message)], [str(w.message) for w in caught]
+    got = metric.compute()
+    got = got["uqi"] if isinstance(got, dict) else got
+    expected = reduce(_map(x, y, padding, **kw), reduction)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=TOL, atol=TOL)
+    fresh = _metric(reduction=reduction, **kw)  # created after apply(): the same value
+    _update_eagerly(fresh, batches)
+    np.testing.assert_allclose(fresh.compute().numpy(), expected, rtol=TOL, atol=TOL)
+
+
+def test_metric_created_before_apply_is_the_releases_again_after_revert():
+    """revert() gives the release's update back its own code: the instance created before apply()
+    updates as the release does again."""
+    x, y = _pair((2, 1, 32, 30), seed=6)
+    kw = WINDOWS["11x3"]
+    before = _metric(**kw)
+    ssim_patch.apply()
+    before.update(x, y)
+    ssim_patch.revert()
+    before.reset()
+    before.update(x, y)
+    unpatched = _metric(**kw)
+    unpatched.update(x, y)
+    assert torch.equal(before.compute(), unpatched.compute())
 
 
 @pytest.mark.parametrize("reduction", ["elementwise_mean", "none"])
@@ -180,6 +269,7 @@ def test_metric_created_while_patched_follows_revert(reduction):
 def test_revert_restores_the_release_bit_for_bit():
     original = U._uqi_compute
     update = METRICS.UniversalImageQualityIndex.__dict__["update"]
+    code = update.__code__
     x, y = _pair(seed=7)
     kw = WINDOWS["11x3"]
     metric = _metric(**kw)
@@ -192,10 +282,12 @@ def test_revert_restores_the_release_bit_for_bit():
     assert f"{_releases.UQI_METRIC_MODULE}._uqi_compute" in report.uqi_places
     swaps_update = _releases.UQI_METRIC_UPDATE in _releases.uqi_hook_points(_release())
     assert (METRICS.UniversalImageQualityIndex.__dict__["update"] is not update) is swaps_update
+    assert (update.__code__ is not code) is swaps_update
     assert (_releases.UQI_METRIC_UPDATE.qualified in report.uqi_places) is swaps_update
     ssim_patch.revert()
     assert U._uqi_compute is original and METRICS._uqi_compute is original
     assert METRICS.UniversalImageQualityIndex.__dict__["update"] is update
+    assert update.__code__ is code  # while patched it ran a trampoline to the corrected update
     metric = _metric(**kw)
     metric.update(x, y)
     after = (UQI(x, y, reduction="none", **kw), metric.compute())
