@@ -195,3 +195,33 @@ def test_no_fake_tensor_warning_from_the_cpu_backend(monkeypatch):
         with FakeTensorMode():
             x = torch.empty(2, 3, 32, 32, requires_grad=True)
             ssim_patch.ssim(x, torch.empty(2, 3, 32, 32), data_range=1.0).backward()
+
+
+# --- where the backend in use is reported ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "backend", "line"),
+    [
+        ("", "auto", "auto (CPU: cpu, CUDA: "),
+        ("conv", "conv", "conv (forced by SSIM_PATCH_BACKEND)"),
+        ("nope", "invalid SSIM_PATCH_BACKEND='nope'", "invalid SSIM_PATCH_BACKEND='nope'"),
+    ],
+)
+def test_status_check_and_header_report_the_backend(value, backend, line, monkeypatch):
+    from ssim_patch import cli, pytest_plugin
+
+    monkeypatch.setenv(backends.ENV, value)
+    report = ssim_patch.status()
+    assert report.backend == backend
+    if backend == "auto":
+        picks = dict(report.backend_for)
+        assert picks["cpu"] == "cpu" and picks["cuda"] in ("triton", "conv")
+    elif backend == "conv":
+        assert report.backend_for == (("cpu", "conv"), ("cuda", "conv"))
+    text = cli.render(
+        cli.Report("0", torchmetrics="1.9.0", backend=report.backend, backend_for=dict(report.backend_for))
+    )
+    assert f"\nbackend: {line}" in text
+    header = pytest_plugin._describe(report)
+    assert f"; backend {line}" in header

@@ -31,6 +31,8 @@ KEYS = {
     "applied",
     "places",
     "uqi_places",
+    "backend",
+    "backend_for",
     "checks",
     "verified",
     "ok",
@@ -64,6 +66,7 @@ def test_python_m_ssim_patch_check_json():
     assert set(report) == KEYS
     assert report["ok"] and report["verified"] and report["applied"] and report["error"] is None
     assert report["torchmetrics"] == str(_patcher._release())
+    assert report["backend"] == "auto" and report["backend_for"]["cpu"] == "cpu"  # SSIM_PATCH_* unset
     assert report["supported"] and report["hook"].startswith("torchmetrics.functional.image.ssim._ssim_")
     assert {b["id"] for b in report["upstream_bugs"]} == set(ssim_patch.status().upstream_bugs)
     assert all(b["description"] for b in report["upstream_bugs"])

@@ -18,7 +18,7 @@ from packaging.version import Version
 from reference import ssim_reference, zeroed_border
 
 import ssim_patch
-from ssim_patch import _patcher, _releases
+from ssim_patch import _patcher, _releases, backends
 from ssim_patch.pytest_plugin import Settings, _resolve
 
 pytest_plugins = ["pytester"]
@@ -161,7 +161,7 @@ def test_auto_apply_in_fresh_processes(pytester: pytest.Pytester, isolated: None
     result.stdout.fnmatch_lines(
         [
             f"ssim-patch: on (torchmetrics {report.release}, tested; hooks {_names(report)}; padding same, "
-            "applied when torchmetrics is imported)"
+            f"applied when torchmetrics is imported; backend {backends.summary(report.backend, report.backend_for)})"
         ]
     )
 
@@ -182,7 +182,9 @@ def test_ini_padding_and_header_then_the_previous_options_are_restored(pytester,
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["ssim-patch: on (torchmetrics *, tested; hooks _ssim_*, _uqi_compute*; padding valid)"]
+        [
+            "ssim-patch: on (torchmetrics *, tested; hooks _ssim_*, _uqi_compute*; padding valid; backend auto (*))"
+        ]
     )
     report = ssim_patch.status()
     assert (report.applied, report.padding, report.strict) == (True, "same", False)

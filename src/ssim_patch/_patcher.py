@@ -63,7 +63,9 @@ class PatchReport:
     ``module.name`` (SSIM's, then UQI's). ``upstream_bugs``: ids of ``_releases.BUGS`` (SSIM's,
     then UQI's, prefixed ``uqi-``). ``places``: ``module.attribute`` bindings that hold the corrected
     SSIM function; ``uqi_places``: those that hold the corrected UQI (and, from torchmetrics 1.2.1,
-    ``torchmetrics.image.uqi.UniversalImageQualityIndex.update``).
+    ``torchmetrics.image.uqi.UniversalImageQualityIndex.update``). ``backend``: the engine's backend
+    ``SSIM_PATCH_BACKEND`` asks for ("auto" unless forced); ``backend_for``: what a call on CPU and
+    on CUDA uses, as ``(("cpu", name), ("cuda", name))`` (see ``ssim_patch.backends``).
     """
 
     applied: bool
@@ -78,6 +80,8 @@ class PatchReport:
     places: tuple[str, ...]
     hooks: tuple[str, ...] = ()
     uqi_places: tuple[str, ...] = ()
+    backend: str = "auto"
+    backend_for: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -563,6 +567,9 @@ def _report(refresh: bool) -> PatchReport:
     applied = not _lost()
     if applied and refresh:
         _bindings.refresh()
+    from ssim_patch import backends  # torch-free: reads SSIM_PATCH_BACKEND
+
+    backend, backend_for = backends.describe()
     return PatchReport(
         applied=applied,
         pending=_options is not None and any(hook.qualified not in _done for hook in hooks),
@@ -576,6 +583,8 @@ def _report(refresh: bool) -> PatchReport:
         places=_places(hooks[0]) if applied and hooks else (),
         hooks=tuple(hook.qualified for hook in hooks),
         uqi_places=tuple(sorted(p for hook in hooks[1:] for p in _places(hook))) if applied else (),
+        backend=backend,
+        backend_for=backend_for,
     )
 
 

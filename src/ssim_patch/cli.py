@@ -79,6 +79,8 @@ class Report:
     applied: bool = False
     places: list[str] = field(default_factory=list)  # where the corrected SSIM is bound
     uqi_places: list[str] = field(default_factory=list)  # where the corrected UQI is bound
+    backend: str = "auto"  # the engine's backend: SSIM_PATCH_BACKEND, "auto" unless forced
+    backend_for: dict[str, str] = field(default_factory=dict)  # what CPU and CUDA calls use
     checks: list[Check] = field(default_factory=list)
     verified: bool = False
     ok: bool = False
@@ -349,6 +351,7 @@ def _run_check(report: Report, padding: Padding) -> None:
     report.supported, report.tested = status.supported, status.tested
     report.hook = f"{_releases.MODULE}.{status.hook}" if status.hook else None
     report.hooks = list(status.hooks)
+    report.backend, report.backend_for = status.backend, dict(status.backend_for)
     report.upstream_bugs = [{"id": b, "description": _releases.BUGS[b]} for b in status.upstream_bugs]
     if status.release is None:
         raise CheckFailed("torchmetrics is installed without package metadata; its release is unknown.")
@@ -411,6 +414,9 @@ def render(report: Report) -> str:
     others = [hook for hook in report.hooks if hook != report.hook]
     if others:
         lines.append(f"UQI hook points: {', '.join(others)}")
+    from ssim_patch import backends
+
+    lines.append(f"backend: {backends.summary(report.backend, tuple(report.backend_for.items()))}")
     lines.append("upstream bugs in this release:")
     width = max((len(b["id"]) for b in report.upstream_bugs), default=0)
     lines += [f"  {b['id']:<{width}}  {b['description']}" for b in report.upstream_bugs] or ["  none"]

@@ -253,9 +253,12 @@ def _describe(report: PatchReport) -> str:
         when = ", the rest applied when imported"
     else:
         when = ", applied when torchmetrics is imported"
+    from ssim_patch import backends
+
+    backend = backends.summary(report.backend, report.backend_for)
     return (
         f"ssim-patch: on (torchmetrics {report.release}, {tested}; hooks {_hook_names(report)}; "
-        f"padding {report.padding}{when})"
+        f"padding {report.padding}{when}; backend {backend})"
     )
 
 

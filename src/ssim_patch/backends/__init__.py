@@ -19,6 +19,7 @@ A backend module defines ``BACKEND``, an object with the protocol's members.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -98,16 +99,31 @@ def _auto(x: Tensor, plan: Plan) -> str:
 _TRITON_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
 
 
-def describe() -> dict[str, str]:
-    """What ``status()`` reports: ``backend`` (the forced name, or "auto"; the variable's value
-    with an error when it names no backend), and what a call on CPU and on CUDA would use
-    (``cpu``; ``cuda``: for 2-D float32 images, without loading Triton)."""
+@functools.cache
+def _triton_present() -> bool:
+    """Triton and the triton backend's module are installed (neither imported)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("triton", f"{__name__}.triton"))
+
+
+def describe() -> tuple[str, tuple[tuple[str, str], ...]]:
+    """What ``status()`` reports, without importing torch or Triton: the backend asked for (the
+    forced name, or "auto"; for a value that names no backend, ``invalid SSIM_PATCH_BACKEND=...``),
+    and what a call on CPU and on CUDA would use (``("cpu", ...), ("cuda", ...)``; CUDA: for 2-D
+    float32 images, where the triton backend is installed)."""
     try:
         name = requested()
     except ValueError:
-        bad = os.environ.get(ENV, "")
-        return {"backend": f"invalid {ENV}={bad!r}", "cpu": "error", "cuda": "error"}
+        return f"invalid {ENV}={os.environ.get(ENV, '')!r}", ()
     if name != "auto":
-        return {"backend": name, "cpu": name, "cuda": name}
-    triton = all(importlib.util.find_spec(m) is not None for m in ("triton", f"{__name__}.triton"))
-    return {"backend": "auto", "cpu": "cpu", "cuda": "triton" if triton else "conv"}
+        return name, (("cpu", name), ("cuda", name))
+    return "auto", (("cpu", "cpu"), ("cuda", "triton" if _triton_present() else "conv"))
+
+
+def summary(backend: str, picks: tuple[tuple[str, str], ...]) -> str:
+    """One line for :func:`describe`'s answer: ``auto (CPU: cpu, CUDA: conv)``, ``conv (forced by
+    SSIM_PATCH_BACKEND)``."""
+    if backend == "auto":
+        return "auto (" + ", ".join(f"{device.upper()}: {name}" for device, name in picks) + ")"
+    if picks:
+        return f"{backend} (forced by {ENV})"
+    return backend
