@@ -225,3 +225,50 @@ def test_status_check_and_header_report_the_backend(value, backend, line, monkey
     assert f"\nbackend: {line}" in text
     header = pytest_plugin._describe(report)
     assert f"; backend {line}" in header
+
+
+class _ReadsHalf:
+    """The cpu backend, declared to read float16 / bfloat16 itself: records the dtype it is given."""
+
+    name = "cpu"
+    reads_reduced_precision = True
+
+    def __init__(self):
+        from ssim_patch.backends import cpu
+
+        self.inner, self.seen = cpu.BACKEND, []
+
+    def unsupported(self, x, plan):
+        return self.inner.unsupported(x, plan)
+
+    def forward(self, x, y, k, plan, keep):
+        self.seen.append(x.dtype)
+        return self.inner.forward(x.float(), y.float(), k, plan, keep)
+
+    def kept_like(self, x, plan, keep):
+        return self.inner.kept_like(x, plan, keep)
+
+    def backward(self, x, y, k, kept, g_image, g_extra, plan, needs):
+        self.seen.append(x.dtype)
+        return self.inner.backward(x.float(), y.float(), k, kept, g_image, g_extra, plan, needs)
+
+
+@pytest.mark.parametrize("data_range", [None, 1.0, "tensor"])
+def test_a_backend_that_reads_half_gets_the_images_as_they_are(data_range, monkeypatch):
+    """No float32 copy on the way (neither engine nor op) for a backend that reads half itself;
+    the numbers are those of the float32 route, the gradient comes back in the images' dtype."""
+    monkeypatch.setenv(backends.ENV, "cpu")
+    x, y = _pair((2, 3, 20, 17), seed=5, dtype=torch.float16)
+    r = torch.tensor(1.0) if data_range == "tensor" else data_range
+    want = ssim_patch.ssim(x, y, data_range=r, reduction="none", return_contrast_sensitivity=True)
+    pa = x.clone().requires_grad_()
+    ssim_patch.ssim(pa, y, data_range=r).backward()
+    reader = _ReadsHalf()
+    monkeypatch.setitem(backends._LOADED, "cpu", reader)
+    got = ssim_patch.ssim(x, y, data_range=r, reduction="none", return_contrast_sensitivity=True)
+    assert reader.seen == [torch.float16]
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    pb = x.clone().requires_grad_()
+    ssim_patch.ssim(pb, y, data_range=r).backward()
+    assert reader.seen == [torch.float16] * 3
+    assert pb.grad is not None and pb.grad.dtype == torch.float16 and torch.equal(pb.grad, pa.grad)

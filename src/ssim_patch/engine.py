@@ -201,7 +201,8 @@ def _finite_range(images: Tensor) -> Tensor:
     """max - min over the finite pixels (a NaN or inf pixel spoils only its own image)."""
     high = images.nan_to_num(nan=-math.inf, posinf=-math.inf).amax()
     low = images.nan_to_num(nan=math.inf, neginf=math.inf).amin()
-    return high - low
+    dtype = _compute_dtype(images.dtype)  # exact for float16 / bfloat16 images
+    return high.to(dtype) - low.to(dtype)
 
 
 def _data_range(
@@ -227,8 +228,11 @@ def _data_range(
         readable = _readable(data_range)
         if readable is not None:
             _check_positive(readable)
-        return preds, target, data_range.reshape(()).to(device=preds.device, dtype=preds.dtype)
+        big_l = data_range.reshape(()).to(device=preds.device, dtype=_compute_dtype(preds.dtype))
+        return preds, target, big_l
     if isinstance(data_range, (tuple, list)):
+        # The clamp copies the images anyway: in the compute dtype, so the bounds are exact.
+        preds, target = (t.to(_compute_dtype(t.dtype)) for t in (preds, target))
         lo, hi = _bounds(data_range, preds)
         if (
             isinstance(lo, float)
@@ -311,6 +315,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _images_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the images go to the backends in: float16 / bfloat16 as they are (a backend
+    reads them, or ``backends._op`` casts them), integers as float32, the rest as they are."""
+    return dtype if dtype in (torch.float16, torch.bfloat16) else _compute_dtype(dtype)
+
+
 def _ssim_per_image(
     preds: Tensor,
     target: Tensor,
@@ -340,8 +350,9 @@ def _ssim_per_image(
 
     out_dtype = preds.dtype if preds.is_floating_point() else torch.float32
     dtype = _compute_dtype(preds.dtype)
-    x, y, big_l = _data_range(preds.to(dtype), target.to(dtype), data_range)
-    c1, c2 = _constants(big_l, k1, k2, x)
+    images = _images_dtype(preds.dtype)
+    x, y, big_l = _data_range(preds.to(images), target.to(images), data_range)
+    c1, c2 = _constants(big_l, k1, k2, x if x.dtype == dtype else x.new_empty(0, dtype=dtype))
     output: Output = "map" if return_full_image else "cs" if return_contrast_sensitivity else "ssim"
     per_image, extra = _op.similarity(x, y, c1, c2, Plan(_blur(windows, padding), output=output))
     if extra is None:
@@ -427,10 +438,10 @@ def uqi(
     windows = [(True, s, k, k) for s, k in zip(sigmas, sizes)]
     _check_sizes(preds.shape, windows, padding)
     out_dtype = preds.dtype if preds.is_floating_point() else torch.float32
-    dtype = _compute_dtype(preds.dtype)
     output: Output = "ssim" if reduction == "elementwise_mean" else "map"
     plan = Plan(_blur(windows, padding), eps=torch.finfo(out_dtype).eps, output=output)
-    per_image, full = _op.similarity(preds.to(dtype), target.to(dtype), 0.0, 0.0, plan)
+    images = _images_dtype(preds.dtype)
+    per_image, full = _op.similarity(preds.to(images), target.to(images), 0.0, 0.0, plan)
     if reduction == "elementwise_mean":
         return per_image.mean().to(out_dtype)
     assert full is not None
