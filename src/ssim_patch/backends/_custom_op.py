@@ -10,9 +10,12 @@ path:
 
 The :class:`~ssim_patch.backends._protocol.Plan` travels flattened into schema types (the taps as
 one ``float[]`` with their lengths as ``int[]``, padding and output as ``str``, eps as ``float?``),
-the backend by its name. ``c1``, ``c2`` are each a 0-d tensor (``c1``) or a number
-(``c1_value``, with ``c1`` None): a constant never becomes a tensor, a tensor is never read (no
-host sync). Both ops mutate nothing; every output is a fresh contiguous tensor.
+the backend by its name ("auto": chosen inside the op, see :func:`backend`). ``c1``, ``c2`` are
+each a 0-d tensor (``c1``) or a number (``c1_value``, with ``c1`` None): a constant never becomes
+a tensor, a tensor is never read (no host sync). float16 / bfloat16 images go in as they are (a
+backend that does not read them gets float32 copies inside the op, from ``_op._cast``); image
+gradients come back in the images' dtype. Both ops mutate nothing; every output is a fresh
+contiguous tensor.
 
 The fake implementations give shapes only, from :func:`~ssim_patch.backends._protocol.output_like`
 and the backend's ``kept_like`` (symbolic sizes under ``dynamic=True``). The autograd formula
@@ -28,7 +31,7 @@ them registered and uses them as they are. ``AVAILABLE`` is False on a torch wit
 from __future__ import annotations
 
 import importlib
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -40,10 +43,25 @@ NAMESPACE = "ssim_patch"
 AVAILABLE = all(hasattr(torch.library, name) for name in ("custom_op", "register_fake", "register_autograd"))
 
 
-def backend(name: str) -> Backend:
-    """The backend registered as ``name``: ``BACKEND`` in ``ssim_patch.backends.<name>``."""
+def backend(name: str, x: Tensor, plan: Plan) -> Backend:
+    """The backend ``name`` names (``BACKEND`` in ``ssim_patch.backends.<name>``), or for "auto"
+    the one :func:`ssim_patch.backends.choose` picks for images like ``x`` (``SSIM_PATCH_BACKEND``
+    included). Chosen inside the ops, from ``x``'s device, dtype and dimensions: the fake
+    implementation picks the same one as the real, and torch.compile never traces the choice."""
+    if name == "auto":
+        from ssim_patch import backends
+
+        return backends.choose(x, plan)
     found: Backend = importlib.import_module(f"ssim_patch.backends.{name}").BACKEND
     return found
+
+
+def _cast(be: Backend, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The images as ``be`` reads them (``_op._cast``: float32 copies of reduced precision ones
+    for a backend that does not read those itself)."""
+    from ssim_patch.backends import _op
+
+    return _op._cast(x, y, be)
 
 
 # --- the plan and the constants, flattened into schema types ---------------------------------------
@@ -84,19 +102,22 @@ def _constants(
     return _formula.constants(_scalar(c1, v1), _scalar(c2, v2), plan.eps, like)
 
 
+def _storage(t: Tensor) -> int:
+    """Which storage ``t`` views (its address is 0 for every meta tensor: not that)."""
+    key: int = t.untyped_storage()._cdata
+    return key
+
+
 def _fresh(outputs: list[Tensor], inputs: tuple[Optional[Tensor], ...]) -> list[Tensor]:
     """``outputs`` contiguous, none sharing memory with an input or with another output (a custom
     op's outputs may not alias): such an output is copied."""
-    seen = {t.untyped_storage().data_ptr() for t in inputs if t is not None and t.numel()}
+    seen = {_storage(t) for t in inputs if t is not None}
     fresh = []
     for t in outputs:
         t = t.contiguous()
-        if t.numel():
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in seen:
-                t = t.clone()
-                ptr = t.untyped_storage().data_ptr()
-            seen.add(ptr)
+        if _storage(t) in seen:
+            t = t.clone()
+        seen.add(_storage(t))
         fresh.append(t)
     return fresh
 
@@ -120,9 +141,11 @@ def _forward(
     keep: list[bool],
 ) -> list[Tensor]:
     plan = plan_of(taps, sizes, padding, output, eps)
-    k = _constants(x, c1, c2, c1_value, c2_value, plan)
+    be = backend(backend_name, x, plan)
+    a, b = _cast(be, x, y)
+    k = _constants(a, c1, c2, c1_value, c2_value, plan)
     needs = Needs(*keep) if any(keep) else None
-    per_image, extra, kept = backend(backend_name).forward(x, y, k, plan, needs)
+    per_image, extra, kept = be.forward(a, b, k, plan, needs)
     if extra is None:
         extra = per_image.new_empty(0)
     return _fresh([per_image, extra, *(kept or ())], (x, y, c1, c2))
@@ -147,7 +170,8 @@ def _forward_fake(
     per_image, extra = output_like(x, plan)
     if extra is None:
         extra = per_image.new_empty(0)
-    kept = backend(backend_name).kept_like(x, plan, Needs(*keep)) if any(keep) else ()
+    be = backend(backend_name, x, plan)
+    kept = be.kept_like(_cast(be, x, x)[0], plan, Needs(*keep)) if any(keep) else ()
     return [per_image, extra, *kept]
 
 
@@ -170,13 +194,16 @@ def _backward(
     g_extra: Optional[Tensor],
 ) -> list[Tensor]:
     plan = plan_of(taps, sizes, padding, output, eps)
-    k = _constants(x, c1, c2, c1_value, c2_value, plan)
-    grads = backend(backend_name).backward(x, y, k, tuple(kept), g_image, g_extra, plan, Needs(*keep))
+    be = backend(backend_name, x, plan)
+    a, b = _cast(be, x, y)
+    k = _constants(a, c1, c2, c1_value, c2_value, plan)
+    grads = be.backward(a, b, k, tuple(kept), g_image, g_extra, plan, Needs(*keep))
     out = []
     for g, like, wanted in zip(grads, (x, y, c1, c2), keep):
         if wanted:
             assert g is not None and like is not None
-            out.append(g.reshape(like.shape).to(like.dtype))
+            g = g if g.shape == like.shape else g.reshape(like.shape)
+            out.append(g if g.dtype == like.dtype else g.to(like.dtype))
     return _fresh(out, (x, y, c1, c2, *kept, g_image, g_extra))
 
 
@@ -231,7 +258,7 @@ def _recompute(
     dtype = compute_dtype(x.dtype)
     xc, yc = x.to(dtype), y.to(dtype)
     k = _formula.constants(c1, c2, plan.eps, xc)
-    gx, gy, gc1, gc2 = backend("traced").backward(xc, yc, k, (), g_image, g_extra, plan, needs)
+    gx, gy, gc1, gc2 = backend("traced", xc, plan).backward(xc, yc, k, (), g_image, g_extra, plan, needs)
     return (
         None if gx is None else gx.to(x.dtype),
         None if gy is None else gy.to(y.dtype),
@@ -284,23 +311,37 @@ def _autograd_backward(ctx: Any, grads: list[Optional[Tensor]]) -> tuple[Optiona
     return (gx, gy, gc1, gc2, *rest)
 
 
+def implementation(op: object) -> Optional[Callable[..., list[Tensor]]]:
+    """The Python function behind ``op`` when it is one of these ops (an overload such as
+    ``torch.ops.ssim_patch.similarity.default``), else None: for a dispatch mode that counts the
+    aten ops a call runs, which sees a custom op as one op."""
+    implementations: dict[str, Callable[..., list[Tensor]]] = {
+        f"{NAMESPACE}.similarity.default": _forward,
+        f"{NAMESPACE}.similarity_backward.default": _backward,
+    }
+    return implementations.get(str(op))
+
+
 def _register() -> None:
     """Define both ops, their fake implementations and the autograd formula (once per process)."""
     if hasattr(torch.ops, NAMESPACE) and hasattr(getattr(torch.ops, NAMESPACE), "similarity"):
         return
     forward = torch.library.custom_op(f"{NAMESPACE}::similarity", mutates_args=())(_forward)
-    forward.register_fake(_forward_fake)
     backward = torch.library.custom_op(f"{NAMESPACE}::similarity_backward", mutates_args=())(_backward)
-    backward.register_fake(_backward_fake)
+    for op, fake, real in ((forward, _forward_fake, _forward), (backward, _backward_fake, _backward)):
+        op.register_fake(fake)
+        # Tensors on device "meta" run the backend itself, as an eager call on a device does
+        # (launches and bytes are counted there); fake tensors get the fake implementation.
+        op.register_kernel("meta", real)
     forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 def similarity(
-    x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan, backend_name: str
+    x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan, backend_name: str = "auto"
 ) -> tuple[Tensor, Optional[Tensor]]:
-    """``backend_name``'s forward through the custom op: per-image mean ``(N,)`` and the map or
-    the per-image cs as ``plan.output`` asks (else None). Keeps what the backward needs when grad
-    mode is on and an input requires a gradient."""
+    """A backend's forward through the custom op (see :func:`backend`): per-image mean ``(N,)``
+    and the map or the per-image cs as ``plan.output`` asks (else None), in the compute dtype.
+    Keeps what the backward needs when grad mode is on and an input requires a gradient."""
     t1, v1 = split_scalar(c1)
     t2, v2 = split_scalar(c2)
     keep = [torch.is_grad_enabled() and isinstance(v, Tensor) and v.requires_grad for v in (x, y, c1, c2)]
