@@ -72,7 +72,7 @@ def test_flat_images_give_zero():
     assert abs(uqi(x.float(), x.float().clone()).item()) < 1e-6
 
 
-def _flat_half(level, dtype=torch.float32, seed=11, shape=(2, 2, 64, 56)):
+def flat_half(level, dtype=torch.float32, seed=11, shape=(2, 2, 64, 56)):
     """Images whose top half is flat at ``level`` in both (torchmetrics issue 2281) and whose bottom
     half is noise of ``level``'s scale, ``preds`` a noisy copy of ``target``; and where they are flat."""
     g = torch.Generator().manual_seed(seed)
@@ -87,7 +87,7 @@ def _flat_half(level, dtype=torch.float32, seed=11, shape=(2, 2, 64, 56)):
     return p.to(dtype), t.to(dtype), flat
 
 
-def _flat_border(level, dtype=torch.float32, seed=12, shape=(2, 3, 48, 52), width=12):
+def flat_frame(level, dtype=torch.float32, seed=12, shape=(2, 3, 48, 52), width=12):
     """Images with a constant frame ``width`` pixels wide at ``level`` in both; and where they are flat."""
     p, t = _pair(shape, seed=seed)
     inner = (..., slice(width, -width), slice(width, -width))
@@ -99,7 +99,7 @@ def _flat_border(level, dtype=torch.float32, seed=12, shape=(2, 3, 48, 52), widt
     return framed[0].to(dtype), framed[1].to(dtype), flat
 
 
-def _flat_windows(flat, kernel_size=(11, 11)):
+def flat_windows(flat, kernel_size=(11, 11)):
     """Where the whole window (reflect padding stays within its reach) lies in the flat pixels."""
     reach = [k // 2 for k in kernel_size]
     textured = (~flat).double()[None, None]
@@ -107,7 +107,7 @@ def _flat_windows(flat, kernel_size=(11, 11)):
     return ~touched[0, 0].bool()
 
 
-def _uqi_about(x, y, level, eps, kernel_size=(11, 11), sigma=(1.5, 1.5)):
+def uqi_about(x, y, level, eps, kernel_size=(11, 11), sigma=(1.5, 1.5)):
     """The float64 UQI map with the variances taken about ``level`` (they do not depend on it), so
     that float64 rounding of a large mean does not enter a flat window's variance: there it is 0."""
     windows = [gaussian_window(s, k) for k, s in zip(kernel_size, sigma)]
@@ -126,13 +126,13 @@ def _uqi_about(x, y, level, eps, kernel_size=(11, 11), sigma=(1.5, 1.5)):
 
 
 FLAT_CASES = {
-    "half-0.7123": (_flat_half, 0.7123, torch.float32),
-    "half-100": (_flat_half, 100.3, torch.float32),
-    "half-1e-3": (_flat_half, 1.37e-3, torch.float32),
-    "half-0.7123-float16": (_flat_half, 0.7123, torch.float16),
-    "frame-0.7123": (_flat_border, 0.7123, torch.float32),
-    "frame-0.25": (_flat_border, 0.25, torch.float32),
-    "frame-0": (_flat_border, 0.0, torch.float32),
+    "half-0.7123": (flat_half, 0.7123, torch.float32),
+    "half-100": (flat_half, 100.3, torch.float32),
+    "half-1e-3": (flat_half, 1.37e-3, torch.float32),
+    "half-0.7123-float16": (flat_half, 0.7123, torch.float16),
+    "frame-0.7123": (flat_frame, 0.7123, torch.float32),
+    "frame-0.25": (flat_frame, 0.25, torch.float32),
+    "frame-0": (flat_frame, 0.0, torch.float32),
 }
 
 
@@ -147,10 +147,10 @@ def test_float32_flat_regions_match_float64(case, backend, monkeypatch):
     make, level, dtype = FLAT_CASES[case]
     p, t, flat = make(level, dtype)
     eps = float(torch.finfo(dtype).eps)
-    expected = _uqi_about(p.double().numpy(), t.double().numpy(), level, eps)
+    expected = uqi_about(p.double().numpy(), t.double().numpy(), level, eps)
     got = uqi(p, t, reduction="none")
     assert got.dtype == dtype
-    where = _flat_windows(flat).numpy()
+    where = flat_windows(flat).numpy()
     assert where.sum() >= where.size / 8  # the test covers flat windows
     np.testing.assert_allclose(got.double().numpy()[..., where], expected[..., where], rtol=0, atol=1e-3)
     mean_tol = 1e-4 + (eps / 2 if dtype == torch.float16 else 0.0)
@@ -165,9 +165,9 @@ def test_float64_flat_regions_are_right_too(case):
     ill-conditioned: its variance is a tiny fraction of its second moment)."""
     make, level, _ = FLAT_CASES[case]
     p, t, flat = make(level, torch.float64)
-    expected = _uqi_about(p.numpy(), t.numpy(), level, float(torch.finfo(torch.float64).eps))
+    expected = uqi_about(p.numpy(), t.numpy(), level, float(torch.finfo(torch.float64).eps))
     got = uqi(p, t, reduction="none").numpy()
-    where = _flat_windows(flat).numpy()
+    where = flat_windows(flat).numpy()
     np.testing.assert_allclose(got[..., where], expected[..., where], rtol=0, atol=1e-12)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
 
@@ -180,7 +180,7 @@ def test_gradient_with_flat_windows_is_the_exact_derivative(level, backend, monk
     gradient equals autograd through the reference with its variances taken about the flat level
     (where they are exactly 0 and so is their derivative), on every backend."""
     monkeypatch.setenv("SSIM_PATCH_BACKEND", backend)
-    p, t, _ = _flat_half(level, torch.float64, shape=(1, 2, 24, 22))
+    p, t, _ = flat_half(level, torch.float64, shape=(1, 2, 24, 22))
     kw = dict(kernel_size=(5, 5), sigma=(1.0, 1.0))
     eps = float(torch.finfo(torch.float64).eps)
     grads = []

@@ -431,6 +431,30 @@ def test_metric_created_before_apply_compiled(compile_backend):
     assert abs(value.item() - expected) < 1e-10 and abs(metric.compute().item() - expected) < 1e-10
 
 
+def test_a_metric_compiled_and_run_before_apply_follows_apply_and_revert():
+    """A compiled metric run unpatched, then patched (both paddings), then reverted: torch.compile
+    retraces when the hook points change, and each call gets the state's value."""
+    if not SWAPS_UPDATE:
+        pytest.skip("this release's UniversalImageQualityIndex keeps preds and target")
+    dynamo = pytest.importorskip("torch._dynamo")
+    kw = dict(kernel_size=(11, 3), sigma=(1.5, 0.5))
+    x, y = _pair((2, 1, 24, 24), seed=6)
+    eps = float(torch.finfo(torch.float64).eps)
+    metric = CLASS(**kw).set_dtype(torch.float64)
+    dynamo.reset()
+    try:
+        compiled = torch.compile(metric, backend="eager")
+        unpatched = compiled(x, y).item()
+        for padding in ("same", "valid"):
+            ssim_patch.apply(padding=padding)
+            expected = uqi_reference(x.numpy(), y.numpy(), eps=eps, padding=padding, **kw).mean()
+            assert abs(compiled(x, y).item() - expected) < 1e-10, padding
+        ssim_patch.revert()
+        assert compiled(x, y).item() == unpatched
+    finally:
+        dynamo.reset()
+
+
 def test_metric_created_before_apply_from_two_threads():
     """Instances created before apply(), updated at once from two threads, each get the corrected
     value (the trampoline has no state of its own)."""

@@ -28,6 +28,8 @@ BUGS: dict[str, str] = {
     "(F.pad(x, (pad_h, pad_h, pad_w, pad_w))): a map of the wrong size and value",
     "uqi-one-tap-nan": "UQI: a window of 1 tap on an axis (kernel_size=(1, 1)) crops the map to nothing: NaN",
     "uqi-flat-nan": "UQI: a window where both images are flat (before 1.0) or both 0 (1.0-1.2.0) is 0/0: NaN",
+    "uqi-flat-rounding": "UQI: a window where both images are flat is 0/eps, so rounding of its moments decides "
+    "its value instead of 0 (0.06 to 1 in float32, 1e9 on some releases; torchmetrics issue 2281)",
     "uqi-host-sync": "UQI: an unused data_range=None is computed with Python max() on tensors: a "
     "device-to-host sync on GPU",
     "uqi-metric-count": "UQI: UniversalImageQualityIndex divides the map's sum by the count of valid "
@@ -163,7 +165,7 @@ def upstream_bugs(version: Version) -> tuple[str, ...]:
         bugs |= {"cs-crop", "depth-pad"}
     if version < _V0_9:
         bugs.add("uniform-window-error")
-    bugs |= {"uqi-border-crop", "uqi-pad-swap", "uqi-one-tap-nan"}
+    bugs |= {"uqi-border-crop", "uqi-pad-swap", "uqi-one-tap-nan", "uqi-flat-rounding"}
     if version < _V1_2_1:
         bugs.add("uqi-flat-nan")
     else:

@@ -23,6 +23,7 @@ from fresh_interpreter import unpatched_environ
 from reference import reduce, uqi_reference, zeroed_border
 from test_errors import UPSTREAM_IDS, UPSTREAM_INVALID, assert_parity, both, side_by_side
 from test_release import assert_reproduces_unpatched_and_the_patch_fixes_it
+from test_uqi import FLAT_CASES, flat_half, flat_windows, uqi_about
 
 import ssim_patch
 from ssim_patch import _releases
@@ -411,6 +412,18 @@ def _uqi_flat_nan() -> bool:
     return value is not None and math.isnan(value)
 
 
+def _uqi_flat_rounding() -> bool:
+    """float32 images whose top half is flat at 100.3 in both: every window there is 0 / eps (its
+    variances and covariance are 0), so the map is 0 there up to rounding; upstream's is not."""
+    p, t, flat = flat_half(100.3, torch.float32)
+    rows = int(flat.sum(1).bool().sum()) - 10  # map rows whose window is flat ("same" or cropped map)
+    full, _ = _call(lambda: UQI(p, t, reduction="none"))
+    if full is None:
+        return True
+    top = full[..., :rows, :]
+    return not bool(torch.isfinite(top).all()) or float(top.abs().max()) > 1e-3
+
+
 def _uqi_host_sync() -> bool:
     x, y = _pair((1, 1, 24, 24), seed=10)
     calls = []
@@ -443,6 +456,7 @@ UQI_SYMPTOMS = {
     "uqi-pad-swap": _uqi_pad_swap,
     "uqi-one-tap-nan": _uqi_one_tap_nan,
     "uqi-flat-nan": _uqi_flat_nan,
+    "uqi-flat-rounding": _uqi_flat_rounding,
     "uqi-host-sync": _uqi_host_sync,
     "uqi-metric-count": _uqi_metric_count,
 }
@@ -455,6 +469,33 @@ def test_upstream_uqi_bug_reproduces_unpatched_and_the_patch_fixes_it(release, b
 
 def test_uqi_symptom_table_covers_every_uqi_bug():
     assert set(UQI_SYMPTOMS) == {bug for bug in _releases.BUGS if bug.startswith("uqi-")}
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("case", list(FLAT_CASES))
+def test_flat_regions_in_float32(case, padding):
+    """Images with flat regions (torchmetrics issue 2281) in float32 (one case in float16): the
+    patched functional's map is within 1e-3 of the float64 reference (the input dtype's eps, the
+    variances taken about the flat level) in every flat window, its mean and the Metric class's
+    value within 1e-4 (for float16, plus half an ulp; the class's sum of the float16 map, one ulp
+    of the mean more)."""
+    make, level, dtype = FLAT_CASES[case]
+    p, t, flat = make(level, dtype)
+    eps = float(torch.finfo(dtype).eps)
+    ssim_patch.apply(padding=padding)
+    expected = uqi_about(p.double().numpy(), t.double().numpy(), level, eps)
+    where = flat_windows(flat).numpy()
+    if padding == "valid":  # the windows wholly inside the image
+        expected, where = expected[..., 5:-5, 5:-5], where[5:-5, 5:-5]
+    got = UQI(p, t, reduction="none")
+    np.testing.assert_allclose(got.double().numpy()[..., where], expected[..., where], rtol=0, atol=1e-3)
+    half_ulp = eps / 2 if dtype == torch.float16 else 0.0
+    assert abs(UQI(p, t).double().item() - expected.mean()) < 1e-4 + half_ulp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metric = METRICS.UniversalImageQualityIndex()
+    metric.update(p, t)
+    assert abs(metric.compute().double().item() - expected.mean()) < 1e-4 + 3 * half_ulp
 
 
 # --- the release's own argument errors ------------------------------------------------------------
