@@ -27,6 +27,19 @@ import triton.language as tl
 
 
 @triton.jit
+def _plane_shift(base, stride_h, stride_w, H, W):
+    """The shift of one image's plane: the mean of 8 fixed samples (2 rows by 4 columns), summed
+    in a fixed order and scaled by 1/8 (exact), so every kernel gets the same bits."""
+    total = 0.0
+    for i in tl.static_range(2):
+        row = tl.cast((H * (2 * i + 1)) // 4, tl.int64) * stride_h
+        for j in tl.static_range(4):
+            col = tl.cast((W * (2 * j + 1)) // 8, tl.int64) * stride_w
+            total += tl.load(base + row + col).to(tl.float32)
+    return total * 0.125
+
+
+@triton.jit
 def ssim_forward_kernel(
     x_ptr,
     y_ptr,
@@ -50,6 +63,7 @@ def ssim_forward_kernel(
     csum_ptr,  # [2, P, tiles]: per-tile sums of g_c1, g_c2 (WRITE_CSUMS)
     map_ptr,  # [P, OH, OW]: the S map (WRITE_MAP)
     terms_ptr,  # [4, P, OH, OW]: mu_s, mu_d, C_num, C_den (WRITE_TERMS)
+    shift_ptr,  # [2, P]: a_s, a_d (WRITE_TERMS)
     adj_ptr,  # [S, P, OH, OW]: g_x, g_y (where needed), g_sq, g_cross (WRITE_ADJ)
     P,
     C,
@@ -102,10 +116,10 @@ def ssim_forward_kernel(
         ch = tl.cast(plane % C, tl.int64)
         xb = x_ptr + n * sxn + ch * sxc
         yb = y_ptr + n * syn + ch * syc
-        x0 = tl.load(xb).to(tl.float32)
-        y0 = tl.load(yb).to(tl.float32)
-        a_s = x0 + y0
-        a_d = x0 - y0
+        a_x = _plane_shift(xb, sxh, sxw, H, W)
+        a_y = _plane_shift(yb, syh, syw, H, W)
+        a_s = a_x + a_y
+        a_d = a_x - a_y
         cols = strip * BLOCK_W + lanes
         cmask = cols < OW
         o0 = band * BLOCK_H
@@ -217,6 +231,10 @@ def ssim_forward_kernel(
                         sum_c1 += tl.where(cmask, ab, 0.0)
                         sum_c2 += tl.where(cmask, cd, 0.0)
         at_tile = plane64 * per_plane + rest
+        if WRITE_TERMS:  # noqa: SIM102 (a compile-time branch, then a run-time one)
+            if rest == 0:
+                tl.store(shift_ptr + plane64, a_s)
+                tl.store(shift_ptr + P + plane64, a_d)
         tl.store(sums_ptr + at_tile, tl.sum(sum_s, axis=0))
         if WRITE_CS:
             tl.store(cs_ptr + at_tile, tl.sum(sum_cs, axis=0))
@@ -319,8 +337,8 @@ def ssim_backward_kernel(
         ch = tl.cast(plane % C, tl.int64)
         xb = x_ptr + n * sxn + ch * sxc
         yb = y_ptr + n * syn + ch * syc
-        x0 = tl.load(xb).to(tl.float32)
-        y0 = tl.load(yb).to(tl.float32)
+        a_x = _plane_shift(xb, sxh, sxw, H, W)
+        a_y = _plane_shift(yb, syh, syw, H, W)
         scale = 1.0
         if HAS_SCALE:
             scale = tl.load(scale_ptr + n * scale_stride).to(tl.float32)
@@ -396,8 +414,8 @@ def ssim_backward_kernel(
                 acc_y = tl.where(sel, 0.0, acc_y)
             if low >= r0:
                 rr = tl.cast(low, tl.int64)
-                xs = tl.load(xb + rr * sxh + cols * sxw, mask=cmask, other=0.0).to(tl.float32) - x0
-                ys = tl.load(yb + rr * syh + cols * syw, mask=cmask, other=0.0).to(tl.float32) - y0
+                xs = tl.load(xb + rr * sxh + cols * sxw, mask=cmask, other=0.0).to(tl.float32) - a_x
+                ys = tl.load(yb + rr * syh + cols * syw, mask=cmask, other=0.0).to(tl.float32) - a_y
                 # Each difference is exactly 0 for identical images: an exact 0 gradient.
                 b_diff = b_q - b_c
                 if NEED_X:

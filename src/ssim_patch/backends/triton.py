@@ -2,8 +2,10 @@
 
 One kernel per pass (``_triton_kernels``), each reading the images once:
 
-- forward: moments of ``s = x + y`` and ``d = x - y`` less a per-plane shift (the plane's first
-  pixel: ``a_s = x[0,0] + y[0,0]``, ``a_d = x[0,0] - y[0,0]``, read inside the kernels), the
+- forward: moments of ``s = x + y`` and ``d = x - y`` less a per-plane shift (``a_s = a_x + a_y``,
+  ``a_d = a_x - a_y``, each image's the mean of 8 fixed samples of its plane, read inside both
+  kernels: no extra pass over the images, and near enough the plane's mean to keep the
+  variance, a difference of squares, well conditioned), the
   window (reflect "same" or "valid", any odd size and taps per axis), ``_formula``'s terms and S,
   per-tile partial sums (S; cs; for a tensor ``data_range`` g_c1, g_c2) reduced afterwards in a fixed
   order, and as asked the S map, the terms a backward needs (mu, C_num, C_den), or for a loss the
@@ -187,8 +189,8 @@ def forward(
     Kept for a loss (output "ssim"): the adjoint maps ``(S, N, C, *out)`` (g_x if x needs a
     gradient, g_y if y does, g_sq, g_cross, for a unit upstream gradient per image) and the
     per-plane sums of g_c1, g_c2 ``(2, N, C)`` (left empty unless c1 or c2 needs a gradient); for
-    the map and cs outputs: mu ``(2, N, C, *out)`` (mu_s, mu_d) and C_num, C_den ``(2, N, C, *out)``.
-    The shifts are read from the images again by the backward."""
+    the map and cs outputs: mu ``(2, N, C, *out)`` (mu_s, mu_d), C_num, C_den ``(2, N, C, *out)``
+    and the shifts ``(2, N, C)`` (a_s, a_d)."""
     kernels = _kernels()
     assert kernels is not None, _IMPORT_ERROR
     config = config if config is not None else CONFIG
@@ -209,6 +211,7 @@ def forward(
     adjoints = _empty((int(need_x) + int(need_y) + 2, n, channels, oh, ow), x) if loss else sums
     terms = _empty((4, n, channels, oh, ow), x) if keep is not None and not loss else sums
     c_partial = _empty((2, planes, per_plane), x) if c_grads else sums
+    shifts = _empty((2, n, channels), x) if keep is not None and not loss else sums
     two_c1 = _scalar(k.two_c1, x)
     kernels.ssim_forward_kernel[(_programs(planes * per_plane, x.device, config),)](
         x,
@@ -227,6 +230,7 @@ def forward(
         c_partial,
         full,
         terms,
+        shifts,
         adjoints,
         planes,
         channels,
@@ -262,7 +266,7 @@ def forward(
     if loss:
         c_sums = c_partial.view(2, n, channels, per_plane).sum(-1) if c_grads else _empty((2, n, channels), x)
         return per_image, extra, (adjoints, c_sums)
-    return per_image, extra, (terms[:2], terms[2:])
+    return per_image, extra, (terms[:2], terms[2:], shifts)
 
 
 def kept_like(x: Tensor, plan: Plan, keep: Needs) -> Kept:
@@ -272,16 +276,11 @@ def kept_like(x: Tensor, plan: Plan, keep: Needs) -> Kept:
     if plan.output == "ssim":
         rows = _algebra.adjoint_rows(keep)
         return _empty((rows, n, channels, oh, ow), x), _empty((2, n, channels), x)
-    return _empty((2, n, channels, oh, ow), x), _empty((2, n, channels, oh, ow), x)
+    terms = _empty((2, n, channels, oh, ow), x), _empty((2, n, channels, oh, ow), x)
+    return (*terms, _empty((2, n, channels), x))
 
 
 # --- the backward ------------------------------------------------------------------------------
-
-
-def shift(x: Tensor, y: Tensor) -> Tensor:
-    """The per-plane shifts ``(2, N, C, 1, 1)`` the kernels use: a_s, a_d of the first pixels."""
-    x0, y0 = x[:, :, :1, :1].float(), y[:, :, :1, :1].float()
-    return torch.stack((x0 + y0, x0 - y0))
 
 
 def backward(
@@ -309,12 +308,12 @@ def backward(
         if needs.c1 or needs.c2:
             c_grad = (c_sums * scale.view(-1, 1)).sum((1, 2))
     else:
-        mu, contrast = kept
+        mu, contrast, shifts = kept
         grad_map, grad_cs = _algebra.upstream(g_image, g_extra, plan, (n, channels, oh, ow))
         if grad_map is None and grad_cs is None:
             return None, None, None, None
         terms = _formula.Terms(mu, contrast[0], contrast[1])
-        adj = _formula.adjoints(terms, shift(x, y), k, grad_map, grad_cs, needs.x, needs.y)
+        adj = _formula.adjoints(terms, shifts[..., None, None], k, grad_map, grad_cs, needs.x, needs.y)
         stack = torch.stack([g.expand(n, channels, oh, ow) for g in _algebra.adjoint_stack(adj)])
         if needs.c1 or needs.c2:
             c_grad = torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))

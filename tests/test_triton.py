@@ -1,0 +1,455 @@
+"""The Triton backend (``ssim_patch.backends.triton``) under Triton's interpreter, on CPU tensors.
+
+The interpreter only works when ``TRITON_INTERPRET=1`` is set before the kernels are defined, so
+every case runs in one child interpreter (this file run as a script): it prints one JSON line per
+case with the errors it measured against the float64 references (``tests/reference_torch.py``'s
+window and formula, differentiated by autograd), and the tests here assert each. Images are tiny
+and blocks small: the interpreter costs about a millisecond per masked load. The interpreter shows
+neither races nor speed: ``benchmarks/gpu_check.py`` measures those on a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+#: Bounds: values against float64 (absolute), gradients max |error| / max |float64 gradient|.
+VALUE_BOUND = 1e-5
+GRAD_BOUND = {"float32": 1e-4, "float16": 1e-3, "bfloat16": 8e-3}  # gradients stored in the input's dtype
+
+#: The cases: name -> what the child runs (see ``_run_case``).
+CASES: dict[str, dict[str, Any]] = {
+    "gaussian 3-tap 1x1x16x16": {"shape": (1, 1, 16, 16), "sigma": 0.5},
+    "gaussian 11-tap 1x1x16x16": {"shape": (1, 1, 16, 16), "sigma": 1.5},
+    "gaussian 11-tap, smallest image 1x1x6x6 (both edges reflect onto the same pixels)": {
+        "shape": (1, 1, 6, 6),
+        "sigma": 1.5,
+    },
+    "gaussian 5-tap 1x1x11x13, ragged blocks": {"shape": (1, 1, 11, 13), "sigma": 0.6, "blocks": (4, 8)},
+    "uniform 5 1x1x12x12": {"shape": (1, 1, 12, 12), "uniform": (5, 5)},
+    "anisotropic uniform 3x7 1x1x10x13": {"shape": (1, 1, 10, 13), "uniform": (3, 7)},
+    "anisotropic gaussian sigma (1.0, 0.5) 1x1x11x10": {"shape": (1, 1, 11, 10), "sigma": (1.0, 0.5)},
+    "valid 5x5 1x1x13x21, ragged blocks": {
+        "shape": (1, 1, 13, 21),
+        "uniform": (5, 5),
+        "padding": "valid",
+        "blocks": (4, 8),
+    },
+    "valid, smallest image 1x1x5x7 (window 5x7)": {
+        "shape": (1, 1, 5, 7),
+        "uniform": (5, 7),
+        "padding": "valid",
+    },
+    "persistent grid: 2 programs for 9 tiles": {
+        "shape": (1, 1, 9, 17),
+        "sigma": 0.5,
+        "blocks": (4, 8),
+        "programs": 2,
+    },
+    "map output, gradient through the map": {"shape": (2, 1, 12, 12), "sigma": 0.5, "output": "map"},
+    "cs output, gradient through cs": {"shape": (2, 1, 12, 12), "sigma": 0.5, "output": "cs"},
+    "UQI 5x5 gaussian": {"shape": (1, 1, 12, 12), "sigma": 1.5, "taps": (5, 5), "uqi": True},
+    "float16 images": {"shape": (1, 1, 16, 16), "sigma": 0.5, "dtype": "float16"},
+    "bfloat16 images": {"shape": (1, 1, 16, 16), "sigma": 0.5, "dtype": "bfloat16"},
+    "strided (non-contiguous) images": {"shape": (1, 2, 12, 12), "sigma": 0.5, "layout": "strided"},
+    "channels_last images": {"shape": (1, 2, 8, 8), "sigma": 0.5, "layout": "channels_last"},
+    "tensor c1, c2: their gradients, x only": {"shape": (2, 1, 12, 12), "sigma": 0.5, "constants": "tensor"},
+    "y only needs a gradient": {"shape": (1, 1, 12, 12), "sigma": 0.5, "needs": "y"},
+    "forward only 2x3x40x40": {"shape": (2, 3, 40, 40), "sigma": 0.5, "grad": False},
+    "through the op (SSIM_PATCH_BACKEND=triton, ssim_patch.ssim)": {
+        "shape": (2, 1, 8, 8),
+        "sigma": 0.5,
+        "engine": True,
+    },
+}
+
+
+def _skip_reason() -> Optional[str]:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, dict[str, Any]]:
+    """Every case's measurements, from one child interpreter run with ``TRITON_INTERPRET=1``."""
+    from fresh_interpreter import unpatched_environ
+
+    env = {**unpatched_environ(), "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__))], capture_output=True, text=True, timeout=300, env=env
+    )
+    found = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            found[record["case"]] = record
+    if not found:
+        pytest.fail(f"the interpreter child printed no case:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return found
+
+
+def _result(results: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    assert name in results, f"the child did not report {name!r}"
+    record = results[name]
+    assert record["error"] is None, record["error"]
+    return record
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_against_float64(results: dict[str, dict[str, Any]], name: str) -> None:
+    record = _result(results, name)
+    assert record["value_err"] <= VALUE_BOUND, record
+    if CASES[name].get("grad", True):
+        assert record["grad_err"] <= GRAD_BOUND[CASES[name].get("dtype", "float32")], record
+    for key in ("c1_err", "c2_err"):
+        if key in record:
+            assert record[key] <= GRAD_BOUND["float32"], record
+
+
+def test_persistent_grid_has_fewer_programs_than_tiles(results: dict[str, dict[str, Any]]) -> None:
+    record = _result(results, "persistent grid: 2 programs for 9 tiles")
+    assert record["programs"] == 2 and record["tiles"] == 9, record
+
+
+def test_gradient_keeps_layout(results: dict[str, dict[str, Any]]) -> None:
+    """A channels_last image gets a channels_last gradient (written through its strides, no copy)."""
+    record = _result(results, "channels_last images")
+    assert record["grad_strides"] == record["image_strides"], record
+
+
+def test_identical_images_exact(results: dict[str, dict[str, Any]]) -> None:
+    """Equal images: SSIM exactly 1 and a gradient of exactly 0 (not rounding noise)."""
+    record = _result(results, "identical")
+    assert record["values"] == [1.0, 1.0], record
+    assert record["grad_max"] == 0.0, record
+
+
+def test_two_runs_bit_identical(results: dict[str, dict[str, Any]]) -> None:
+    record = _result(results, "determinism")
+    assert record["identical"], record
+
+
+def test_reduced_precision_gradient_dtype(results: dict[str, dict[str, Any]]) -> None:
+    for name in ("float16 images", "bfloat16 images"):
+        record = _result(results, name)
+        assert record["grad_dtype"] == CASES[name]["dtype"], record
+
+
+def test_unsupported_says_why() -> None:
+    """float64 and 3-D images are for other backends; the reason names what was given."""
+    import torch
+
+    from ssim_patch import _filters
+    from ssim_patch.backends import triton as backend
+    from ssim_patch.backends._protocol import Plan
+
+    plan = Plan(_filters.Blur(((1 / 3,) * 3, (1 / 3,) * 3), "same"))
+    why = backend.BACKEND.unsupported(torch.zeros(1, 1, 8, 8, dtype=torch.float64), plan)
+    assert why is not None and "float64" in why
+    volume = Plan(_filters.Blur(((1 / 3,) * 3,) * 3, "same"))
+    why = backend.BACKEND.unsupported(torch.zeros(1, 1, 8, 8, 8), volume)
+    assert why is not None and "3-D" in why
+
+
+def test_module_imports_without_triton() -> None:
+    """Importing the backend does not import triton (it is imported on first use)."""
+    from fresh_interpreter import unpatched_environ
+
+    code = "import sys, ssim_patch.backends.triton; print('triton' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=unpatched_environ()
+    )
+    assert out.stdout.strip() == "False", out.stderr
+
+
+# --- the child: runs the kernels under the interpreter ---------------------------------------------
+
+
+def _child() -> None:
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    sys.path.insert(0, str(HERE))
+    import torch
+
+    torch.set_num_threads(1)
+    for name, spec in CASES.items():
+        _emit(name, lambda spec=spec: _run_case(spec))
+    _emit("identical", _identical)
+    _emit("determinism", _determinism)
+
+
+def _emit(name: str, fn: Any) -> None:
+    start = time.process_time()
+    try:
+        record = {"case": name, "error": None, **fn()}
+    except Exception:
+        record = {"case": name, "error": traceback.format_exc()}
+    record["cpu_seconds"] = round(time.process_time() - start, 2)
+    print(json.dumps(record), flush=True)
+
+
+def _windows(spec: dict[str, Any]) -> list[Any]:
+    import reference_torch as rt
+    import torch
+
+    if "uniform" in spec:
+        return [torch.full((k,), 1.0 / k, dtype=torch.float64) for k in spec["uniform"]]
+    sigma = spec["sigma"] if isinstance(spec["sigma"], tuple) else (spec["sigma"],) * 2
+    sizes = spec.get("taps", (None, None))
+    return [rt.gaussian_window(s, k) for s, k in zip(sigma, sizes)]
+
+
+def _reference(
+    x: Any, y: Any, windows: list[Any], padding: str, c1: Any, c2: Any, eps: Optional[float]
+) -> Any:
+    """Float64 S map and cs map: the textbook formula on tests/reference_torch.py's window."""
+    import reference_torch as rt
+
+    def blur(a: Any) -> Any:
+        return rt.blur(a, windows, padding)
+
+    mx, my = blur(x), blur(y)
+    vx = (blur(x * x) - mx * mx).clamp_min(0)
+    vy = (blur(y * y) - my * my).clamp_min(0)
+    cov = blur(x * y) - mx * my
+    if eps is not None:  # UQI
+        return (2 * mx * my) * (2 * cov) / ((mx * mx + my * my) * (vx + vy) + eps), None
+    cs = (2 * cov + c2) / (vx + vy + c2)
+    return (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs, cs
+
+
+def _images(spec: dict[str, Any], seed: int = 0) -> tuple[Any, Any]:
+    import torch
+
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    shape = spec["shape"]
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(shape, generator=gen, dtype=torch.float64)
+    x = u.to(dtype)
+    y = (0.7 * u + 0.3 * torch.rand(shape, generator=gen, dtype=torch.float64)).to(dtype)
+    layout = spec.get("layout")
+    if layout == "strided":  # every other column of a wider image, and a transposed one
+        wide = torch.zeros(*shape[:3], 2 * shape[3], dtype=dtype)
+        wide[..., ::2] = x
+        x = wide[..., ::2]
+        y = y.transpose(2, 3).contiguous().transpose(2, 3)
+        assert not x.is_contiguous() and not y.is_contiguous()
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = y.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from ssim_patch import _filters, _formula
+    from ssim_patch.backends import triton as backend
+    from ssim_patch.backends._protocol import Needs, Plan
+
+    if spec.get("engine"):
+        return _through_engine(spec)
+    x, y = _images(spec)
+    windows = _windows(spec)
+    padding = spec.get("padding", "same")
+    output = spec.get("output", "ssim")
+    uqi = spec.get("uqi", False)
+    eps = float(torch.finfo(torch.float32).eps) if uqi else None
+    plan = Plan(_filters.Blur(tuple(tuple(w.tolist()) for w in windows), padding), eps=eps, output=output)
+    config = backend.CONFIG
+    if "blocks" in spec:
+        block_h, block_w = spec["blocks"]
+        launch = backend.Launch(block_h=block_h, block_w=block_w)
+        config = backend.with_config(forward=launch, backward=launch)
+    if "programs" in spec:
+        config = backend.with_config(
+            forward=config.forward, backward=config.backward, max_programs=spec["programs"]
+        )
+    grad = spec.get("grad", True)
+    tensor_constants = spec.get("constants") == "tensor"
+    c1v, c2v = (0.0, 0.0) if uqi else (1e-4, 9e-4)
+    c1_64 = torch.tensor(c1v, dtype=torch.float64, requires_grad=tensor_constants)
+    c2_64 = torch.tensor(c2v, dtype=torch.float64, requires_grad=tensor_constants)
+    if tensor_constants:
+        c1: Any = c1_64.detach().float().requires_grad_()
+        c2: Any = c2_64.detach().float().requires_grad_()
+    else:
+        c1, c2 = c1v, c2v
+    k = _formula.constants(c1, c2, eps, torch.empty((), dtype=torch.float32))
+    which = spec.get("needs", "xy")
+    needs = Needs("x" in which, "y" in which, tensor_constants, tensor_constants)
+    assert backend.BACKEND.unsupported(x, plan) is None
+    old = backend.CONFIG
+    backend.CONFIG = config
+    try:
+        per_image, extra, kept = backend.BACKEND.forward(x, y, k, plan, needs if grad else None)
+    finally:
+        backend.CONFIG = old
+    xr = x.double().requires_grad_(needs.x)
+    yr = y.double().requires_grad_(needs.y)
+    ref_map, ref_cs = _reference(xr, yr, windows, padding, c1_64, c2_64, eps)
+    ref_image = ref_map.flatten(1).mean(1)
+    record: dict[str, Any] = {"value_err": float((per_image.double() - ref_image).abs().max())}
+    if output == "map":
+        assert extra is not None
+        record["value_err"] = max(record["value_err"], float((extra.double() - ref_map).abs().max()))
+    if output == "cs":
+        assert extra is not None and ref_cs is not None
+        ref_extra = ref_cs.flatten(1).mean(1)
+        record["value_err"] = max(record["value_err"], float((extra.double() - ref_extra).abs().max()))
+    if "blocks" in spec or "programs" in spec:
+        oh, ow = plan.blur.out_size(tuple(x.shape[2:]))
+        launch = config.forward
+        record["tiles"] = (
+            x.shape[0] * x.shape[1] * math.ceil(oh / launch.block_h) * math.ceil(ow / launch.block_w)
+        )
+        record["programs"] = backend._programs(record["tiles"], x.device, config)
+    if not grad:
+        return record
+    gen = torch.Generator().manual_seed(5)
+    g_image = g_extra = None
+    if output == "ssim":
+        g_image = torch.rand(x.shape[0], generator=gen, dtype=torch.float64) + 0.5
+        loss = (ref_image * g_image).sum()
+    elif output == "map":
+        g_extra = torch.rand(ref_map.shape, generator=gen, dtype=torch.float64)
+        loss = (ref_map * g_extra).sum()
+    else:
+        g_extra = torch.rand(x.shape[0], generator=gen, dtype=torch.float64)
+        loss = (ref_cs.flatten(1).mean(1) * g_extra).sum()
+    leaves = [t for t, need in ((xr, needs.x), (yr, needs.y), (c1_64, needs.c1), (c2_64, needs.c2)) if need]
+    ref_grads = iter(torch.autograd.grad(loss, leaves))
+    backend.CONFIG = config
+    try:
+        grads = backend.BACKEND.backward(
+            x,
+            y,
+            k,
+            kept,
+            None if g_image is None else g_image.float(),
+            None if g_extra is None else g_extra.float(),
+            plan,
+            needs,
+        )
+    finally:
+        backend.CONFIG = old
+    errors = []
+    for got, need, image in zip(grads[:2], (needs.x, needs.y), (x, y)):
+        if not need:
+            assert got is None
+            continue
+        ref = next(ref_grads)
+        assert got is not None and got.dtype == x.dtype and got.shape == x.shape
+        errors.append(float((got.double() - ref).abs().max()) / float(ref.abs().max()))
+        record["grad_dtype"] = str(got.dtype).replace("torch.", "")
+        record["grad_strides"] = list(got.stride())
+        record["image_strides"] = list(image.stride())
+    record["grad_err"] = max(errors)
+    for key, got, need in (("c1_err", grads[2], needs.c1), ("c2_err", grads[3], needs.c2)):
+        if need:
+            ref = next(ref_grads)
+            assert got is not None and got.ndim == 0
+            record[key] = float((got.double() - ref).abs()) / float(ref.abs())
+    return record
+
+
+def _through_engine(spec: dict[str, Any]) -> dict[str, Any]:
+    """ssim_patch.ssim with the backend forced: the op runs the kernels forward and backward."""
+    import reference_torch as rt
+
+    import ssim_patch
+    from ssim_patch.backends import triton as backend
+
+    calls = {"forward": 0, "backward": 0}
+    real_forward, real_backward = backend.forward, backend.backward
+
+    def counted_forward(*args: Any, **kwargs: Any) -> Any:
+        calls["forward"] += 1
+        return real_forward(*args, **kwargs)
+
+    def counted_backward(*args: Any, **kwargs: Any) -> Any:
+        calls["backward"] += 1
+        return real_backward(*args, **kwargs)
+
+    os.environ["SSIM_PATCH_BACKEND"] = "triton"
+    backend.forward, backend.backward = counted_forward, counted_backward  # type: ignore[assignment]
+    try:
+        x, y = _images(spec)
+        x.requires_grad_()
+        per_image = ssim_patch.ssim(x, y, sigma=spec["sigma"], data_range=1.0, reduction="none")
+        per_image.sum().backward()
+    finally:
+        backend.forward, backend.backward = real_forward, real_backward  # type: ignore[assignment]
+        del os.environ["SSIM_PATCH_BACKEND"]
+    assert calls == {"forward": 1, "backward": 1}, calls
+    xr = x.detach().double().requires_grad_()
+    ref, _, _ = rt.ssim(xr, y.double(), sigma=spec["sigma"], data_range=1.0)
+    ref.sum().backward()
+    assert x.grad is not None and xr.grad is not None
+    return {
+        "value_err": float((per_image.detach().double() - ref.detach()).abs().max()),
+        "grad_err": float((x.grad.double() - xr.grad).abs().max()) / float(xr.grad.abs().max()),
+    }
+
+
+def _identical() -> dict[str, Any]:
+    import torch
+
+    from ssim_patch import _filters, _formula
+    from ssim_patch.backends import triton as backend
+    from ssim_patch.backends._protocol import Needs, Plan
+
+    spec = {"shape": (2, 1, 6, 7), "sigma": 1.5}
+    x, _ = _images(spec, seed=3)
+    x = x * 7 - 3  # far from the shift's scale: an FMA residue would show
+    plan = Plan(_filters.Blur(tuple(tuple(w.tolist()) for w in _windows(spec)), "same"))
+    k = _formula.constants(1e-4, 9e-4, None, x)
+    needs = Needs(True, True, False, False)
+    per_image, _, kept = backend.BACKEND.forward(x, x.clone(), k, plan, needs)
+    assert kept is not None
+    gx, gy, _, _ = backend.BACKEND.backward(x, x.clone(), k, kept, torch.ones(2), None, plan, needs)
+    assert gx is not None and gy is not None
+    return {"values": per_image.tolist(), "grad_max": float(torch.cat((gx, gy)).abs().max())}
+
+
+def _determinism() -> dict[str, Any]:
+    import torch
+
+    from ssim_patch import _filters, _formula
+    from ssim_patch.backends import triton as backend
+    from ssim_patch.backends._protocol import Needs, Plan
+
+    spec = {"shape": (1, 1, 8, 9), "sigma": 0.5}
+    x, y = _images(spec, seed=4)
+    plan = Plan(_filters.Blur(tuple(tuple(w.tolist()) for w in _windows(spec)), "same"))
+    k = _formula.constants(torch.tensor(1e-4), torch.tensor(9e-4), None, x)
+    needs = Needs(True, True, True, True)
+    launch = backend.Launch(block_h=4, block_w=4)
+    config = backend.with_config(forward=launch, backward=launch, max_programs=3)  # 6 tiles
+    runs = []
+    for _ in range(2):
+        per_image, _, kept = backend.forward(x, y, k, plan, needs, config)
+        assert kept is not None
+        grads = backend.backward(x, y, k, kept, torch.ones(1), None, plan, needs, config)
+        runs.append([per_image, *kept, *(g for g in grads if g is not None)])
+    same = all(torch.equal(a, b) for a, b in zip(*runs))
+    return {"identical": same}
+
+
+if __name__ == "__main__":
+    _child()
