@@ -350,17 +350,20 @@ COMPILE_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_inductor_compiles_or_falls_back_cleanly():
-    """The default backend (inductor, C++ on CPU): capped at 50 s, a cold compile cache on a slow
-    machine skips; a compiler failure must fall back to eager with the same numbers."""
+    """The default backend (inductor, C++ on CPU; slow: 20-60 s on a cold cache, CI runs it with
+    -m slow): a compiler failure must fall back to eager with the same numbers. The cap is only
+    there so a hung compiler fails instead of stalling the run."""
     # The child starts unpatched: nothing this session exported (the plugin exports the patch).
     env = unpatched_environ()
+    cap_s = 900
     try:
         out = subprocess.run(
-            [sys.executable, "-c", COMPILE_CHILD], capture_output=True, text=True, timeout=50, env=env
+            [sys.executable, "-c", COMPILE_CHILD], capture_output=True, text=True, timeout=cap_s, env=env
         )
     except subprocess.TimeoutExpired:
-        pytest.skip("inductor did not finish compiling within 50 s here (cold cache)")
+        pytest.fail(f"inductor did not finish compiling and running within {cap_s} s")
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["diff"] < 1e-5, result
