@@ -24,7 +24,7 @@ from torch._guards import detect_fake_mode
 
 from ssim_patch import _filters, _formula
 from ssim_patch.backends import _algebra
-from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
+from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 
 #: Convolution kernels already on a device, by (taps, dtype, device): made once, so a call makes
 #: no host-to-device copy.
@@ -210,4 +210,4 @@ class ConvBackend:
         return gx, gy, (c_sums[0] if needs.c1 else None), (c_sums[1] if needs.c2 else None)
 
 
-BACKEND = ConvBackend()
+BACKEND: Backend = ConvBackend()  # mypy checks it against the protocol

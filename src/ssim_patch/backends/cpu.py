@@ -23,7 +23,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from ssim_patch import _filters, _formula
 from ssim_patch.backends import _algebra
-from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
+from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 
 #: The work is cut into pieces of about this many samples (whole planes, or bands of rows of one
 #: plane), so that the moment maps and their filtered copies stay in cache.
@@ -322,4 +322,4 @@ class CpuBackend:
         )
 
 
-BACKEND = CpuBackend()
+BACKEND: Backend = CpuBackend()  # mypy checks it against the protocol

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ssim_patch import _filters, _formula
 from ssim_patch.backends import _algebra
-from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan, Scalar
+from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan, Scalar
 
 
 def terms(x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan) -> tuple[_formula.Terms, Tensor]:
@@ -100,4 +100,4 @@ class TracedBackend:
         return gradients(x, y, k, grad_map, grad_cs, plan, needs)
 
 
-BACKEND = TracedBackend()
+BACKEND: Backend = TracedBackend()  # mypy checks it against the protocol
