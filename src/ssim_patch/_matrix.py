@@ -2,19 +2,24 @@
 
 For each release in ``compat_matrix.yaml``: lay it out with ``pip install --no-deps --target``
 (torchmetrics is pure Python), put it first on ``PYTHONPATH`` over the current environment, run
-``tests/matrix`` under it, and print a table of what passed.
+``tests/matrix`` under it, and print a table of what passed and how long each release took.
+``--readme README.md`` writes that table, with the run's total time, between the README's markers
+(its compatibility table); ``--markdown FILE`` writes the table alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import pathlib
+import platform
 import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any, Optional
 
 
@@ -64,6 +69,11 @@ def _layout(version: str, cache: pathlib.Path) -> pathlib.Path:
 
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?)")
 
+#: The README's compatibility table lies between these two lines; ``--readme`` rewrites what is
+#: between them (a test checks that the README holds what this module writes).
+README_BEGIN = "<!-- compatibility table: written by `ssim-patch matrix --readme README.md`; do not edit -->"
+README_END = "<!-- end of the compatibility table -->"
+
 
 def _run_one(
     entry: dict[str, Any], root: pathlib.Path, cache: pathlib.Path, pytest_args: list[str]
@@ -111,6 +121,7 @@ def _table(results: list[_Result], markdown: bool) -> str:
         "SSIM bugs (fixed by the patch)",
         "UQI bugs (fixed by the patch)",
         "matrix suite",
+        "time",
     ]
     rows = []
 
@@ -126,7 +137,15 @@ def _table(results: list[_Result], markdown: bool) -> str:
         ssim_bugs = [b for b in r.bugs if not b.startswith("uqi-")]
         uqi_bugs = [b for b in r.bugs if b.startswith("uqi-")]
         rows.append(
-            [r.version, code([r.hook]), code(r.uqi_hooks), ", ".join(ssim_bugs), ", ".join(uqi_bugs), outcome]
+            [
+                r.version,
+                code([r.hook]),
+                code(r.uqi_hooks),
+                ", ".join(ssim_bugs),
+                ", ".join(uqi_bugs),
+                outcome,
+                f"{r.seconds:.0f} s",
+            ]
         )
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -139,6 +158,31 @@ def _table(results: list[_Result], markdown: bool) -> str:
     )
 
 
+def provenance(seconds: float, releases: int) -> str:
+    """The line under the README's table: where and when it was measured, and the total time."""
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = "not installed"
+    return (
+        f"Measured with Python {platform.python_version()} and torch {torch} on {os.cpu_count()} CPU "
+        f"cores, {datetime.date.today().isoformat()}: {releases} releases in {seconds / 60:.1f} minutes."
+    )
+
+
+def readme_block(results: list[_Result], provenance_line: str) -> str:
+    """What ``--readme`` puts in the README, its markers included."""
+    return "\n".join([README_BEGIN, "", _table(results, markdown=True), "", provenance_line, "", README_END])
+
+
+def _write_readme(path: pathlib.Path, block: str) -> None:
+    text = path.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"ssim-patch matrix: {path} has no {README_BEGIN!r} ... {README_END!r} markers")
+    path.write_text(text[:begin] + block + text[end + len(README_END) :])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the matrix; exit status 0 only when every selected release passed."""
     parser = argparse.ArgumentParser(prog="ssim-patch matrix", description=__doc__)
@@ -148,8 +192,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--cache", type=pathlib.Path, help="where releases are laid out (default: ROOT/.matrix)"
     )
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the table as Markdown here")
+    parser.add_argument(
+        "--readme",
+        type=pathlib.Path,
+        help="write the table and the total time between the compatibility-table markers of this "
+        "README (a full run only: every release, no pytest arguments, all passed)",
+    )
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = parser.parse_args(argv)
+    if args.readme is not None and (args.release or args.pytest_args):
+        parser.error("--readme takes the full matrix: no --release and no pytest arguments")
     root = (args.root or _find_root(pathlib.Path.cwd())).resolve()
     cache = (args.cache or root / ".matrix").resolve()
     entries = _load(root)["releases"]
@@ -159,20 +211,27 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise SystemExit(f"ssim-patch matrix: {unknown} not in compat_matrix.yaml")
         entries = [e for e in entries if str(e["version"]) in args.release]
     results = []
+    start = time.perf_counter()
     for entry in entries:
         print(f"torchmetrics {entry['version']} ...", flush=True)
         result = _run_one(entry, root, cache, args.pytest_args)
         print(f"  {'ok' if result.ok else 'FAILED'} in {result.seconds:.0f}s", flush=True)
         results.append(result)
+    total = time.perf_counter() - start
     print()
     print(_table(results, markdown=False))
     if args.markdown:
         args.markdown.write_text(_table(results, markdown=True) + "\n")
     failed = [r.version for r in results if not r.ok]
     if failed:
+        if args.readme is not None:
+            print(f"\nssim-patch matrix: {args.readme} left as it was")
         print(f"\nssim-patch matrix: failed on {', '.join(failed)}")
         return 1
-    print(f"\nssim-patch matrix: all {len(results)} releases passed")
+    if args.readme is not None:
+        _write_readme(args.readme, readme_block(results, provenance(total, len(results))))
+        print(f"\nssim-patch matrix: wrote the compatibility table of {args.readme}")
+    print(f"\nssim-patch matrix: all {len(results)} releases passed in {total / 60:.1f} minutes")
     return 0
 
 
