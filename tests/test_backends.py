@@ -272,3 +272,26 @@ def test_a_backend_that_reads_half_gets_the_images_as_they_are(data_range, monke
     ssim_patch.ssim(pb, y, data_range=r).backward()
     assert reader.seen == [torch.float16] * 3
     assert pb.grad is not None and pb.grad.dtype == torch.float16 and torch.equal(pb.grad, pa.grad)
+
+
+def test_the_variable_holds_for_the_whole_process():
+    """Set before the program starts: every call of that process uses it (and a name that is not
+    a backend is an error at the next call)."""
+    import subprocess
+    import sys
+
+    from fresh_interpreter import unpatched_environ
+
+    code = (
+        "import os, torch, ssim_patch\n"
+        "from ssim_patch import backends\n"
+        "x = torch.rand(1, 1, 16, 16)\n"
+        "print(backends.choose(x, None).name, ssim_patch.status().backend)\n"
+        "ssim_patch.ssim(x, x)\n"
+        "os.environ['SSIM_PATCH_BACKEND'] = 'fast'\n"
+        "ssim_patch.ssim(x, x)\n"
+    )
+    env = dict(unpatched_environ(), **{backends.ENV: "conv"})
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["conv", "conv"], done.stderr[-2000:]
+    assert done.returncode != 0 and "ValueError: SSIM_PATCH_BACKEND='fast' is not a backend" in done.stderr
