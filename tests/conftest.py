@@ -15,10 +15,14 @@ import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-# torch's forward-mode AD loads its decompositions on first use, and that module scripts 18
-# functions with torch.jit.script, which warns "`torch.jit.script` is deprecated" once per function
-# (torch/_decomp/decompositions_for_jvp.py, torch's own code). Load it here with that warning
-# silenced, so that a torch.jit.script call anywhere else still warns.
+# Two torch modules use TorchScript when they are first imported, and each use warns "deprecated":
+# forward-mode AD's decompositions script 18 functions with torch.jit.script
+# (torch/_decomp/decompositions_for_jvp.py, loaded on the first dual tensor), and inductor imports
+# torch/utils/mkldnn.py, whose classes have 14 torch.jit.script_method methods. Both are torch's own
+# code: load them here with those warnings silenced, so a TorchScript call anywhere else still warns.
 with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script(_method)?` is deprecated", category=DeprecationWarning
+    )
     import torch._decomp.decompositions_for_jvp
+    import torch.utils.mkldnn
