@@ -14,6 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import ssim_patch
 from ssim_patch import _filters, backends
+from ssim_patch.backends import _custom_op
 from ssim_patch.backends._protocol import Needs, Plan
 
 #: The backends that run on CPU tensors.
@@ -29,8 +30,18 @@ WINDOWS = {
 OUTPUTS = {"ssim": {}, "map": {"return_full_image": True}, "cs": {"return_contrast_sensitivity": True}}
 
 
+@pytest.fixture(params=["custom-op", "function"])
+def route(request, monkeypatch):
+    """The torch.library custom op (torch >= 2.4), and the autograd.Function an older torch uses."""
+    if request.param == "function":
+        monkeypatch.setattr(_custom_op, "AVAILABLE", False)
+    elif not _custom_op.AVAILABLE:
+        pytest.skip("this torch has no torch.library.custom_op")
+    return request.param
+
+
 @pytest.fixture(params=CPU_BACKENDS)
-def backend(request, monkeypatch):
+def backend(request, route, monkeypatch):
     monkeypatch.setenv(backends.ENV, request.param)
     return request.param
 
@@ -254,7 +265,7 @@ class _ReadsHalf:
 
 
 @pytest.mark.parametrize("data_range", [None, 1.0, "tensor"])
-def test_a_backend_that_reads_half_gets_the_images_as_they_are(data_range, monkeypatch):
+def test_a_backend_that_reads_half_gets_the_images_as_they_are(data_range, route, monkeypatch):
     """No float32 copy on the way (neither engine nor op) for a backend that reads half itself;
     the numbers are those of the float32 route, the gradient comes back in the images' dtype."""
     monkeypatch.setenv(backends.ENV, "cpu")
