@@ -306,3 +306,16 @@ def test_the_variable_holds_for_the_whole_process():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["conv", "conv"], done.stderr[-2000:]
     assert done.returncode != 0 and "ValueError: SSIM_PATCH_BACKEND='fast' is not a backend" in done.stderr
+
+
+def test_a_backend_that_does_not_load_is_named_with_the_reason(monkeypatch):
+    monkeypatch.setitem(backends._LOADED, "triton", "it does not load here (RuntimeError: 0 active drivers)")
+    monkeypatch.setenv(backends.ENV, "triton")
+    x = torch.rand(1, 1, 16, 16)
+    with pytest.raises(RuntimeError) as info:
+        ssim_patch.ssim(x, x)
+    assert str(info.value) == (
+        "SSIM_PATCH_BACKEND=triton cannot compute SSIM of (1, 1, 16, 16) float32 images on cpu: it does "
+        "not load here (RuntimeError: 0 active drivers). Backends that can: conv, cpu, traced (or unset "
+        "SSIM_PATCH_BACKEND for auto)."
+    )

@@ -37,7 +37,8 @@ NAMES = ("auto", "triton", "conv", "cpu", "traced")
 
 #: Backends loaded so far, or why one cannot load (a sentence), by name.
 _LOADED: dict[str, Union[Backend, str]] = {}
-_MODULES = {"cpu": "cpu", "conv": "conv", "traced": "traced", "triton": "triton"}
+#: The dtypes auto sends to the triton backend on CUDA (as strings: no torch import here).
+_TRITON_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
 
 
 def requested() -> str:
@@ -53,14 +54,15 @@ def requested() -> str:
 
 
 def load(name: str) -> Union[Backend, str]:
-    """The backend called ``name`` (not "auto"), or why it cannot load here (a sentence)."""
+    """The backend called ``name`` (not "auto"), or why it cannot load here (a sentence). Any
+    error while loading (Triton missing, or failing to start) leaves auto with the others."""
     found = _LOADED.get(name)
     if found is not None:
         return found
     try:
-        module = importlib.import_module(f"{__name__}.{_MODULES[name]}")
+        module = importlib.import_module(f"{__name__}.{name}")
         result: Union[Backend, str] = module.BACKEND
-    except ImportError as exc:
+    except Exception as exc:  # an optional accelerator: its failure must not break SSIM
         result = f"it does not load here ({type(exc).__name__}: {exc})"
     _LOADED[name] = result
     return result
@@ -94,9 +96,6 @@ def _auto(x: Tensor, plan: Plan) -> str:
         return "cpu"
     triton_shaped = x.device.type == "cuda" and x.ndim == 4 and str(x.dtype) in _TRITON_DTYPES
     return "triton" if triton_shaped and _why_not("triton", x, plan) is None else "conv"
-
-
-_TRITON_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
 
 
 @functools.cache
