@@ -1,4 +1,4 @@
-"""One GPU check of the patched SSIM, in under 5 minutes on one GPU.
+"""One GPU check of the patched SSIM, in about 6 minutes on one GPU (``--budget``, default 360 s).
 
 (a) No host sync: ``torch.cuda.set_sync_debug_mode("error")`` around the patched functional SSIM
     (2-D and 3-D), the ``StructuralSimilarityIndexMeasure`` Metric class (``update`` + ``compute``)
@@ -10,6 +10,17 @@
 (c) Times of unpatched torchmetrics, patched, kornia, pytorch-msssim, fused-ssim and fussim
     (those importable) at 16x3x512x512, 5x3x1080x1920 and 2x1x96x96x96, fwd and fwd+bwd: warm-ups,
     interleaved rounds bracketed by ``torch.cuda.synchronize()``, medians; rounds capped by time.
+
+(d) The CUDA kernels one call launches (profiler), beside the meta count.
+(e) The Triton backend (``ssim_patch.backends.triton``): a sweep of its tile sizes and warps (each
+    config compiled once, the fastest kept for the rest of the run), and the issue's table: times
+    against unpatched torchmetrics, the conv backend, kornia and pytorch-msssim, the fraction of
+    the memory floor reached (bytes that must move / (time x 4.8 TB/s)) and the peak extra memory.
+
+The patched rows of (a), (b), (c) and (d) run with ``SSIM_PATCH_BACKEND`` as found (``auto``: the
+Triton kernels for 2-D CUDA images where Triton imports, convolutions otherwise) and again with
+each backend forced (``patched triton``, ``patched conv``); a forced backend that cannot take a
+call (Triton on 3-D) is a note, not a failure.
 
 Writes a Markdown report to ``--out`` (default ``$OUT/gpu_check.md``, else
 ``benchmarks/gpu_check.md``). Exit status: 0 when every check of (a) and (b) holds, 3 when one
@@ -25,6 +36,7 @@ import contextlib
 import gc
 import importlib.util
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -53,9 +65,17 @@ from benchmarks.cases import (  # noqa: E402
     make_inputs,
     shape_text,
 )
-from benchmarks.contenders import COMPILED, GPU_CONTENDERS, Contender, make_contenders, probe  # noqa: E402
-from benchmarks.memory import Peaks, measure_cuda_memory  # noqa: E402
-from benchmarks.timing import Timing, call_once, failure, time_case  # noqa: E402
+from benchmarks.contenders import (  # noqa: E402
+    COMPILED,
+    GPU_CONTENDERS,
+    Contender,
+    make_contenders,
+    patched_state,
+    probe,
+    torchmetrics_ssim,
+)
+from benchmarks.memory import Peaks, cuda_peak_extra_bytes, measure_cuda_memory  # noqa: E402
+from benchmarks.timing import Timing, call_once, failure, sync, time_case, time_once  # noqa: E402
 
 DataRange = Union[None, float, tuple[float, float], Tensor]
 FAILED = 3  # exit status when a check of (a) or (b) fails
@@ -64,6 +84,69 @@ FAILED = 3  # exit status when a check of (a) or (b) fails
 def log(message: str) -> None:
     """Progress goes to stderr."""
     print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends: the patched engine with one forced (SSIM_PATCH_BACKEND)
+
+#: The backends forced beside the default ("auto") in every patched row.
+BACKENDS = ("triton", "conv")
+ENV = "SSIM_PATCH_BACKEND"
+
+
+@contextlib.contextmanager
+def forced_backend(name: Optional[str]) -> Iterator[None]:
+    """``SSIM_PATCH_BACKEND=name`` inside (None: the environment as found), restored after."""
+    if name is None:
+        yield
+        return
+    saved = os.environ.get(ENV)
+    os.environ[ENV] = name
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = saved
+
+
+def backend_contenders() -> dict[str, Contender]:
+    """``patched <backend>`` for each of :data:`BACKENDS`: the patched call with that backend forced."""
+
+    def context(name: str) -> Callable[[], contextlib.AbstractContextManager[None]]:
+        @contextlib.contextmanager
+        def both() -> Iterator[None]:
+            with patched_state(), forced_backend(name):
+                yield
+
+        return both
+
+    return {
+        f"patched {name}": Contender(f"patched {name}", torchmetrics_ssim, context(name)) for name in BACKENDS
+    }
+
+
+def backend_for(
+    shape: Shape, device: str, dtype: torch.dtype = torch.float32, name: Optional[str] = None
+) -> str:
+    """The backend the patched SSIM (11-tap Gaussian) of images ``shape`` runs on, or why none can."""
+    from ssim_patch import _filters, backends
+    from ssim_patch.backends._protocol import Plan
+
+    nd = len(shape) - 2
+    plan = Plan(_filters.Blur((_filters.gaussian_taps(1.5, 11),) * nd, "same"))
+    probe_images = torch.empty((1, 1, *[16] * nd), dtype=dtype, device=device)
+    try:
+        with forced_backend(name):
+            return backends.choose(probe_images, plan).name
+    except Exception as exc:
+        return f"n/a ({_reason(exc)})"
+
+
+def _reason(exc: BaseException) -> str:
+    """The reason in a backend's "cannot compute" error: between its first colon and "Backends"."""
+    return str(exc).split(": ", 1)[-1].split(". Backends that can")[0][:160]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,8 +251,9 @@ class SyncResult:
         return self.kind == "error" and unpatched.kind != "error"
 
 
-def check_sync(call: SyncCall, patched: bool, device: str) -> SyncResult:
-    """Run ``call`` once as a warm-up, then once under ``set_sync_debug_mode("error")`` (CUDA)."""
+def check_sync(call: SyncCall, patched: bool, device: str, backend: Optional[str] = None) -> SyncResult:
+    """Run ``call`` once as a warm-up, then once under ``set_sync_debug_mode("error")`` (CUDA);
+    ``backend``: the one forced for the patched call (None: as found)."""
     import ssim_patch
 
     gen = torch.Generator().manual_seed(1)
@@ -178,7 +262,7 @@ def check_sync(call: SyncCall, patched: bool, device: str) -> SyncResult:
     x.requires_grad_(call.mode == "backward")
     data_range = _data_ranges(device)[call.data_range]
     try:
-        with ssim_patch.patched() if patched else contextlib.nullcontext():
+        with ssim_patch.patched() if patched else contextlib.nullcontext(), forced_backend(backend):
             fn = _api_call(call, data_range, device)
             _run(fn, x, y, call.mode)  # warm-up: lazy initialisation of torch itself is not the call's
             if not device.startswith("cuda"):
@@ -198,16 +282,18 @@ def check_sync(call: SyncCall, patched: bool, device: str) -> SyncResult:
 
 def sync_section(device: str, quick: bool) -> tuple[report.Rows, bool]:
     """The sync table, and whether no patched call failed (see :meth:`SyncResult.fails_patched`)."""
-    rows = [["API", "pass", "data_range", "patched", "unpatched", "holds"]]
+    rows = [["API", "pass", "data_range", "patched (backend)", "patched conv", "unpatched", "holds"]]
     ok = True
     for call in _sync_calls(quick):
         patched = check_sync(call, True, device)
+        conv = check_sync(call, True, device, "conv")
         unpatched = check_sync(call, False, device)
-        fails = patched.fails_patched(unpatched)
+        fails = patched.fails_patched(unpatched) or conv.fails_patched(unpatched)
         ok = ok and not fails
         label = f"{call.api} {shape_text(call.shape)}"
-        row = [label, MODE_LABELS[call.mode], call.data_range, patched.text(), unpatched.text()]
-        rows.append([*row, "**no**" if fails else "yes"])
+        used = backend_for(call.shape, device)
+        row = [label, MODE_LABELS[call.mode], call.data_range, f"{patched.text()} ({used})", conv.text()]
+        rows.append([*row, unpatched.text(), "**no**" if fails else "yes"])
     return rows, ok
 
 
@@ -337,7 +423,16 @@ def _torchmetrics_per_image(x: Tensor, y: Tensor, patched: bool) -> tuple[Tensor
     return per_image.detach(), x.grad
 
 
-ACCURACY_HEAD = ["data", "shape", "TF32", "patched err", "bound", "unpatched err", "patched grad err"]
+ACCURACY_HEAD = [
+    "data",
+    "shape",
+    "backend",
+    "TF32",
+    "patched err",
+    "bound",
+    "unpatched err",
+    "patched grad err",
+]
 ACCURACY_HEAD += ["unpatched grad err", "refs agree", "TF32 settings kept", "holds"]
 
 
@@ -403,30 +498,31 @@ def accuracy_section(device: str, quick: bool) -> tuple[report.Rows, bool]:
                 continue
             bound = float32_bound(x32, y32, 1.0)
             xd, yd = x32.to(device), y32.to(device)
-            off = (0.0, 0.0)
-            for tf32 in (False, True):
-                with kept_tf32():
-                    set_tf32(tf32)
-                    before = tf32_state()
-                    err_text, g_text, err, g_err = _errors(xd, yd, True, ref, ref_grad)
-                    kept = tf32_state() == before
-                    u_err_text, u_g_text, _, _ = _errors(xd, yd, False, ref, ref_grad)
-                holds = err <= bound and g_err <= GRAD_BOUND and kept and refs_ok
-                if tf32:  # no accuracy lost to TF32
-                    holds = holds and err <= TF32_FACTOR * off[0] + TF32_SLACK
-                    holds = holds and g_err <= TF32_FACTOR * off[1] + TF32_SLACK
-                off = (err, g_err)
-                ok = ok and holds
-                row = [
-                    label,
-                    shape_text(shape),
-                    "on" if tf32 else "off",
-                    err_text,
-                    f"{bound:.1e}",
-                    u_err_text,
-                ]
-                row += [g_text, u_g_text, gap, "yes" if kept else "**no**", "yes" if holds else "**no**"]
-                rows.append(row)
+            for backend in (None, *BACKENDS):
+                used = backend_for(shape, device, name=backend)
+                if used.startswith("n/a"):  # a forced backend that cannot take these images
+                    rows.append(
+                        [label, shape_text(shape), f"{backend}: {used}", *["-"] * (len(ACCURACY_HEAD) - 3)]
+                    )
+                    continue
+                off = (0.0, 0.0)
+                for tf32 in (False, True):
+                    with kept_tf32(), forced_backend(backend):
+                        set_tf32(tf32)
+                        before = tf32_state()
+                        err_text, g_text, err, g_err = _errors(xd, yd, True, ref, ref_grad)
+                        kept = tf32_state() == before
+                        u_err_text, u_g_text, _, _ = _errors(xd, yd, False, ref, ref_grad)
+                    holds = err <= bound and g_err <= GRAD_BOUND and kept and refs_ok
+                    if tf32:  # no accuracy lost to TF32
+                        holds = holds and err <= TF32_FACTOR * off[0] + TF32_SLACK
+                        holds = holds and g_err <= TF32_FACTOR * off[1] + TF32_SLACK
+                    off = (err, g_err)
+                    ok = ok and holds
+                    row = [label, shape_text(shape), used if backend is None else f"{used} (forced)"]
+                    row += ["on" if tf32 else "off", err_text, f"{bound:.1e}", u_err_text]
+                    row += [g_text, u_g_text, gap, "yes" if kept else "**no**", "yes" if holds else "**no**"]
+                    rows.append(row)
     return rows, ok
 
 
@@ -451,7 +547,12 @@ def gpu_contenders(device: str) -> dict[str, Contender]:
                 if reason is None
                 else Contender(name, None, contextlib.nullcontext, missing=reason)
             )
+    found.update(backend_contenders())
     return found
+
+
+#: The columns of the timing tables: the contenders, then the patched call with each backend forced.
+TIMED = (*GPU_CONTENDERS, *(f"patched {name}" for name in BACKENDS))
 
 
 def timing_section(
@@ -497,6 +598,231 @@ def timing_section(
 
 
 # --------------------------------------------------------------------------------------------------
+# (e) the Triton backend: a sweep of its launch parameters, and the issue's table
+
+#: HBM bandwidth of one H200 (bytes/s): the memory floor is the bytes that must move over it.
+HBM_BYTES_PER_S = 4.8e12
+
+
+@dataclass(frozen=True)
+class TritonCase:
+    """One row of the Triton table: images, pass, input dtype, and the floor the issue sets."""
+
+    shape: Shape
+    mode: str
+    dtype: torch.dtype
+    floor: str  # "<= X ms", ">= Nx unpatched" or "<= fp32 time"
+
+
+TRITON_CASES = (
+    TritonCase((5, 3, 1080, 1920), "forward", torch.float32, "<= 0.8 ms"),
+    TritonCase((5, 3, 1080, 1920), "backward", torch.float32, "<= 1.6 ms"),
+    TritonCase((1, 3, 1080, 1920), "backward", torch.float32, ">= 10x unpatched"),
+    TritonCase((16, 3, 512, 512), "backward", torch.float32, ">= 10x unpatched"),
+    TritonCase((5, 3, 1080, 1920), "backward", torch.bfloat16, "<= fp32 time"),
+)
+QUICK_TRITON_CASES = (
+    TritonCase((1, 2, 24, 40), "forward", torch.float32, "<= 0.8 ms"),
+    TritonCase((1, 2, 24, 40), "backward", torch.float32, "<= 1.6 ms"),
+    TritonCase((1, 2, 24, 40), "backward", torch.bfloat16, "<= fp32 time"),
+)
+#: The contenders of the Triton table.
+TRITON_TABLE = ("unpatched", "patched conv", "patched triton", "kornia", "pytorch-msssim")
+
+#: The sweep: (block_h, block_w, num_warps); block_w >= 32 num_warps keeps each column's window
+#: slots in one thread (the slot reductions stay in registers).
+SWEEP = tuple((bh, bw, w) for bh in (32, 64, 128) for bw, w in ((128, 4), (256, 4), (256, 8)))
+QUICK_SWEEP = ((16, 32, 1), (8, 64, 2))
+
+
+def floor_bytes(case: TritonCase) -> int:
+    """Bytes that must move: fwd reads x and y; fwd+bwd reads them in each pass and writes x's
+    gradient (in the images' dtype)."""
+    itemsize = torch.empty((), dtype=case.dtype).element_size()
+    numel = 1
+    for n in case.shape:
+        numel *= n
+    return numel * itemsize * (2 if case.mode == "forward" else 5)
+
+
+def _triton_inputs(shape: Shape, mode: str, dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor]:
+    x, y = make_inputs(Case(device, shape, "forward"))
+    x, y = x.to(dtype), y.to(dtype)
+    if mode == "backward":
+        x.requires_grad_(True)
+    return x, y
+
+
+def _mean_seconds(fn: Callable[[], object], device: str, rounds: int) -> float:
+    """Mean seconds of ``rounds`` back-to-back calls (queued, one synchronisation at the end)."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / rounds
+
+
+def sweep_section(device: str, quick: bool, deadline: float) -> tuple[report.Rows, list[str]]:
+    """Time the Triton kernels for each launch config of :data:`SWEEP` (each compiled once, by its
+    first call); the fastest forward and backward become ``triton.CONFIG`` for the rest of the run."""
+    from ssim_patch import _filters, _formula
+    from ssim_patch.backends import triton as tb
+    from ssim_patch.backends._protocol import Needs, Plan
+
+    shape = (1, 2, 24, 40) if quick else (5, 3, 1080, 1920)
+    plan = Plan(_filters.Blur((_filters.gaussian_taps(1.5, 11),) * 2, "same"))
+    x, y = _triton_inputs(shape, "forward", torch.float32, device)
+    why = tb.unsupported(x, plan)
+    if why is not None:
+        return [], [f"(e) sweep not run: {why}"]
+    k = _formula.constants(1e-4, 9e-4, None, x)
+    loss = Needs(True, False, False, False)
+    rounds = 2 if quick else 20
+    rows: report.Rows = [
+        ["pass", "block_h", "block_w", "warps", "first call s", "metric fwd ms", "loss fwd ms"]
+    ]
+    rows[0].append("bwd ms")
+    best: dict[str, tuple[float, tb.Launch]] = {}
+    _, _, kept = tb.forward(x, y, k, plan, loss)
+    assert kept is not None
+    g_image = torch.ones(shape[0], device=device)
+    for bh, bw, warps in QUICK_SWEEP if quick else SWEEP:
+        if time.monotonic() > deadline:
+            rows.append(["-", str(bh), str(bw), str(warps), "not run (time budget spent)", "", "", ""])
+            continue
+        launch = tb.Launch(block_h=bh, block_w=bw, num_warps=warps)
+        config = tb.with_config(forward=launch, backward=launch)
+        try:
+            start = time.perf_counter()
+            tb.forward(x, y, k, plan, None, config)
+            tb.forward(x, y, k, plan, loss, config)
+            tb.backward(x, y, k, kept, g_image, None, plan, loss, config)
+            sync(device)
+            first = time.perf_counter() - start
+            metric = _mean_seconds(
+                lambda config=config: tb.forward(x, y, k, plan, None, config), device, rounds
+            )
+            loss_fwd = _mean_seconds(
+                lambda config=config: tb.forward(x, y, k, plan, loss, config), device, rounds
+            )
+            bwd = _mean_seconds(
+                lambda config=config: tb.backward(x, y, k, kept, g_image, None, plan, loss, config),
+                device,
+                rounds,
+            )
+        except Exception as exc:  # a config the compiler rejects (registers, shared memory)
+            rows.append(["both", str(bh), str(bw), str(warps), failure("config", exc)[:120], "", "", ""])
+            continue
+        row = ["both", str(bh), str(bw), str(warps), f"{first:.1f}"]
+        rows.append([*row, ms3(metric), ms3(loss_fwd), ms3(bwd)])
+        for key, seconds in (("forward", metric + loss_fwd), ("backward", bwd)):
+            if key not in best or seconds < best[key][0]:
+                best[key] = (seconds, launch)
+    notes = [f"(e) sweep at {shape_text(shape)}, {rounds} calls per config"]
+    if "forward" in best and "backward" in best:
+        tb.CONFIG = tb.with_config(forward=best["forward"][1], backward=best["backward"][1])
+        notes.append(f"(e) fastest, used for the rest of the run: `triton.CONFIG = {tb.CONFIG!r}`")
+    return rows, notes
+
+
+def ms3(seconds: Optional[float]) -> str:
+    """Seconds as milliseconds with 3 decimals, ``n/a`` for None."""
+    return "n/a" if seconds is None else f"{seconds * 1e3:.3f}"
+
+
+def _floor_met(case: TritonCase, times: dict[str, Optional[float]], fp32: Optional[float]) -> str:
+    triton = times.get("patched triton")
+    if triton is None:
+        return "n/a"
+    if case.floor.startswith("<= fp32"):
+        return "n/a" if fp32 is None else ("yes" if triton <= fp32 else "**no**")
+    if case.floor.startswith("<="):
+        limit = float(case.floor.split()[1]) / 1e3
+        return "yes" if triton <= limit else "**no**"
+    unpatched = times.get("unpatched")
+    factor = float(case.floor.split()[1].rstrip("x"))
+    return "n/a" if unpatched is None else ("yes" if unpatched / triton >= factor else "**no**")
+
+
+def triton_section(device: str, quick: bool, deadline: float) -> tuple[report.Rows, list[str]]:
+    """The issue's table: each case timed for :data:`TRITON_TABLE` (warm-ups, then interleaved
+    rounds, medians), speed-ups of the Triton backend, fraction of the memory floor, peak memory."""
+    contenders = {**make_contenders([n for n in TRITON_TABLE if not n.startswith("patched")])}
+    contenders.update(backend_contenders())
+    head = ["shape", "pass", "dtype", *[f"{n} ms" for n in TRITON_TABLE]]
+    head += ["triton speed-up vs unpatched / kornia / pytorch-msssim", "floor ms", "fraction of floor"]
+    head += ["peak MiB triton / unpatched", "issue's floor", "met"]
+    rows: report.Rows = [head]
+    notes: list[str] = []
+    fp32_times: dict[tuple[Shape, str], Optional[float]] = {}
+    cases = QUICK_TRITON_CASES if quick else TRITON_CASES
+    for i, case in enumerate(cases):
+        label = f"{shape_text(case.shape)} {MODE_LABELS[case.mode]} {str(case.dtype).replace('torch.', '')}"
+        left = deadline - time.monotonic()
+        if left <= 5:
+            notes.append(f"(e) {label}: not timed (time budget spent)")
+            continue
+        log(f"(e) {label}...")
+        x, y = _triton_inputs(case.shape, case.mode, case.dtype, device)
+        active: list[str] = []
+        times: dict[str, list[float]] = {}
+        for name in TRITON_TABLE:
+            contender = contenders[name]
+            reason = contender.unsupported(case.shape, device)
+            if reason is None:
+                assert contender.fn is not None
+                try:
+                    with contender.context():
+                        for _ in range(1 if quick else 2):
+                            call_once(contender.fn, x, y, case.mode)
+                except Exception as exc:
+                    reason = failure(name, exc)
+            if reason is not None:
+                notes.append(f"(e) {label}: {name}: {reason}")
+                continue
+            active.append(name)
+            times[name] = []
+        share = 0.6 * left / (len(cases) - i)
+        start = time.perf_counter()
+        for r in range(2 if quick else 15):
+            for name in active[r % max(1, len(active)) :] + active[: r % max(1, len(active))]:
+                contender = contenders[name]
+                assert contender.fn is not None
+                with contender.context():
+                    times[name].append(time_once(contender.fn, x, y, case.mode, device))
+            if r >= 2 and time.perf_counter() - start > share:
+                break
+        med = {name: (statistics.median(t) if t else None) for name, t in times.items()}
+        triton = med.get("patched triton")
+        if case.dtype == torch.float32:
+            fp32_times[(case.shape, case.mode)] = triton
+        floor = floor_bytes(case) / HBM_BYTES_PER_S
+        speedups = " / ".join(
+            report.ratio(med.get(n), triton) for n in ("unpatched", "kornia", "pytorch-msssim")
+        )
+        peaks = "n/a"
+        if device.startswith("cuda") and "patched triton" in active and "unpatched" in active:
+            got = []
+            for name in ("patched triton", "unpatched"):
+                contender = contenders[name]
+                assert contender.fn is not None
+                with contender.context():
+                    got.append(cuda_peak_extra_bytes(contender.fn, x, y, case.mode))
+            peaks = f"{report.mib(got[0])} / {report.mib(got[1])} = {report.ratio(got[0], got[1] or None)}"
+        row = [shape_text(case.shape), MODE_LABELS[case.mode], str(case.dtype).replace("torch.", "")]
+        row += [ms3(med.get(name)) for name in TRITON_TABLE]
+        row += [speedups, ms3(floor), report.ratio(floor, triton), peaks, case.floor]
+        row.append(_floor_met(case, med, fp32_times.get((case.shape, case.mode))))
+        rows.append(row)
+        del x, y
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return rows, notes
+
+
+# --------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -510,22 +836,29 @@ def launches_section(device: str, quick: bool) -> report.Rows:
         ["shape", "pass", "contender", "kernels on the GPU", "device ms", "meta: ops that write"]
     ]
     shape = (2, 3, 32, 32) if quick else (16, 3, 512, 512)
-    contenders = make_contenders(("unpatched", "patched"))
+    contenders = {**make_contenders(("unpatched", "patched")), **backend_contenders()}
     for mode in MODES:
         for name, contender in contenders.items():
             assert contender.fn is not None
             x, y = make_inputs(Case(device, shape, mode))
-            with contender.context():
-                call_once(contender.fn, x, y, mode)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                activity = ProfilerActivity.CUDA if device.startswith("cuda") else ProfilerActivity.CPU
-                with profile(activities=[activity]) as prof:
+            try:
+                with contender.context():
                     call_once(contender.fn, x, y, mode)
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
+                    activity = ProfilerActivity.CUDA if device.startswith("cuda") else ProfilerActivity.CPU
+                    with profile(activities=[activity]) as prof:
+                        call_once(contender.fn, x, y, mode)
+                        if device.startswith("cuda"):
+                            torch.cuda.synchronize()
+            except Exception as exc:  # a forced backend that cannot run here
+                rows.append(["x".join(map(str, shape)), MODE_LABELS[mode], name, _reason(exc), "-", "-"])
+                continue
             kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-            meta = count_call(contender, Case("meta", shape, mode)).writing_ops
+            try:
+                meta = str(count_call(contender, Case("meta", shape, mode)).writing_ops)
+            except Exception:  # Triton runs on CUDA only
+                meta = "n/a"
             device_ms = sum(e.device_time for e in kernels) / 1000
             rows.append(
                 [
@@ -534,7 +867,7 @@ def launches_section(device: str, quick: bool) -> report.Rows:
                     name,
                     str(len(kernels)),
                     f"{device_ms:.3f}",
-                    str(meta),
+                    meta,
                 ]
             )
     return rows
@@ -551,8 +884,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--budget",
         type=float,
-        default=240.0,
-        help="seconds for the whole run (default 240); timing rounds stop in time",
+        default=360.0,
+        help="seconds for the whole run (default 360); timing rounds stop in time",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--skip-timing", action="store_true", help="checks (a) and (b) only")
@@ -591,6 +924,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     tf32_at_end_of_checks = tf32_state()
     log("(d) kernel launches...")
     launch_rows = launches_section(device, args.quick)
+    sweep_rows: report.Rows = []
+    triton_rows: report.Rows = []
+    triton_notes: list[str] = []
+    if not args.skip_timing:
+        left = deadline - 10 - time.monotonic()
+        log("(e) Triton sweep...")
+        sweep_rows, triton_notes = sweep_section(device, args.quick, time.monotonic() + 0.25 * left)
+        left = deadline - 10 - time.monotonic()
+        log("(e) Triton table...")
+        triton_rows, more = triton_section(device, args.quick, time.monotonic() + 0.4 * left)
+        triton_notes += more
     if args.skip_timing:
         cases: list[Case] = []
         timings: dict[str, dict[str, Timing]] = {}
@@ -618,7 +962,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ]
     if args.quick:
         header.append("- --quick: tiny shapes, a dry run; the numbers mean nothing")
-    names = list(GPU_CONTENDERS)
+    names = list(TIMED)
     text = [*header, "", "## (a) Host syncs", "", SYNC_NOTES, "", report.markdown(sync_rows), ""]
     text += ["## (b) Accuracy in float32 against float64, TF32 on and off", "", ACCURACY_NOTES, ""]
     text += [report.markdown(accuracy_rows), ""]
@@ -630,6 +974,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             text += ["### Peak extra memory of one call (MiB)", "", report.markdown(mem), ""]
         text += ["### Spread and values", "", report.markdown(report.detail_table(cases, timings, names)), ""]
     text += ["## (d) Kernel launches of one call", "", LAUNCH_NOTES, "", report.markdown(launch_rows), ""]
+    if triton_rows or sweep_rows or triton_notes:
+        text += ["## (e) The Triton backend", "", TRITON_NOTES, ""]
+        if triton_rows:
+            text += [report.markdown(triton_rows), ""]
+        if sweep_rows:
+            text += [
+                "### Launch parameters (tile rows x columns, warps)",
+                "",
+                report.markdown(sweep_rows),
+                "",
+            ]
+        notes = [*triton_notes, *notes]
     if notes:
         text += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     verdict = f"(a) {'holds' if sync_ok else 'FAILS'}, (b) {'holds' if accuracy_ok else 'FAILS'}"
@@ -641,12 +997,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(report.plain(accuracy_rows))
     print()
     print(report.plain(launch_rows))
+    for rows in (sweep_rows, triton_rows):
+        if rows:
+            print()
+            print(report.plain(rows))
     if cases:
         print()
         print(report.plain(report.speed_table(cases, timings, names)))
     print(f"\n{verdict}; wrote {out} in {time.monotonic() - start:.0f} s")
     return 0 if sync_ok and accuracy_ok else FAILED
 
+
+TRITON_NOTES = f"""\
+The Triton backend (`ssim_patch.backends.triton`, what `auto` picks for 2-D CUDA images) against
+unpatched torchmetrics, the patched call with the conv backend forced, kornia and pytorch-msssim:
+medians of interleaved rounds after warm-ups, each call bracketed by `torch.cuda.synchronize()`,
+11-tap Gaussian, data range 1 (`fwd`: no grad; `fwd+bwd`: `(1 - ssim).backward()` for preds).
+`floor ms`: the bytes that must move (fwd: read x and y; fwd+bwd: read them in each pass and write
+x's gradient) at {HBM_BYTES_PER_S / 1e12:g} TB/s; `fraction of floor` = floor / Triton time. Peak memory:
+`max_memory_allocated()` minus `memory_allocated()` around one call (the issue asks for at most
+half of unpatched). The sweep times the kernels alone (`triton.forward` / `triton.backward`, mean
+of back-to-back calls) for each launch config, each compiled once by its first call (its time
+includes the compile); the fastest forward and backward configs are used for every later table."""
 
 LAUNCH_NOTES = """\
 torchmetrics' `structural_similarity_index_measure(preds, target, data_range=1.0)`, unpatched and

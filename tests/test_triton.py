@@ -178,6 +178,25 @@ def test_module_imports_without_triton() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.slow
+def test_kernels_compile_for_sm90() -> None:
+    """Every kernel specialization compiles to a cubin for sm_90 (H100/H200) on this machine, no
+    GPU needed: what the interpreter lets through (types, layouts, registers) must also compile."""
+    from fresh_interpreter import unpatched_environ
+
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__)), "--compile"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in unpatched_environ().items() if k != "TRITON_INTERPRET"},
+    )
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(records) == len(_COMPILED), out.stdout + out.stderr[-4000:]
+    failed = {r["case"]: r["error"] for r in records if r["error"] is not None}
+    assert not failed, "\n".join(f"--- {k}\n{v}" for k, v in failed.items())
+
+
 # --- the child: runs the kernels under the interpreter ---------------------------------------------
 
 
@@ -451,5 +470,117 @@ def _determinism() -> dict[str, Any]:
     return {"identical": same}
 
 
+#: Kernel specializations compiled for sm_90: (kernel, image dtype, constexprs, num_warps).
+_WINDOW = {"KH": 11, "KW": 11, "PAD_H": 5, "PAD_W": 5, "KH_P2": 16, "BLOCK_H": 64, "BLOCK_W": 128}
+_FORWARD = {
+    "HAS_EPS": False,
+    "HAS_FLAT": False,
+    "WRITE_MAP": False,
+    "WRITE_CS": False,
+    "WRITE_TERMS": False,
+    "WRITE_ADJ": False,
+    "NEED_X": False,
+    "NEED_Y": False,
+    "Y_AT": 0,
+    "SQ_AT": 0,
+    "WRITE_CSUMS": False,
+}
+_LOSS_X = {"WRITE_ADJ": True, "NEED_X": True, "Y_AT": 1, "SQ_AT": 1}
+_COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
+    "forward, metric, fp32": ("forward", "fp32", {**_WINDOW, **_FORWARD}, 4),
+    "forward, loss for x, fp32": ("forward", "fp32", {**_WINDOW, **_FORWARD, **_LOSS_X}, 4),
+    "forward, loss for x and y with c sums, bf16": (
+        "forward",
+        "bf16",
+        {**_WINDOW, **_FORWARD, **_LOSS_X, "NEED_Y": True, "SQ_AT": 2, "WRITE_CSUMS": True},
+        8,
+    ),
+    "forward, UQI map and terms, fp16": (
+        "forward",
+        "fp16",
+        {**_WINDOW, **_FORWARD, "HAS_EPS": True, "HAS_FLAT": True, "WRITE_MAP": True, "WRITE_TERMS": True},
+        4,
+    ),
+    "forward, cs, 1x1 window, unit strides, one plane": (
+        "forward",
+        "fp32",
+        {
+            **_FORWARD,
+            "KH": 1,
+            "KW": 1,
+            "PAD_H": 0,
+            "PAD_W": 0,
+            "KH_P2": 2,
+            "BLOCK_H": 16,
+            "BLOCK_W": 32,
+            "WRITE_CS": True,
+            "sxw": 1,
+            "syw": 1,
+            "P": 1,
+            "C": 1,
+        },
+        1,
+    ),
+    "backward, x, fp32": (
+        "backward",
+        "fp32",
+        {**_WINDOW, "NEED_X": True, "NEED_Y": False, "Y_AT": 1, "SQ_AT": 1, "HAS_SCALE": True},
+        4,
+    ),
+    "backward, x and y, no scale, bf16, 256 columns": (
+        "backward",
+        "bf16",
+        {
+            **_WINDOW,
+            "BLOCK_W": 256,
+            "NEED_X": True,
+            "NEED_Y": True,
+            "Y_AT": 1,
+            "SQ_AT": 2,
+            "HAS_SCALE": False,
+        },
+        8,
+    ),
+}
+
+
+def _compile_child() -> None:
+    """Compile every :data:`_COMPILED` specialization for sm_90; one JSON line each."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ssim_patch.backends import _triton_kernels as kernels
+
+    images = {"x_ptr", "y_ptr", "gx_ptr", "gy_ptr"}
+    for name, (which, dtype, constants, warps) in _COMPILED.items():
+        start = time.process_time()
+        try:
+            fn = kernels.ssim_forward_kernel if which == "forward" else kernels.ssim_backward_kernel
+            params = list(inspect.signature(fn.fn).parameters)
+            signature = {}
+            for p in params:
+                if p in constants:
+                    signature[p] = "constexpr"
+                elif p.endswith("_ptr"):
+                    signature[p] = "*" + (dtype if p in images else "fp32")
+                else:
+                    signature[p] = "fp32" if p == "unit" else "i32"
+            source = ASTSource(
+                fn, signature, constexprs={(params.index(k),): v for k, v in constants.items()}
+            )
+            triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+            error = None
+        except Exception:
+            error = traceback.format_exc()
+        seconds = round(time.process_time() - start, 2)
+        print(json.dumps({"case": name, "error": error, "cpu_seconds": seconds}), flush=True)
+
+
 if __name__ == "__main__":
-    _child()
+    if "--compile" in sys.argv:
+        _compile_child()
+    else:
+        _child()
