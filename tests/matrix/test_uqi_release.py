@@ -207,9 +207,18 @@ BEFORE_APPLY = {
 }
 
 
+#: With reduction="none" the class keeps preds and target in two lists, which two threads updating
+#: one instance at once can interleave (the release's own bookkeeping): not a case for threads.
+BEFORE_APPLY_CASES = [
+    (how, reduction)
+    for how in BEFORE_APPLY
+    for reduction in ("elementwise_mean", "sum", "none")
+    if not (how == "two-threads" and reduction == "none")
+]
+
+
 @pytest.mark.parametrize("padding", ["same", "valid"])
-@pytest.mark.parametrize("reduction", ["elementwise_mean", "sum", "none"])
-@pytest.mark.parametrize("how", list(BEFORE_APPLY))
+@pytest.mark.parametrize(("how", "reduction"), BEFORE_APPLY_CASES, ids=lambda v: str(v))
 def test_metric_created_before_apply(how, reduction, padding):
     """``Metric.__init__`` wraps the bound ``update``, so an instance created before apply() holds
     the release's own update function. While patched that function runs a trampoline to the
@@ -220,8 +229,6 @@ def test_metric_created_before_apply(how, reduction, padding):
     x, y = _pair((4, 2, 30, 33), seed=5)
     kw = WINDOWS["11x3"]
     metric = make(reduction=reduction, **kw)
-    if how == "two-threads" and reduction == "none":
-        pytest.skip("the order of the kept batches depends on the threads")
     ssim_patch.apply(padding=padding)
     batches = [(x[i : i + 1], y[i : i + 1]) for i in range(4)]
     with warnings.catch_warnings(record=True) as caught:
