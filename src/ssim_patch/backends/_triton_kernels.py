@@ -385,12 +385,13 @@ def ssim_backward_kernel(
             r = low + (slots - ((low % KH) + KH) % KH + KH) % KH
             i = r + PAD_H - o
             wv = tl.load(taps_h_ptr + i, mask=slot_ok & (i >= 0) & (i < KH), other=0.0)
-            i = (PAD_H - o) - r
-            m = slot_ok & (r >= 1) & (r <= PAD_H) & (i >= 0) & (i < KH)
-            wv += tl.load(taps_h_ptr + i, mask=m, other=0.0)
-            i = (2 * (H - 1) + PAD_H - o) - r
-            m = slot_ok & (r >= H - 1 - PAD_H) & (r <= H - 2) & (i >= 0) & (i < KH)
-            wv += tl.load(taps_h_ptr + i, mask=m, other=0.0)
+            if (low <= PAD_H) | (low + KH - 1 >= H - 1 - PAD_H):  # rows reached through the pads
+                i = (PAD_H - o) - r
+                m = slot_ok & (r >= 1) & (r <= PAD_H) & (i >= 0) & (i < KH)
+                wv += tl.load(taps_h_ptr + i, mask=m, other=0.0)
+                i = (2 * (H - 1) + PAD_H - o) - r
+                m = slot_ok & (r >= H - 1 - PAD_H) & (r <= H - 2) & (i >= 0) & (i < KH)
+                wv += tl.load(taps_h_ptr + i, mask=m, other=0.0)
             wv = wv[:, None]
             if NEED_X:
                 acc_x += wv * h_x[None, :]
