@@ -121,7 +121,7 @@ def combine(
             grads.append(None)
         elif in_place:
             g = torch.sub(other, own, out=o) if o is not None else other - own
-            grads.append(g.mul_(cross).mul_(2).add_(b).addcmul_(own, d_sq, value=-2))
+            grads.append(torch.add(b, g.mul_(cross), alpha=2, out=g).addcmul_(own, d_sq, value=-2))
         else:
             g = b + 2 * (other - own) * cross - 2 * own * d_sq
             grads.append(g if o is None else o.copy_(g))
