@@ -631,7 +631,7 @@ TRITON_TABLE = ("unpatched", "patched conv", "patched triton", "kornia", "pytorc
 
 #: The sweep: (block_h, block_w, num_warps); block_w >= 32 num_warps keeps each column's window
 #: slots in one thread (the slot reductions stay in registers).
-SWEEP = tuple((bh, bw, w) for bh in (32, 64, 128) for bw, w in ((128, 4), (256, 4), (256, 8)))
+SWEEP = tuple((bh, bw, w) for bh in (32, 64, 128) for bw, w in ((128, 4), (256, 8)))
 QUICK_SWEEP = ((16, 32, 1), (8, 64, 2))
 
 
@@ -789,8 +789,13 @@ def triton_section(device: str, quick: bool, deadline: float) -> tuple[report.Ro
             for name in active[r % max(1, len(active)) :] + active[: r % max(1, len(active))]:
                 contender = contenders[name]
                 assert contender.fn is not None
-                with contender.context():
-                    times[name].append(time_once(contender.fn, x, y, case.mode, device))
+                try:
+                    with contender.context():
+                        times[name].append(time_once(contender.fn, x, y, case.mode, device))
+                except Exception as exc:
+                    notes.append(f"(e) {label}: {name}: {failure(name, exc)}")
+                    active.remove(name)
+                    times[name] = []
             if r >= 2 and time.perf_counter() - start > share:
                 break
         med = {name: (statistics.median(t) if t else None) for name, t in times.items()}
@@ -804,12 +809,17 @@ def triton_section(device: str, quick: bool, deadline: float) -> tuple[report.Ro
         peaks = "n/a"
         if device.startswith("cuda") and "patched triton" in active and "unpatched" in active:
             got = []
-            for name in ("patched triton", "unpatched"):
-                contender = contenders[name]
-                assert contender.fn is not None
-                with contender.context():
-                    got.append(cuda_peak_extra_bytes(contender.fn, x, y, case.mode))
-            peaks = f"{report.mib(got[0])} / {report.mib(got[1])} = {report.ratio(got[0], got[1] or None)}"
+            try:
+                for name in ("patched triton", "unpatched"):
+                    contender = contenders[name]
+                    assert contender.fn is not None
+                    with contender.context():
+                        got.append(cuda_peak_extra_bytes(contender.fn, x, y, case.mode))
+                peaks = (
+                    f"{report.mib(got[0])} / {report.mib(got[1])} = {report.ratio(got[0], got[1] or None)}"
+                )
+            except Exception as exc:
+                peaks = failure("peak", exc)[:80]
         row = [shape_text(case.shape), MODE_LABELS[case.mode], str(case.dtype).replace("torch.", "")]
         row += [ms3(med.get(name)) for name in TRITON_TABLE]
         row += [speedups, ms3(floor), report.ratio(floor, triton), peaks, case.floor]
@@ -930,10 +940,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.skip_timing:
         left = deadline - 10 - time.monotonic()
         log("(e) Triton sweep...")
-        sweep_rows, triton_notes = sweep_section(device, args.quick, time.monotonic() + 0.25 * left)
+        try:
+            sweep_rows, triton_notes = sweep_section(device, args.quick, time.monotonic() + 0.35 * left)
+        except Exception as exc:  # a report row, never a failed run
+            triton_notes = [f"(e) sweep: {failure('sweep', exc)}"]
         left = deadline - 10 - time.monotonic()
         log("(e) Triton table...")
-        triton_rows, more = triton_section(device, args.quick, time.monotonic() + 0.4 * left)
+        try:
+            triton_rows, more = triton_section(device, args.quick, time.monotonic() + 0.4 * left)
+        except Exception as exc:
+            more = [f"(e) table: {failure('table', exc)}"]
         triton_notes += more
     if args.skip_timing:
         cases: list[Case] = []
@@ -976,9 +992,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     text += ["## (d) Kernel launches of one call", "", LAUNCH_NOTES, "", report.markdown(launch_rows), ""]
     if triton_rows or sweep_rows or triton_notes:
         text += ["## (e) The Triton backend", "", TRITON_NOTES, ""]
-        if triton_rows:
+        if len(triton_rows) > 1:
             text += [report.markdown(triton_rows), ""]
-        if sweep_rows:
+        if len(sweep_rows) > 1:
             text += [
                 "### Launch parameters (tile rows x columns, warps)",
                 "",
@@ -998,7 +1014,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print()
     print(report.plain(launch_rows))
     for rows in (sweep_rows, triton_rows):
-        if rows:
+        if len(rows) > 1:
             print()
             print(report.plain(rows))
     if cases:

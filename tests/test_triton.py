@@ -330,6 +330,9 @@ def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
         per_image, extra, kept = backend.BACKEND.forward(x, y, k, plan, needs if grad else None)
     finally:
         backend.CONFIG = old
+    if kept is not None:  # what a fake implementation is told the forward keeps
+        like = backend.BACKEND.kept_like(x, plan, needs)
+        assert [(t.shape, t.dtype) for t in like] == [(t.shape, t.dtype) for t in kept], (like, kept)
     xr = x.double().requires_grad_(needs.x)
     yr = y.double().requires_grad_(needs.y)
     ref_map, ref_cs = _reference(xr, yr, windows, padding, c1_64, c2_64, eps)
