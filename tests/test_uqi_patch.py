@@ -258,6 +258,27 @@ def test_a_uqi_hook_point_with_another_signature_changes_nothing(where, before):
     assert_uqi(before)
 
 
+def test_a_metric_update_with_a_closure_changes_nothing(monkeypatch):
+    """The release's update must be a plain function without a closure: its code is swapped for
+    the trampoline's while patched (instances created before apply() hold it)."""
+    if not SWAPS_UPDATE:
+        pytest.skip("this release's UniversalImageQualityIndex.update is not a hook point")
+    release_update = KEEP["update"]
+
+    def update(self, preds, target):
+        return release_update(self, preds, target)  # a closure over release_update
+
+    monkeypatch.setattr(CLASS, "update", update)
+    with pytest.raises(
+        PatchError, match=r"UniversalImageQualityIndex\.update is not a plain function without a closure"
+    ):
+        ssim_patch.apply()
+    assert not ssim_patch.is_applied() and hook_bindings(SSIM_HOOK) == KEEP["ssim"]
+    assert update.__code__ is not _adapters._update_trampoline.__code__
+    monkeypatch.undo()
+    assert_uqi(None)
+
+
 def test_a_missing_metric_class_changes_nothing(monkeypatch):
     if not SWAPS_UPDATE:
         pytest.skip("this release's UniversalImageQualityIndex.update is not a hook point")
@@ -478,6 +499,32 @@ def test_metric_created_before_apply_from_two_threads():
         thread.join()
     for metric, (x, y) in zip(metrics, pairs):
         assert abs(metric.compute().item() - _before_apply_expected(x, y, kw)) < 1e-10
+
+
+def test_metric_created_before_apply_in_a_collection_and_subclasses():
+    """A MetricCollection's member, a subclass that inherits ``update`` and one whose ``update``
+    calls ``super().update``, all created before apply(): each gets the corrected value."""
+    from torchmetrics import MetricCollection
+
+    if not SWAPS_UPDATE:
+        pytest.skip("this release's UniversalImageQualityIndex keeps preds and target")
+
+    class Overriding(CLASS):
+        def update(self, preds, target):
+            super().update(preds, target)
+
+    kw = dict(kernel_size=(11, 3), sigma=(1.5, 0.5))
+    inherits = type("Inherits", (CLASS,), {})
+    metrics = [cls(**kw).set_dtype(torch.float64) for cls in (inherits, Overriding)]
+    collection = MetricCollection({"uqi": CLASS(**kw)}).set_dtype(torch.float64)
+    ssim_patch.apply()
+    x, y = _pair((2, 1, 26, 24), seed=12)
+    expected = _before_apply_expected(x, y, kw)
+    for metric in (*metrics, collection):
+        metric.update(x, y)
+        value = metric.compute()
+        value = value["uqi"] if isinstance(value, dict) else value
+        assert abs(value.item() - expected) < 1e-10, type(metric).__name__
 
 
 def test_the_trampoline_is_undone_by_every_way_out():
