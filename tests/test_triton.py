@@ -591,7 +591,11 @@ def _compile_child() -> None:
             source = ASTSource(
                 fn, signature, constexprs={(params.index(k),): v for k, v in constants.items()}
             )
-            triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+            triton.compile(
+                source,
+                target=GPUTarget("cuda", 90, 32),
+                options={"num_warps": warps, "enable_fp_fusion": True},
+            )
             error = None
         except Exception:
             error = traceback.format_exc()
