@@ -163,7 +163,8 @@ def test_reduced_precision_gradient_dtype(results: dict[str, dict[str, Any]]) ->
 
 
 def test_unsupported_says_why() -> None:
-    """float64 and 3-D images are for other backends; the reason names what was given."""
+    """float64, 3-D images and windows over 31 taps are for other backends; the reason names
+    what was given."""
     import torch
 
     from ssim_patch import _filters
@@ -176,6 +177,9 @@ def test_unsupported_says_why() -> None:
     volume = Plan(_filters.Blur(((1 / 3,) * 3,) * 3, "same"))
     why = backend.BACKEND.unsupported(torch.zeros(1, 1, 8, 8, 8), volume)
     assert why is not None and "3-D" in why
+    wide = Plan(_filters.Blur(((1 / 33,) * 33, (1 / 3,) * 3), "same"))
+    why = backend.BACKEND.unsupported(torch.zeros(1, 1, 40, 40), wide)
+    assert why is not None and "33" in why
 
 
 def test_module_imports_without_triton() -> None:

@@ -37,6 +37,9 @@ from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
 
 #: The images' dtypes the kernels read (float64 is for the other backends).
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: The most taps per axis: the vertical pass keeps a register slot per tap (a power of 2) for
+#: each of 4 moments, so longer windows would spill; the conv backend takes them.
+MAX_TAPS = 31
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,9 @@ def unsupported(x: Tensor, plan: Plan) -> Optional[str]:
     """Why these kernels cannot compute SSIM of images like ``x`` for ``plan``; None when they can."""
     if x.ndim != 4 or len(plan.blur.taps) != 2:
         return f"the Triton kernels take 2-D images (N, C, H, W), not {x.ndim - 2}-D ones"
+    sizes = [len(taps) for taps in plan.blur.taps]
+    if max(sizes) > MAX_TAPS:
+        return f"the Triton kernels take windows of at most {MAX_TAPS} taps per axis, not {sizes}"
     if x.dtype not in DTYPES:
         name = str(x.dtype).replace("torch.", "")
         return f"the Triton kernels read float32, float16 and bfloat16 images, not {name}"
