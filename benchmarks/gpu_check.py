@@ -426,8 +426,8 @@ def _torchmetrics_per_image(x: Tensor, y: Tensor, patched: bool) -> tuple[Tensor
 ACCURACY_HEAD = [
     "data",
     "shape",
-    "backend",
     "TF32",
+    "backend",
     "patched err",
     "bound",
     "unpatched err",
@@ -502,7 +502,13 @@ def accuracy_section(device: str, quick: bool) -> tuple[report.Rows, bool]:
                 used = backend_for(shape, device, name=backend)
                 if used.startswith("n/a"):  # a forced backend that cannot take these images
                     rows.append(
-                        [label, shape_text(shape), f"{backend}: {used}", *["-"] * (len(ACCURACY_HEAD) - 3)]
+                        [
+                            label,
+                            shape_text(shape),
+                            "-",
+                            f"{backend}: {used}",
+                            *["-"] * (len(ACCURACY_HEAD) - 4),
+                        ]
                     )
                     continue
                 off = (0.0, 0.0)
@@ -519,8 +525,13 @@ def accuracy_section(device: str, quick: bool) -> tuple[report.Rows, bool]:
                         holds = holds and g_err <= TF32_FACTOR * off[1] + TF32_SLACK
                     off = (err, g_err)
                     ok = ok and holds
-                    row = [label, shape_text(shape), used if backend is None else f"{used} (forced)"]
-                    row += ["on" if tf32 else "off", err_text, f"{bound:.1e}", u_err_text]
+                    row = [label, shape_text(shape), "on" if tf32 else "off"]
+                    row += [
+                        used if backend is None else f"{used} (forced)",
+                        err_text,
+                        f"{bound:.1e}",
+                        u_err_text,
+                    ]
                     row += [g_text, u_g_text, gap, "yes" if kept else "**no**", "yes" if holds else "**no**"]
                     rows.append(row)
     return rows, ok
@@ -1044,6 +1055,8 @@ that write counted on `device="meta"` (`bench_ssim.py --count`). A library may l
 one kernel for one op (cuDNN), or none (a fill folded away)."""
 
 SYNC_NOTES = """\
+`patched (backend)`: the patched call as `SSIM_PATCH_BACKEND` is found (`auto`: Triton for 2-D CUDA
+images), and the backend it runs on; `patched conv`: the same with the conv backend forced.
 Each call runs once as a warm-up, then again under `torch.cuda.set_sync_debug_mode("error")`,
 which turns every implicit host-device synchronisation (a device-to-host read, a blocking copy)
 into an error. `fwd` runs under `no_grad`; `fwd+bwd` includes `(1 - ssim).backward()`; the Metric
@@ -1056,7 +1069,9 @@ or that raises where the unpatched call does not."""
 
 ACCURACY_NOTES = f"""\
 Float32 inputs, `data_range=1.0`, per-image SSIM (`reduction="none"`) of torchmetrics'
-`structural_similarity_index_measure`, patched and unpatched. `err`: max absolute error against
+`structural_similarity_index_measure`, patched and unpatched; `backend`: what the patched call ran
+on (`auto`'s pick, then each backend forced; one that cannot take the images is a row of its
+own, not a failure). `err`: max absolute error against
 the numpy float64 reference (`tests/reference.py`) of the float32-rounded inputs; `bound`: what
 float32 moments can promise (`1e-6 + 8 eps max|x|^2 / (0.03 L)^2`, as in tests/test_properties.py).
 `grad err`: max |float32 gradient of `1 - mean(ssim)` - float64 gradient| / max |float64 gradient|
