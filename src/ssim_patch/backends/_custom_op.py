@@ -28,8 +28,8 @@ them registered and uses them as they are. ``AVAILABLE`` is False on a torch wit
 ``torch.library.custom_op`` (before 2.4), where the caller keeps its ``autograd.Function``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: torch.library.custom_op reads the ops' signatures
+# from their annotations, and torch before 2.5 takes only real types there, not strings.
 import importlib
 from typing import Any, Callable, Optional
 
@@ -40,7 +40,10 @@ from ssim_patch import _filters, _formula
 from ssim_patch.backends._protocol import Backend, Needs, Plan, Scalar, compute_dtype, output_like
 
 NAMESPACE = "ssim_patch"
+#: True where the ops are registered; else the caller keeps its autograd.Function.
 AVAILABLE = all(hasattr(torch.library, name) for name in ("custom_op", "register_fake", "register_autograd"))
+#: Why not, where a torch has ``custom_op`` but registering failed (else None).
+UNAVAILABLE: Optional[str] = None
 
 
 def backend(name: str, x: Tensor, plan: Plan) -> Backend:
@@ -350,4 +353,8 @@ def similarity(
 
 
 if AVAILABLE:
-    _register()
+    try:
+        _register()
+    except Exception as exc:  # a torch whose custom_op rejects these signatures: the old route
+        AVAILABLE = False
+        UNAVAILABLE = f"registering the custom ops failed: {type(exc).__name__}: {exc}"
