@@ -63,6 +63,14 @@ CASES: dict[str, dict[str, Any]] = {
     "map output, gradient through the map": {"shape": (2, 1, 12, 12), "sigma": 0.5, "output": "map"},
     "cs output, gradient through cs": {"shape": (2, 1, 12, 12), "sigma": 0.5, "output": "cs"},
     "UQI 5x5 gaussian": {"shape": (1, 1, 12, 12), "sigma": 1.5, "taps": (5, 5), "uqi": True},
+    "UQI, both images flat (0.7123) on the left half: flat windows are 0": {
+        "shape": (1, 1, 10, 16),
+        "sigma": 1.5,
+        "taps": (5, 5),
+        "uqi": True,
+        "flat": 0.7123,
+        "grad": False,
+    },
     "float16 images": {"shape": (1, 1, 16, 16), "sigma": 0.5, "dtype": "float16"},
     "bfloat16 images": {"shape": (1, 1, 16, 16), "sigma": 0.5, "dtype": "bfloat16"},
     "strided (non-contiguous) images": {"shape": (1, 2, 12, 12), "sigma": 0.5, "layout": "strided"},
@@ -276,6 +284,9 @@ def _images(spec: dict[str, Any], seed: int = 0) -> tuple[Any, Any]:
     u = torch.rand(shape, generator=gen, dtype=torch.float64)
     x = u.to(dtype)
     y = (0.7 * u + 0.3 * torch.rand(shape, generator=gen, dtype=torch.float64)).to(dtype)
+    if "flat" in spec:  # both images one value on the left half
+        x[..., : shape[3] // 2] = spec["flat"]
+        y[..., : shape[3] // 2] = spec["flat"]
     layout = spec.get("layout")
     if layout == "strided":  # every other column of a wider image, and a transposed one
         wide = torch.zeros(*shape[:3], 2 * shape[3], dtype=dtype)
