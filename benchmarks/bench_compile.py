@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -137,6 +138,13 @@ def _environ(cache: str, threads: int) -> dict[str, str]:
     return env
 
 
+def _error_line(stderr: str) -> str:
+    """The exception a child died of: the last line that names one (``torch._dynamo.exc.X: ...``)."""
+    lines = stderr.strip().splitlines() or ["?"]
+    named = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Unsupported)\b", line)]
+    return (named or lines)[-1][:300]
+
+
 def _failed(case: str, state: str, shapes: str, why: str) -> Result:
     nan = float("nan")
     return Result(case, state, shapes, nan, nan, nan, 0, nan, why)
@@ -159,8 +167,7 @@ def measure(case: str, state: str, shapes: str, calls: int, threads: int, timeou
         except subprocess.TimeoutExpired:
             return _failed(case, state, shapes, f"over {timeout:.0f} s")
     if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
-        return _failed(case, state, shapes, tail[:200])
+        return _failed(case, state, shapes, _error_line(done.stderr))
     return Result(case, state, shapes, **json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -206,7 +213,7 @@ def table(results: list[Result], cases: list[str]) -> list[str]:
                 ]
                 for state in STATES
             }
-            if not picked["patched"] or not picked["unpatched"]:
+            if not picked["patched"]:
                 continue
 
             def values(state: str, field: str) -> list[float]:
@@ -215,12 +222,14 @@ def table(results: list[Result], cases: list[str]) -> list[str]:
             def listed(items: list[float], digits: int = 1) -> str:
                 return ", ".join(f"{v:.{digits}f}" for v in items)
 
+            shape = "x".join(map(str, CASES[case][1]))
+            if not picked["unpatched"]:  # unpatched failed (see the failures below)
+                picked["unpatched"] = [_failed(case, "unpatched", shapes, "failed")]
             cu, cp = values("unpatched", "compile_s"), values("patched", "compile_s")
             step = [r.compiled_s / r.eager_s for r in picked["patched"]]
             sp, ep = values("patched", "compiled_s"), values("patched", "eager_s")
             su = values("unpatched", "compiled_s")
             breaks = f"{max(values('unpatched', 'graph_breaks')):.0f}, {max(values('patched', 'graph_breaks')):.0f}"
-            shape = "x".join(map(str, CASES[case][1]))
             rows.append(
                 f"| {case} {shape} | {shapes} | {_median(cu):.1f} s ({listed(cu)}) | {_median(cp):.1f} s "
                 f"({listed(cp)}) | **{_median(cp) / _median(cu):.2f}** | {_median(sp) * 1e3:.2f} ms "
