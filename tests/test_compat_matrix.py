@@ -102,3 +102,66 @@ def test_matrix_table_has_the_uqi_hooks_and_splits_the_bugs():
     assert cells[3].split(", ") == [b for b in entry["upstream_bugs"] if not b.startswith("uqi-")]
     assert cells[4].split(", ") == [b for b in entry["upstream_bugs"] if b.startswith("uqi-")]
     assert cells[5] == "pass: 3 passed"
+
+
+def _readme_block() -> str:
+    from ssim_patch import _matrix
+
+    text = (ROOT / "README.md").read_text()
+    begin, end = text.find(_matrix.README_BEGIN), text.find(_matrix.README_END)
+    assert 0 <= begin < end, "README.md has lost the compatibility table's markers"
+    return text[begin : end + len(_matrix.README_END)]
+
+
+def test_readme_table_is_the_one_the_matrix_writes():
+    """README's compatibility table is written by ``ssim-patch matrix --readme README.md``: between
+    its markers is exactly what the runner writes for the counts and times shown, one passing row per
+    pinned release in compat_matrix.yaml's order, and the line with the run's total time."""
+    from ssim_patch import _matrix
+
+    block = _readme_block()
+    rows = [line for line in block.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == len(ENTRIES), rows
+    results = []
+    for entry, row in zip(ENTRIES, rows):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        outcome = re.fullmatch(r"pass: (\d+) passed(?:, (\d+) skipped)?", cells[-2])
+        seconds = re.fullmatch(r"(\d+) s", cells[-1])
+        assert cells[0] == str(entry["version"]) and outcome and seconds, row
+        results.append(
+            _matrix._Result(
+                str(entry["version"]),
+                entry["hook"],
+                entry["upstream_bugs"],
+                entry["uqi_hooks"],
+                passed=int(outcome[1]),
+                skipped=int(outcome[2] or 0),
+                seconds=float(seconds[1]),
+            )
+        )
+    measured = [line for line in block.splitlines() if line.startswith("Measured with ")]
+    assert len(measured) == 1 and re.fullmatch(
+        rf"Measured with Python [\d.]+ and torch \S+ on \d+ CPU cores, \d{{4}}-\d\d-\d\d: "
+        rf"{len(ENTRIES)} releases in [\d.]+ minutes\.",
+        measured[0],
+    ), measured
+    assert block == _matrix.readme_block(results, measured[0])
+
+
+def test_matrix_writes_the_readme_between_its_markers(tmp_path, capsys):
+    from ssim_patch import _matrix
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n\n{_matrix.README_BEGIN}\nold\n{_matrix.README_END}\n\nafter\n")
+    entry = ENTRIES[0]
+    result = _matrix._Result(
+        entry["version"], entry["hook"], entry["upstream_bugs"], entry["uqi_hooks"], passed=5, seconds=41.6
+    )
+    block = _matrix.readme_block([result], _matrix.provenance(641.0, 1))
+    _matrix._write_readme(readme, block)
+    assert readme.read_text() == f"before\n\n{block}\n\nafter\n"
+    assert block.splitlines()[4].endswith("| pass: 5 passed | 42 s |")
+    assert block.splitlines()[-3].endswith(": 1 releases in 10.7 minutes.")
+    with pytest.raises(SystemExit):
+        _matrix.main(["--readme", str(readme), "--release", "1.9.0"])
+    assert "--readme takes the full matrix" in capsys.readouterr().err
