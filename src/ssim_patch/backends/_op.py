@@ -4,12 +4,15 @@ them: the route a call takes, the casts, setup_context, the written-out backward
 Routes (chosen in :func:`use_traced`, the only place):
 
 - **traced**: plain differentiable ops (:mod:`ssim_patch.backends.traced`) and autograd through
-  them, while ``torch.compile`` traces, a ``torch.func`` transform is active or forward-mode AD is
-  on. Autograd, every transform and inductor's fusion then see ordinary operations.
-- **fused**: the chosen backend's forward and backward (:func:`_fused`), no autograd inside (for
-  ``SSIM_PATCH_BACKEND=traced``, plain ops and their written-out derivative). When
-  a gradient is needed it runs inside :class:`_Similarity`, whose backward is the backend's. A
-  double backward, or a backward under a transform, recomputes through
+  them, while a ``torch.func`` transform is active or forward-mode AD is on (on a torch without
+  ``torch.library.custom_op``, also while ``torch.compile`` traces). Autograd, every transform
+  and inductor's fusion then see ordinary operations.
+- **fused**: the chosen backend's forward and backward, no autograd inside (for
+  ``SSIM_PATCH_BACKEND=traced``, plain ops and their written-out derivative). Where torch has
+  ``torch.library.custom_op`` this is the custom op ``ssim_patch::similarity``
+  (:mod:`ssim_patch.backends._custom_op`), eagerly and under ``torch.compile``; else
+  :func:`_fused`, inside :class:`_Similarity` when a gradient is needed. Either way the backward is
+  the backend's; a double backward, or a backward under a transform, recomputes through
   :func:`ssim_patch.backends.traced.gradients`.
 
 Dtypes: a backend that does not read float16 / bfloat16 itself gets float32 copies, made here
