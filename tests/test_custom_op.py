@@ -301,3 +301,54 @@ def test_inductor_dynamic_through_the_custom_op():
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["diff"] < 1e-5 and result["breaks"] == 0, result
+
+
+TRITON_CHILD = textwrap.dedent(
+    """
+    import json, sys, warnings
+    warnings.simplefilter("ignore")
+    sys.path.insert(0, "tests")
+    import torch
+    import reference_torch as ref
+    import ssim_patch
+    from ssim_patch.backends import _custom_op
+    loss = lambda a, b: 1 - ssim_patch.ssim(a, b, data_range=1.0, sigma=1.0)
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True, dynamic=True)
+    g = torch.Generator().manual_seed(0)
+    diffs, dtypes = [], []
+    for fn, shape, dtype in ((loss, (2, 2, 16, 17), torch.float16), (compiled, (2, 2, 16, 17), torch.float32),
+                             (compiled, (1, 3, 18, 20), torch.float32)):
+        x = torch.rand(shape, generator=g).to(dtype)
+        y = torch.rand(shape, generator=g).to(dtype)
+        a = x.clone().requires_grad_()
+        value = fn(a, y)
+        (grad,) = torch.autograd.grad(value, a)
+        r = x.double().requires_grad_()
+        expected = 1 - ref.ssim(r, y.double(), data_range=1.0, sigma=1.0)[0].mean()
+        (e,) = torch.autograd.grad(expected, r)
+        diffs.append([abs(value.double() - expected).item(), ((grad.double() - e).abs().max() / e.abs().max()).item()])
+        dtypes.append(str(grad.dtype))
+    print(json.dumps({"diffs": diffs, "dtypes": dtypes}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_triton_backend_through_the_op_in_the_interpreter():
+    """The Triton backend (Triton's interpreter on CPU tensors) inside the op: eager float16 (its
+    gradient in float16) and aot_eager with dynamic shapes (the fake implementation takes the
+    Triton backend's kept_like), against the float64 reference. About a minute."""
+    pytest.importorskip("triton")
+    env = unpatched_environ()
+    env.update(TRITON_INTERPRET="1", SSIM_PATCH_BACKEND="triton")
+    out = subprocess.run(
+        [sys.executable, "-c", TRITON_CHILD], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    (v16, g16), *float32 = result["diffs"]
+    # float16 out: SSIM is rounded to float16, then 1 - SSIM (an ulp is 2**-11 just below 1); the
+    # gradient is computed in float32 from the float16 images (the reference sees the same images).
+    assert v16 <= 2**-10 and g16 < 2e-3, result
+    assert all(v < 1e-6 and g < 1e-5 for v, g in float32), result
+    assert result["dtypes"] == ["torch.float16", "torch.float32", "torch.float32"], result
