@@ -98,17 +98,30 @@ def _skip_reason() -> Optional[str]:
     return None
 
 
-@pytest.fixture(scope="module")
-def results() -> dict[str, dict[str, Any]]:
-    """Every case's measurements, from one child interpreter run with ``TRITON_INTERPRET=1``."""
+#: The cases the default run checks (about 10 s of CPU time under the interpreter): the usual
+#: window, both edges reflecting, valid, UQI, bfloat16, through the op, identical images. Every
+#: case runs under the slow marker.
+QUICK = (
+    "gaussian 11-tap 1x1x16x16",
+    "gaussian 11-tap, smallest image 1x1x6x6 (both edges reflect onto the same pixels)",
+    "valid, smallest image 1x1x5x7 (window 5x7)",
+    "UQI 5x5 gaussian",
+    "bfloat16 images",
+    "through the op (SSIM_PATCH_BACKEND=triton, ssim_patch.ssim)",
+)
+
+
+def _interpret(*names: str) -> dict[str, dict[str, Any]]:
+    """The measurements of the cases ``names`` (all when none), from one child interpreter run
+    with ``TRITON_INTERPRET=1``."""
     from fresh_interpreter import unpatched_environ
 
     env = {**unpatched_environ(), "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    # About a minute of CPU time: 62 s on 2 lightly loaded cores, 274 s at a load average of 7.5
-    # (a 300 s cap failed there). Its tests are slow (CI runs them with -m slow); the cap is only
-    # there so a hung child fails instead of stalling the run.
+    # Every case: about a minute of CPU time, 62 s on 2 lightly loaded cores, 274 s at a load
+    # average of 7.5 (a 300 s cap failed there), so they are slow (CI runs them with -m slow). The
+    # cap is only there so a hung child fails instead of stalling the run.
     out = subprocess.run(
-        [sys.executable, str(Path(__file__))], capture_output=True, text=True, timeout=900, env=env
+        [sys.executable, str(Path(__file__)), *names], capture_output=True, text=True, timeout=900, env=env
     )
     found = {}
     for line in out.stdout.splitlines():
@@ -118,6 +131,18 @@ def results() -> dict[str, dict[str, Any]]:
     if not found:
         pytest.fail(f"the interpreter child printed no case:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
     return found
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, dict[str, Any]]:
+    """Every case's measurements."""
+    return _interpret()
+
+
+@pytest.fixture(scope="module")
+def quick_results() -> dict[str, dict[str, Any]]:
+    """The measurements of :data:`QUICK` and of identical images."""
+    return _interpret(*QUICK, "identical")
 
 
 def _result(results: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
@@ -133,6 +158,19 @@ pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_rea
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_against_float64(results: dict[str, dict[str, Any]], name: str) -> None:
+    _check_against_float64(results, name)
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_quick_cases_against_float64(quick_results: dict[str, dict[str, Any]], name: str) -> None:
+    _check_against_float64(quick_results, name)
+
+
+def test_quick_identical_images_exact(quick_results: dict[str, dict[str, Any]]) -> None:
+    _check_identical(quick_results)
+
+
+def _check_against_float64(results: dict[str, dict[str, Any]], name: str) -> None:
     record = _result(results, name)
     bound = VALUE_BOUND
     if CASES[name].get("engine") and CASES[name].get("dtype", "float32") != "float32":
@@ -160,6 +198,10 @@ def test_gradient_keeps_layout(results: dict[str, dict[str, Any]]) -> None:
 
 @pytest.mark.slow
 def test_identical_images_exact(results: dict[str, dict[str, Any]]) -> None:
+    _check_identical(results)
+
+
+def _check_identical(results: dict[str, dict[str, Any]]) -> None:
     """Equal images: SSIM exactly 1 and a gradient of exactly 0 (not rounding noise)."""
     record = _result(results, "identical")
     assert record["values"] == [1.0, 1.0], record
@@ -238,10 +280,13 @@ def _child() -> None:
     import torch
 
     torch.set_num_threads(1)
+    only = set(sys.argv[1:])
     for name, spec in CASES.items():
-        _emit(name, lambda spec=spec: _run_case(spec))
-    _emit("identical", _identical)
-    _emit("determinism", _determinism)
+        if not only or name in only:
+            _emit(name, lambda spec=spec: _run_case(spec))
+    for name, fn in (("identical", _identical), ("determinism", _determinism)):
+        if not only or name in only:
+            _emit(name, fn)
 
 
 def _emit(name: str, fn: Any) -> None:
