@@ -156,6 +156,7 @@ def test_a_tie_between_the_ranges_goes_to_preds():
 
 def test_too_small_names_the_padding_of_the_api_it_was_called_through():
     x = torch.rand(1, 1, 5, 16)
+    assert ssim_patch.ImageTooSmallError is ImageTooSmallError  # exported (lazily, with the engine)
     with pytest.raises(
         ImageTooSmallError, match=r"or use a smaller window or padding='valid' with at least 11"
     ):

@@ -24,9 +24,10 @@ from ssim_patch._patcher import (
 from ssim_patch._version import __version__
 
 if TYPE_CHECKING:
-    from ssim_patch.engine import ssim, uqi
+    from ssim_patch.engine import ImageTooSmallError, ssim, uqi
 
 __all__ = [
+    "ImageTooSmallError",
     "PatchError",
     "PatchReport",
     "UntestedReleaseWarning",
@@ -40,7 +41,7 @@ __all__ = [
     "uqi",
 ]
 
-_LAZY = ("ssim", "uqi")  # from the engine, which loads torch
+_LAZY = ("ImageTooSmallError", "ssim", "uqi")  # from the engine, which loads torch
 
 
 def __getattr__(name: str) -> Any:
