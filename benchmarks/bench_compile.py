@@ -251,9 +251,9 @@ def write(
         f"Measured {machine.utc_now()} with `{machine.command_line('bench_compile.py')}` ({seconds / 60:.0f} min).",
         "",
         *machine.machine_lines(),
-        f"- Load average (1 min) before / after: {load[0]} / {load[1]}. Other work shared the two cores "
-        "during the run (helpers building and testing beside it): the absolute times move with it; "
-        "patched and unpatched children alternate, so their ratio is the number to read.",
+        f"- Load average (1 min) before / after: {load[0]} / {load[1]}. Other work on the machine moves "
+        "the absolute times; patched and unpatched children alternate, so their ratio is the number "
+        "to read.",
         "",
         f"SSIM as a loss, `1 - f(x, y, data_range=1.0)` forward+backward, float32, inductor (C++ on CPU), "
         f"{threads} torch thread(s) per child. "
