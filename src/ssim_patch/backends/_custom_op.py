@@ -13,7 +13,7 @@ one ``float[]`` with their lengths as ``int[]``, padding and output as ``str``, 
 the backend by its name ("auto": chosen inside the op, see :func:`backend`). ``c1``, ``c2`` are
 each a 0-d tensor (``c1``) or a number (``c1_value``, with ``c1`` None): a constant never becomes
 a tensor, a tensor is never read (no host sync). float16 / bfloat16 images go in as they are (a
-backend that does not read them gets float32 copies inside the op, from ``_op._cast``); image
+backend that does not read them gets float32 copies inside the op, from ``_protocol.cast``); image
 gradients come back in the images' dtype. Both ops mutate nothing; every output is a fresh
 contiguous tensor.
 
@@ -36,8 +36,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from ssim_patch import _filters, _formula
-from ssim_patch.backends._protocol import Backend, Needs, Plan, Scalar, compute_dtype, output_like
+from ssim_patch import _filters
+from ssim_patch.backends import traced
+from ssim_patch.backends._protocol import Backend, Needs, Plan, Scalar, cast, constants, output_like
 
 NAMESPACE = "ssim_patch"
 #: True where the ops are registered; else the caller keeps its autograd.Function.
@@ -57,14 +58,6 @@ def backend(name: str, x: Tensor, plan: Plan) -> Backend:
         return backends.choose(x, plan)
     found: Backend = importlib.import_module(f"ssim_patch.backends.{name}").BACKEND
     return found
-
-
-def _cast(be: Backend, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """The images as ``be`` reads them (``_op._cast``: float32 copies of reduced precision ones
-    for a backend that does not read those itself)."""
-    from ssim_patch.backends import _op
-
-    return _op._cast(x, y, be)
 
 
 # --- the plan and the constants, flattened into schema types ---------------------------------------
@@ -94,15 +87,6 @@ def split_scalar(c: Scalar) -> tuple[Optional[Tensor], float]:
 
 def _scalar(c: Optional[Tensor], value: float) -> Scalar:
     return c if c is not None else value
-
-
-def _constants(
-    x: Tensor, c1: Optional[Tensor], c2: Optional[Tensor], v1: float, v2: float, plan: Plan
-) -> _formula.Constants:
-    """The constants in the compute dtype (float64 stays, the rest is float32), on x's device."""
-    dtype = compute_dtype(x.dtype)
-    like = x if x.dtype == dtype else x.new_empty((), dtype=dtype)
-    return _formula.constants(_scalar(c1, v1), _scalar(c2, v2), plan.eps, like)
 
 
 def _storage(t: Tensor) -> int:
@@ -145,8 +129,8 @@ def _forward(
 ) -> list[Tensor]:
     plan = plan_of(taps, sizes, padding, output, eps)
     be = backend(backend_name, x, plan)
-    a, b = _cast(be, x, y)
-    k = _constants(a, c1, c2, c1_value, c2_value, plan)
+    a, b = cast(x, y, be)
+    k = constants(_scalar(c1, c1_value), _scalar(c2, c2_value), plan, a)
     needs = Needs(*keep) if any(keep) else None
     per_image, extra, kept = be.forward(a, b, k, plan, needs)
     if extra is None:
@@ -174,7 +158,7 @@ def _forward_fake(
     if extra is None:
         extra = per_image.new_empty(0)
     be = backend(backend_name, x, plan)
-    kept = be.kept_like(_cast(be, x, x)[0], plan, Needs(*keep)) if any(keep) else ()
+    kept = be.kept_like(cast(x, x, be)[0], plan, Needs(*keep)) if any(keep) else ()
     return [per_image, extra, *kept]
 
 
@@ -198,8 +182,8 @@ def _backward(
 ) -> list[Tensor]:
     plan = plan_of(taps, sizes, padding, output, eps)
     be = backend(backend_name, x, plan)
-    a, b = _cast(be, x, y)
-    k = _constants(a, c1, c2, c1_value, c2_value, plan)
+    a, b = cast(x, y, be)
+    k = constants(_scalar(c1, c1_value), _scalar(c2, c2_value), plan, a)
     grads = be.backward(a, b, k, tuple(kept), g_image, g_extra, plan, Needs(*keep))
     out = []
     for g, like, wanted in zip(grads, (x, y, c1, c2), keep):
@@ -246,30 +230,6 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> N
     ctx.save_for_backward(x, y, c1, c2, *output[2:])
 
 
-def _recompute(
-    x: Tensor,
-    y: Tensor,
-    c1: Scalar,
-    c2: Scalar,
-    g_image: Optional[Tensor],
-    g_extra: Optional[Tensor],
-    plan: Plan,
-    needs: Needs,
-) -> tuple[Optional[Tensor], ...]:
-    """The gradients recomputed from the inputs through the traced route's written-out
-    derivative: plain differentiable ops, so a double backward and any transform go through."""
-    dtype = compute_dtype(x.dtype)
-    xc, yc = x.to(dtype), y.to(dtype)
-    k = _formula.constants(c1, c2, plan.eps, xc)
-    gx, gy, gc1, gc2 = backend("traced", xc, plan).backward(xc, yc, k, (), g_image, g_extra, plan, needs)
-    return (
-        None if gx is None else gx.to(x.dtype),
-        None if gy is None else gy.to(y.dtype),
-        gc1,
-        gc2,
-    )
-
-
 def _autograd_backward(ctx: Any, grads: list[Optional[Tensor]]) -> tuple[Optional[Tensor], ...]:
     x, y, c1, c2, *kept = ctx.saved_tensors
     c1_value, c2_value, name, taps, sizes, padding, output, eps, keep = ctx.flat
@@ -283,7 +243,7 @@ def _autograd_backward(ctx: Any, grads: list[Optional[Tensor]]) -> tuple[Optiona
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     if torch.is_grad_enabled() or (active is not None and active()) or not kept_for_needs:
         plan = plan_of(taps, sizes, padding, output, eps)
-        grads_ = _recompute(
+        grads_: tuple[Optional[Tensor], ...] = traced.recompute(
             x, y, _scalar(c1, c1_value), _scalar(c2, c2_value), g_image, g_extra, plan, Needs(*needs)
         )
     else:

@@ -13,10 +13,11 @@ Routes (chosen in :func:`use_traced`, the only place):
   (:mod:`ssim_patch.backends._custom_op`), eagerly and under ``torch.compile``; else
   :func:`_fused`, inside :class:`_Similarity` when a gradient is needed. Either way the backward is
   the backend's; a double backward, or a backward under a transform, recomputes through
-  :func:`ssim_patch.backends.traced.gradients`.
+  :func:`ssim_patch.backends.traced.recompute`.
 
-Dtypes: a backend that does not read float16 / bfloat16 itself gets float32 copies, made here
-(:func:`_cast`) and nowhere else; outputs come back in the compute dtype.
+Dtypes: a backend that does not read float16 / bfloat16 itself gets float32 copies
+(:func:`ssim_patch.backends._protocol.cast`, here and in the custom op); outputs come back in the
+compute dtype.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ssim_patch import _formula, backends
-from ssim_patch.backends import _algebra, _custom_op, traced
-from ssim_patch.backends._protocol import REDUCED, Backend, Needs, Plan, Scalar, compute_dtype
+from ssim_patch import backends
+from ssim_patch.backends import _custom_op, traced
+from ssim_patch.backends._protocol import Backend, Needs, Plan, Scalar, cast, constants
 
 
 def tracing() -> bool:
@@ -52,12 +53,12 @@ def similarity(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tupl
     ``(N, C, *spatial)``, the same floating dtype and device; ``c1``, ``c2``: numbers or 0-d
     tensors in the compute dtype."""
     if use_traced():
-        a, b = _cast(x, y, traced.BACKEND)
+        a, b = cast(x, y, traced.BACKEND)
         return traced.similarity(a, b, c1, c2, plan)
     if _custom_op.AVAILABLE:  # the op chooses the backend and casts, eagerly and when compiled
         return _custom_op.similarity(x, y, c1, c2, plan)
     backend = backends.choose(x, plan)
-    a, b = _cast(x, y, backend)
+    a, b = cast(x, y, backend)
     return _fused(a, b, c1, c2, plan, backend)
 
 
@@ -75,21 +76,6 @@ def use_traced() -> bool:
         return tracing()
     level: int = getattr(torch.autograd.forward_ad, "_current_level", -1)
     return transforms_active() or level >= 0
-
-
-def _cast(x: Tensor, y: Tensor, backend: Backend) -> tuple[Tensor, Tensor]:
-    """float32 copies of float16 / bfloat16 images for a backend that does not read them itself
-    (differentiable: the gradient comes back in the images' dtype)."""
-    if x.dtype in REDUCED and not backend.reads_reduced_precision:
-        return x.float(), y.float()
-    return x, y
-
-
-def constants(c1: Scalar, c2: Scalar, plan: Plan, x: Tensor) -> _formula.Constants:
-    """``_formula.constants`` in the compute dtype of images ``x``."""
-    dtype = compute_dtype(x.dtype)
-    like = x if x.dtype == dtype else x.new_empty((), dtype=dtype)
-    return _formula.constants(c1, c2, plan.eps, like)
 
 
 def _fused(
@@ -160,10 +146,7 @@ class _Similarity(torch.autograd.Function):
         if g_image is None and (g_extra is None or plan.output == "ssim"):
             return None, None, None, None, None, None
         if torch.is_grad_enabled() or tracing() or not ctx.fused:
-            a, b = _cast(x, y, traced.BACKEND)
-            images = (*x.shape[:2], *plan.blur.out_size(tuple(x.shape[2:])))
-            grad_map, grad_cs = _algebra.upstream(g_image, g_extra, plan, images)
-            grads = traced.gradients(a, b, constants(c1, c2, plan, a), grad_map, grad_cs, plan, needs)
+            grads = traced.recompute(x, y, c1, c2, g_image, g_extra, plan, needs)
         else:
             k = constants(c1, c2, plan, x)
             grads = backend.backward(x, y, k, tuple(kept), g_image, g_extra, plan, needs)
@@ -192,7 +175,7 @@ class _Similarity(torch.autograd.Function):
             full = list(primals)
             for i, arg in zip(used, args):
                 full[i] = arg
-            a, b = _cast(full[0], full[1], traced.BACKEND)
+            a, b = cast(full[0], full[1], traced.BACKEND)
             per_image, extra = traced.similarity(a, b, full[2], full[3], plan)
             return [per_image] + ([extra] if extra is not None else [])
 

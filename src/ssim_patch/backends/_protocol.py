@@ -70,6 +70,22 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def constants(c1: Scalar, c2: Scalar, plan: Plan, x: Tensor) -> _formula.Constants:
+    """``_formula.constants`` for ``plan`` in the compute dtype of images ``x``, on their device."""
+    dtype = compute_dtype(x.dtype)
+    like = x if x.dtype == dtype else x.new_empty((), dtype=dtype)
+    return _formula.constants(c1, c2, plan.eps, like)
+
+
+def cast(x: Tensor, y: Tensor, backend: Backend) -> tuple[Tensor, Tensor]:
+    """The images as ``backend`` reads them: float32 copies of float16 / bfloat16 ones for a
+    backend that does not read those itself (differentiable: the gradient comes back in the
+    images' dtype). The one place reduced precision is cast."""
+    if x.dtype in REDUCED and not backend.reads_reduced_precision:
+        return x.float(), y.float()
+    return x, y
+
+
 def output_like(x: Tensor, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
     """Empty tensors shaped and typed as a forward's ``(per_image, extra)`` for images ``x``."""
     dtype = compute_dtype(x.dtype)

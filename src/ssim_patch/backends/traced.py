@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ssim_patch import _filters, _formula
 from ssim_patch.backends import _algebra
-from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan, Scalar
+from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan, Scalar, cast, constants
 
 
 def terms(x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan) -> tuple[_formula.Terms, Tensor]:
@@ -27,11 +27,6 @@ def terms(x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan) -> tuple[_for
     sd = torch.stack((x + y, x - y)) - shift
     m = _filters.blur(torch.cat((sd, sd * sd)), plan.blur)
     return _formula.terms(m, shift, k, straight_through=True), shift
-
-
-def constants(c1: Scalar, c2: Scalar, plan: Plan, like: Tensor) -> _formula.Constants:
-    """``_formula.constants`` for ``plan`` in ``like``'s dtype and device."""
-    return _formula.constants(c1, c2, plan.eps, like)
 
 
 def similarity(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
@@ -60,6 +55,26 @@ def gradients(
         ax, ay = _algebra.own_shifts(shift)
         gx, gy = _algebra.combine(_algebra.unstack(back, needs.x, needs.y), x - ax, y - ay)
     return gx, gy, (adj.g_c1.sum() if needs.c1 else None), (adj.g_c2.sum() if needs.c2 else None)
+
+
+def recompute(
+    x: Tensor,
+    y: Tensor,
+    c1: Scalar,
+    c2: Scalar,
+    g_image: Optional[Tensor],
+    g_extra: Optional[Tensor],
+    plan: Plan,
+    needs: Needs,
+) -> Grads:
+    """:func:`gradients` from the outputs' gradients, recomputed from the images as they came
+    (cast as this backend reads them; image gradients back in their dtype): the double backward
+    and the backward under a transform of every backend and of the custom op."""
+    a, b = cast(x, y, BACKEND)
+    images = (*x.shape[:2], *plan.blur.out_size(tuple(x.shape[2:])))
+    grad_map, grad_cs = _algebra.upstream(g_image, g_extra, plan, images)
+    gx, gy, gc1, gc2 = gradients(a, b, constants(c1, c2, plan, a), grad_map, grad_cs, plan, needs)
+    return (None if gx is None else gx.to(x.dtype)), (None if gy is None else gy.to(y.dtype)), gc1, gc2
 
 
 class TracedBackend:
