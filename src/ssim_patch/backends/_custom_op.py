@@ -30,7 +30,6 @@ them registered and uses them as they are. ``AVAILABLE`` is False on a torch wit
 
 # No ``from __future__ import annotations``: torch.library.custom_op reads the ops' signatures
 # from their annotations, and torch before 2.5 takes only real types there, not strings.
-import importlib
 from typing import Any, Callable, Optional
 
 import torch
@@ -52,11 +51,13 @@ def backend(name: str, x: Tensor, plan: Plan) -> Backend:
     the one :func:`ssim_patch.backends.choose` picks for images like ``x`` (``SSIM_PATCH_BACKEND``
     included). Chosen inside the ops, from ``x``'s device, dtype and dimensions: the fake
     implementation picks the same one as the real, and torch.compile never traces the choice."""
-    if name == "auto":
-        from ssim_patch import backends
+    from ssim_patch import backends
 
+    if name == "auto":
         return backends.choose(x, plan)
-    found: Backend = importlib.import_module(f"ssim_patch.backends.{name}").BACKEND
+    found = backends.load(name)
+    if isinstance(found, str):
+        raise RuntimeError(f"The {name!r} backend cannot run: {found}.")
     return found
 
 
