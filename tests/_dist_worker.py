@@ -12,11 +12,20 @@ import torch
 import torch.distributed as dist
 
 
-def run(rank: int, world_size: int, port: int, data_path: str, out_dir: str) -> None:
-    """Update a StructuralSimilarityIndexMeasure with this rank's shard, compute (synced), report."""
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
+def run(rank: int, world_size: int, rendezvous: str, data_path: str, out_dir: str) -> None:
+    """Update a StructuralSimilarityIndexMeasure with this rank's shard, compute (synced), report.
+
+    The ranks meet through a file (``rendezvous``, a path that does not exist yet), not a TCP
+    port: no port picked in advance that another process can take, and no store server thread in
+    rank 0 to be torn down while the other rank still talks to it (which once aborted rank 0 with
+    "terminate called without an active exception")."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=60),
+    )
     try:
         from torchmetrics.functional.image import ssim as functional
         from torchmetrics.image import StructuralSimilarityIndexMeasure

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import site
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -196,12 +195,6 @@ def test_bad_value_at_startup_is_one_warning_not_a_crash():
 # --- two torch.distributed ranks -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _data() -> dict[str, object]:
     """Four 3-D images and their copies with a zeroed one-voxel frame: the border counts."""
     preds = torch.rand(4, 1, 24, 32, 40, generator=torch.Generator().manual_seed(3))
@@ -236,7 +229,7 @@ def test_two_ranks_patched_by_the_environment_alone(tmp_path, monkeypatch):
     monkeypatch.delenv("SSIM_PATCH_PADDING", raising=False)
     mp.spawn(
         _dist_worker.run,
-        args=(2, _free_port(), str(data_path), str(tmp_path)),
+        args=(2, str(tmp_path / "rendezvous"), str(data_path), str(tmp_path)),
         nprocs=2,
         join=True,
         start_method="spawn",
