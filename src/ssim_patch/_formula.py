@@ -28,12 +28,14 @@ flat window, so the exact derivative of the map is 0, while the computed one is 
 times ``1 / eps``. ``adjoints`` gives such a window (``C_den = 0``) no gradient either.
 
 Every function here is plain tensor ops: it runs as is under autograd, ``torch.func`` and
-``torch.compile``, on any device, in any layout (everything broadcasts).
+``torch.compile``, on any device, in any layout (everything broadcasts). A caller with no autograd
+may pass ``buffers`` (:data:`Buffers`) to have the map-sized results written into tensors it
+reuses: the same ops, the same numbers, no allocation.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -79,29 +81,51 @@ class Terms(NamedTuple):
     means: Optional[Tensor] = None  # (2, ...): mu less the shift, where at hand
 
 
-def terms(m: Tensor, shift: Tensor, k: Constants, straight_through: bool = False) -> Terms:
+#: Where a map-sized result goes: ``buffers(name, like)`` is a tensor of ``like``'s shape and
+#: dtype, written over (nothing else may hold the one named ``name`` while a function here runs), or
+#: None for a fresh tensor. The default, :func:`fresh`, is the only one autograd and ``torch.func``
+#: may see; the CPU backend passes reused scratch (fresh allocations cost page faults on CPU).
+Buffers = Callable[[str, Tensor], Optional[Tensor]]
+
+
+def fresh(name: str, like: Tensor) -> None:
+    """Every result a new tensor: the default :data:`Buffers`."""
+    del name, like
+
+
+def terms(
+    m: Tensor, shift: Tensor, k: Constants, straight_through: bool = False, buffers: Buffers = fresh
+) -> Terms:
     """The means and contrast factors from the moments ``m`` ``(4, ...)``; ``shift`` ``(2, ...)``."""
     means, squares = m.tensor_split(2)
     # Not addcmul: a fused multiply-add would keep the rounding error of means^2, so a window of
     # one tap (or a flat image) would get a variance of rounding noise instead of exactly 0.
-    var = squares - means * means
-    clamped = var.clamp_min(0)
+    var = torch.sub(
+        squares, torch.mul(means, means, out=buffers("means^2", means)), out=buffers("var", means)
+    )
+    clamped = torch.clamp_min(var, 0, out=buffers("clamped", means))
     var = var + (clamped - var).detach() if straight_through else clamped
     if k.flat is not None:  # UQI: a flat window has no variance, and none to differentiate
-        var = var.masked_fill(clamped.sum(0) <= k.flat * squares.sum(0), 0)
+        flat = clamped.sum(0) <= k.flat * squares.sum(0)
+        var = torch.where(flat, var.new_zeros(()), var, out=buffers("var_flat", means))
     v_s, v_d = var.unbind(0)
-    c_den = k.two_c2.add(v_s).add(v_d)
-    return Terms(mu=means + shift, c_num=c_den.add(v_d, alpha=-2), c_den=c_den, means=means)
+    c_den = torch.add(k.two_c2, v_s, out=buffers("c_den", v_s))
+    c_den = torch.add(c_den, v_d, out=buffers("c_den", v_s))
+    c_num = torch.add(c_den, v_d, alpha=-2, out=buffers("c_num", v_s))
+    return Terms(mu=torch.add(means, shift, out=buffers("mu", means)), c_num=c_num, c_den=c_den, means=means)
 
 
-def luminance(mu_s: Tensor, mu_d: Tensor, k: Constants) -> tuple[Tensor, Tensor]:
+def luminance(mu_s: Tensor, mu_d: Tensor, k: Constants, buffers: Buffers = fresh) -> tuple[Tensor, Tensor]:
     """``(L_num, L_den)`` from the means."""
-    l_den = k.two_c1.addcmul(mu_s, mu_s).addcmul(mu_d, mu_d)
-    return l_den.addcmul(mu_d, mu_d, value=-2), l_den
+    l_den = torch.addcmul(k.two_c1, mu_s, mu_s, out=buffers("l_den", mu_s))
+    l_den = torch.addcmul(l_den, mu_d, mu_d, out=buffers("l_den", mu_s))
+    return torch.addcmul(l_den, mu_d, mu_d, value=-2, out=buffers("l_num", mu_s)), l_den
 
 
-def _denominator(l_den: Tensor, c_den: Tensor, k: Constants) -> Tensor:
-    return l_den * c_den if k.four_eps is None else k.four_eps.addcmul(l_den, c_den)
+def _denominator(l_den: Tensor, c_den: Tensor, k: Constants, buffers: Buffers) -> Tensor:
+    if k.four_eps is None:
+        return torch.mul(l_den, c_den, out=buffers("den", l_den))
+    return torch.addcmul(k.four_eps, l_den, c_den, out=buffers("den", l_den))
 
 
 class Map(NamedTuple):
@@ -113,12 +137,13 @@ class Map(NamedTuple):
     den: Tensor
 
 
-def similarity_map(t: Terms, k: Constants) -> Map:
+def similarity_map(t: Terms, k: Constants, buffers: Buffers = fresh) -> Map:
     """The SSIM (or UQI) map, with its factors."""
     mu_s, mu_d = t.mu.unbind(0)
-    l_num, l_den = luminance(mu_s, mu_d, k)
-    den = _denominator(l_den, t.c_den, k)
-    return Map((l_num * t.c_num).div(den), l_num, l_den, den)
+    l_num, l_den = luminance(mu_s, mu_d, k, buffers)
+    den = _denominator(l_den, t.c_den, k, buffers)
+    s = torch.mul(l_num, t.c_num, out=buffers("s", l_num))
+    return Map(torch.div(s, den, out=buffers("s", l_num)), l_num, l_den, den)
 
 
 def similarity(t: Terms, k: Constants) -> Tensor:
@@ -126,9 +151,9 @@ def similarity(t: Terms, k: Constants) -> Tensor:
     return similarity_map(t, k).s
 
 
-def contrast(t: Terms) -> Tensor:
+def contrast(t: Terms, buffers: Buffers = fresh) -> Tensor:
     """The contrast-sensitivity map ``cs``."""
-    return t.c_num / t.c_den
+    return torch.div(t.c_num, t.c_den, out=buffers("cs", t.c_num))
 
 
 class Adjoints(NamedTuple):
@@ -158,6 +183,7 @@ def adjoints(
     need_y: bool = True,
     made: Optional[Map] = None,
     out: Optional[Tensor] = None,
+    buffers: Buffers = fresh,
 ) -> Adjoints:
     """The moments' gradient from the loss's gradient with respect to the S map and the cs map.
 
@@ -168,38 +194,44 @@ def adjoints(
     into_x = rows[0] if need_x else None
     into_y = rows[int(need_x)] if need_y else None
     into_sq, into_cross = rows[-2], rows[-1]
-    made = made if made is not None else similarity_map(t, k)
+    made = made if made is not None else similarity_map(t, k, buffers)
     l_num, l_den = made.l_num, made.l_den
     # a = 2 dS/dL_num, b = -2 dS/dL_den, c = 2 dS/dC_num, d = -2 dS/dC_den, times the loss's gradient.
     if grad_map is not None:
-        u = (2 * grad_map).div(made.den)
+        den = made.den
+        u = torch.div(torch.mul(grad_map, 2, out=buffers("2 grad_map", grad_map)), den, out=buffers("u", den))
         if k.flat is not None:  # UQI: a window with no variance contributes no gradient (see terms)
-            u = u.masked_fill(t.c_den == 0, 0)
-        v = u * made.s  # u S, with S exactly as the forward has it
-        a, b = u * t.c_num, v * t.c_den
+            u = torch.where(t.c_den == 0, u.new_zeros(()), u, out=buffers("u_flat", den))
+        v = torch.mul(u, made.s, out=buffers("v", den))  # u S, with S exactly as the forward has it
+        a = torch.mul(u, t.c_num, out=buffers("a", den))
+        b = torch.mul(v, t.c_den, out=buffers("b", den))
         final = grad_cs is None
-        c = torch.mul(u, l_num, out=into_cross) if final and into_cross is not None else u * l_num
-        d = torch.mul(v, l_den, out=into_sq) if final and into_sq is not None else v * l_den
+        c = torch.mul(u, l_num, out=into_cross if final and into_cross is not None else buffers("c", den))
+        d = torch.mul(v, l_den, out=into_sq if final and into_sq is not None else buffers("d", den))
     else:
         a = b = c = d = t.c_den.new_zeros(())
     if grad_cs is not None:  # dcs/dC_num = 1/C_den, dcs/dC_den = -cs/C_den
-        h = (2 * grad_cs).div(t.c_den)
-        c = c + h
-        d = d.addcmul(h, t.c_num / t.c_den)
-        if out is not None:
-            assert into_sq is not None and into_cross is not None
-            c, d = into_cross.copy_(c), into_sq.copy_(d)
+        h = torch.div(
+            torch.mul(grad_cs, 2, out=buffers("2 grad_cs", grad_cs)), t.c_den, out=buffers("h", t.c_den)
+        )
+        c = torch.add(c, h, out=into_cross if out is not None else buffers("c+h", t.c_den))
+        cs = torch.div(t.c_num, t.c_den, out=buffers("cs_adj", t.c_den))
+        d = torch.addcmul(d, h, cs, out=into_sq if out is not None else buffers("d+h", t.c_den))
     # L depends on mu_s, mu_d; C on v_s = m2 - m0^2, v_d = m3 - m1^2; m0 = mu_s - a_s, m1 = mu_d - a_d.
-    ab, a_b, cd, c_d = a - b, a + b, c - d, c + d  # 2 (A + B), 2 (A - B), 2 (C + D), 2 (C - D)
+    # 2 (A + B), 2 (A - B), 2 (C + D), 2 (C - D); a and b (c and d) have one shape.
+    ab = torch.sub(a, b, out=buffers("ab", a))
+    a_b = torch.add(a, b, out=buffers("a+b", a))
+    cd = torch.sub(c, d, out=buffers("cd", c))
+    c_d = torch.add(c, d, out=buffers("c+d", c))
     mu_s, mu_d = t.mu.unbind(0)
-    m0, m1 = (t.means if t.means is not None else t.mu - shift).unbind(0)
-    g_m0 = (mu_s * ab).addcmul(m0, cd, value=-1)
-    g_m1 = (m1 * c_d).addcmul(mu_d, a_b, value=-1)
-    return Adjoints(
-        g_x=(torch.add(g_m0, g_m1, out=into_x) if into_x is not None else g_m0 + g_m1) if need_x else None,
-        g_y=(torch.sub(g_m0, g_m1, out=into_y) if into_y is not None else g_m0 - g_m1) if need_y else None,
-        g_sq=d,
-        g_cross=c,
-        g_c1=ab,
-        g_c2=cd,
-    )
+    m0, m1 = (t.means if t.means is not None else torch.sub(t.mu, shift, out=buffers("m", t.mu))).unbind(0)
+    g_m0 = torch.mul(mu_s, ab, out=buffers("g_m0", mu_s))
+    g_m0 = torch.addcmul(g_m0, m0, cd, value=-1, out=buffers("g_m0", mu_s))
+    g_m1 = torch.mul(m1, c_d, out=buffers("g_m1", m1))
+    g_m1 = torch.addcmul(g_m1, mu_d, a_b, value=-1, out=buffers("g_m1", m1))
+    g_x = g_y = None
+    if need_x:
+        g_x = torch.add(g_m0, g_m1, out=into_x if into_x is not None else buffers("g_x", g_m0))
+    if need_y:
+        g_y = torch.sub(g_m0, g_m1, out=into_y if into_y is not None else buffers("g_y", g_m0))
+    return Adjoints(g_x, g_y, g_sq=d, g_cross=c, g_c1=ab, g_c2=cd)

@@ -13,8 +13,10 @@ pads folded back by ``index_add_``), recombined straight into the gradient (``_a
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Optional
 
 import torch
@@ -28,6 +30,9 @@ from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 #: The work is cut into pieces of about this many samples (whole planes, or bands of rows of one
 #: plane), so that the moment maps and their filtered copies stay in cache.
 _CHUNK = 1 << 16
+#: A thread keeps its scratch buffers from call to call up to this many bytes (a 2-D piece needs
+#: well under 2 MiB of them; a band of a large 3-D volume more).
+_KEEP_BYTES = 16 << 20
 
 
 def source_rows(n: int, k: int, mode: _filters.Mode, lo: int, hi: int) -> Tensor:
@@ -43,18 +48,66 @@ def source_rows(n: int, k: int, mode: _filters.Mode, lo: int, hi: int) -> Tensor
 
 
 class Workspace:
-    """Reusable scratch buffers for one call: fresh large allocations cost page faults on CPU."""
+    """Scratch buffers by name, reused for every request that fits (by dtype and device; a fake
+    tensor, from shape inference, gets fake ones)."""
 
     def __init__(self) -> None:
-        self._buffers: dict[str, Tensor] = {}
+        self._buffers: dict[tuple[str, torch.dtype, torch.device, bool], Tensor] = {}
+        self._taken: set[tuple[str, torch.dtype, torch.device, bool]] = set()
 
     def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         size = math.prod(shape)
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < size or buf.dtype != like.dtype:
+        key = (name, like.dtype, like.device, is_fake(like))
+        self._taken.add(key)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < size:
             buf = like.new_empty(size)
-            self._buffers[name] = buf
+            self._buffers[key] = buf
         return buf[:size].view(shape)
+
+    def formula(self, name: str, like: Tensor) -> Tensor:
+        """A :data:`ssim_patch._formula.Buffers` of this workspace."""
+        return self.take(f"formula {name}", tuple(like.shape), like)
+
+    def kept(self) -> bool:
+        """Ends a call: whether to keep the buffers for the thread's next call. Real tensors only,
+        ``_KEEP_BYTES`` in all: over that, first only those of this call's dtype and device (the
+        forward and the backward take different ones), then only those this call took, else none."""
+        taken, self._taken = self._taken, set()
+        if any(is_fake(buf) for buf in self._buffers.values()):
+            return False
+        kinds = {key[1:] for key in taken}
+        for keep in (lambda key: key[1:] in kinds, lambda key: key in taken):
+            if _nbytes(self._buffers.values()) <= _KEEP_BYTES:
+                break
+            self._buffers = {key: buf for key, buf in self._buffers.items() if keep(key)}
+        return _nbytes(self._buffers.values()) <= _KEEP_BYTES
+
+
+def _nbytes(tensors: Iterable[Tensor]) -> int:
+    return sum(t.nbytes for t in tensors)
+
+
+#: Each thread's workspace between calls (``free``): see :func:`workspace`.
+_IDLE = threading.local()
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Workspace]:
+    """The calling thread's scratch buffers, kept from one call to the next (up to
+    ``_KEEP_BYTES``, see :meth:`Workspace.kept`): a fresh large allocation on CPU costs a page fault per 4 KiB
+    touched, and glibc gives freed heap back to the OS eagerly until the process has freed one
+    large block. A call made while another holds the workspace (no call does; a dispatch mode
+    could) gets a workspace of its own."""
+    work: Optional[Workspace] = getattr(_IDLE, "free", None)
+    _IDLE.free = None
+    if work is None:
+        work = Workspace()
+    try:
+        yield work
+    finally:
+        if work.kept():
+            _IDLE.free = work
 
 
 #: One pass of a window along an axis: the output, the shifted views it sums, the taps.
@@ -72,10 +125,10 @@ class BandBlur:
     each view made costs as much as a small multiply-add.
     """
 
-    def __init__(self, blur: _filters.Blur, spatial: tuple[int, ...]) -> None:
+    def __init__(self, blur: _filters.Blur, spatial: tuple[int, ...], work: Workspace) -> None:
         self.blur = blur
         self.spatial = spatial
-        self.work = Workspace()
+        self.work = work
         self._filters: dict[tuple[object, ...], list[_Pass]] = {}
         self._adjoints: dict[tuple[object, ...], tuple[list[_Pass], list[_Fold], Tensor]] = {}
 
@@ -183,6 +236,12 @@ class CpuBackend:
     def forward(
         self, x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs]
     ) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
+        with workspace() as work:
+            return self._forward(x, y, k, plan, keep, work)
+
+    def _forward(
+        self, x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs], work: Workspace
+    ) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
         n, channels, *spatial = x.shape
         planes, nd = n * channels, len(spatial)
         xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
@@ -201,7 +260,7 @@ class CpuBackend:
         elif keep is not None:
             # One tensor each, under glibc's largest mmap threshold: reused from call to call.
             kept = {"mu": x.new_empty((2, planes, *out)), "contrast": x.new_empty((2, planes, *out))}
-        band = BandBlur(plan.blur, tuple(spatial))
+        band = BandBlur(plan.blur, tuple(spatial), work)
         for p0, p1, bands in _pieces(planes, spatial, out[0]):
             sh = shift[:, p0:p1]
             for r0, r1 in bands:
@@ -218,17 +277,17 @@ class CpuBackend:
                 torch.add(xb, yb, out=stack[0])
                 torch.sub(xb, yb, out=stack[1])
                 torch.mul(sd.sub_(sh), sd, out=squares)
-                t = _formula.terms(band.filter(stack), sh, k)
-                made = _formula.similarity_map(t, k)
+                t = _formula.terms(band.filter(stack), sh, k, buffers=work.formula)
+                made = _formula.similarity_map(t, k, work.formula)
                 maps = made.s
                 sums[p0:p1] += maps.sum(dims)
                 if cs_sums is not None:
-                    cs_sums[p0:p1] += _formula.contrast(t).sum(dims)
+                    cs_sums[p0:p1] += _formula.contrast(t, work.formula).sum(dims)
                 if full is not None:
                     full[p0:p1, r0:r1] = maps
                 if keep is not None and adjoints:
                     into = kept["adjoints"][:, p0:p1, r0:r1]
-                    adj = _formula.adjoints(t, sh, k, unit, None, keep.x, keep.y, made, out=into)
+                    adj = _formula.adjoints(t, sh, k, unit, None, keep.x, keep.y, made, into, work.formula)
                     if keep.c1 or keep.c2:
                         kept["c_sums"][0, p0:p1] += adj.g_c1.sum(dims)
                         kept["c_sums"][1, p0:p1] += adj.g_c2.sum(dims)
@@ -264,6 +323,21 @@ class CpuBackend:
         needs: Needs,
     ) -> Grads:
         """Plane by plane: ``W^T`` in reused buffers, recombined straight into the gradients."""
+        with workspace() as work:
+            return self._backward(x, y, k, kept, g_image, g_extra, plan, needs, work)
+
+    def _backward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        k: _formula.Constants,
+        kept: Kept,
+        g_image: Optional[Tensor],
+        g_extra: Optional[Tensor],
+        plan: Plan,
+        needs: Needs,
+        work: Workspace,
+    ) -> Grads:
         held = _algebra.TermsKept.of(plan, kept)
         up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
         n, channels, *spatial_list = x.shape
@@ -273,7 +347,7 @@ class CpuBackend:
         xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
         gx = x.new_empty((planes, *spatial)) if needs.x else None
         gy = x.new_empty((planes, *spatial)) if needs.y else None
-        band = BandBlur(plan.blur, spatial)
+        band = BandBlur(plan.blur, spatial, work)
 
         def planar(g: Optional[Tensor]) -> Optional[Tensor]:
             return None if g is None else g.expand(n, channels, *g.shape[2:]).reshape(planes, *g.shape[2:])
@@ -301,15 +375,19 @@ class CpuBackend:
                 t = _formula.Terms(mu[:, p0:p1], c_num[p0:p1], c_den[p0:p1])
                 grad_map_c = None if grad_map_p is None else grad_map_p[p0:p1]
                 grad_cs_c = None if grad_cs_p is None else grad_cs_p[p0:p1]
-                adj = _formula.adjoints(t, sh, k, grad_map_c, grad_cs_c, needs.x, needs.y)
-                stacked = torch.stack(_algebra.adjoint_stack(adj))
+                stacked = work.take("adjoint stack", (_algebra.adjoint_rows(needs), p1 - p0, *out), x)
+                adj = _formula.adjoints(
+                    t, sh, k, grad_map_c, grad_cs_c, needs.x, needs.y, None, stacked, work.formula
+                )
                 c_sums += torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
             if needs.x or needs.y:
                 targets = (None if gx is None else gx[p0:p1], None if gy is None else gy[p0:p1])
                 back = _algebra.unstack(band.adjoint(stacked), needs.x, needs.y)
-                _algebra.combine(
-                    back, xp[p0:p1] - own[0][p0:p1], yp[p0:p1] - own[1][p0:p1], targets, in_place=True
-                )
+                centred = [
+                    torch.sub(v[p0:p1], a[p0:p1], out=work.take(f"centred {i}", tuple(v[p0:p1].shape), v))
+                    for i, (v, a) in enumerate(((xp, own[0]), (yp, own[1])))
+                ]
+                _algebra.combine(back, *centred, targets, in_place=True)
                 if scale_p is not None:
                     for g in targets:
                         if g is not None:
