@@ -128,6 +128,38 @@ def test_eager_calls_go_through_the_op(data_range):
     torch.testing.assert_close(x.grad.double(), e, atol=1e-4 * e.abs().max().item(), rtol=0)
 
 
+@pytest.mark.skipif(not hasattr(torch._C, "_set_view_replay_enabled"), reason="no view replay here")
+def test_backends_run_without_view_replay(monkeypatch):
+    """AOT autograd's compiled training forward turns view replay on (every view then records how
+    to replay itself: each of the backend's views about twice as slow); the op turns it off while
+    the backend runs, and back on after, with the same numbers."""
+    from ssim_patch.backends import cpu
+
+    seen = []
+    for name in ("forward", "backward"):
+        original = getattr(cpu.CpuBackend, name)
+
+        def spy(self, *args, _original=original, **kwargs):
+            seen.append(torch._C._is_view_replay_enabled())
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cpu.CpuBackend, name, spy)
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", "cpu")
+    x, y = _pair((2, 3, 16, 17))
+    grads = []
+    for replay in (False, True):
+        a = x.clone().requires_grad_()
+        torch._C._set_view_replay_enabled(replay)
+        try:
+            ssim_patch.ssim(a, y, data_range=1.0).backward()
+            assert torch._C._is_view_replay_enabled() == replay
+        finally:
+            torch._C._set_view_replay_enabled(False)
+        grads.append(a.grad)
+    assert seen == [False] * 4
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_double_backward_recomputes_through_the_traced_route():
     x, y = _pair((1, 1, 9, 8), dtype=torch.float64)
     x.requires_grad_()

@@ -77,10 +77,10 @@ class Workspace:
         if any(is_fake(buf) for buf in self._buffers.values()):
             return False
         kinds = {key[1:] for key in taken}
-        for keep in (lambda key: key[1:] in kinds, lambda key: key in taken):
-            if _nbytes(self._buffers.values()) <= _KEEP_BYTES:
-                break
-            self._buffers = {key: buf for key, buf in self._buffers.items() if keep(key)}
+        if _nbytes(self._buffers.values()) > _KEEP_BYTES:
+            self._buffers = {key: buf for key, buf in self._buffers.items() if key[1:] in kinds}
+        if _nbytes(self._buffers.values()) > _KEEP_BYTES:
+            self._buffers = {key: buf for key, buf in self._buffers.items() if key in taken}
         return _nbytes(self._buffers.values()) <= _KEEP_BYTES
 
 
@@ -383,11 +383,11 @@ class CpuBackend:
             if needs.x or needs.y:
                 targets = (None if gx is None else gx[p0:p1], None if gy is None else gy[p0:p1])
                 back = _algebra.unstack(band.adjoint(stacked), needs.x, needs.y)
-                centred = [
+                xs, ys = (
                     torch.sub(v[p0:p1], a[p0:p1], out=work.take(f"centred {i}", tuple(v[p0:p1].shape), v))
                     for i, (v, a) in enumerate(((xp, own[0]), (yp, own[1])))
-                ]
-                _algebra.combine(back, *centred, targets, in_place=True)
+                )
+                _algebra.combine(back, xs, ys, targets, in_place=True)
                 if scale_p is not None:
                     for g in targets:
                         if g is not None:
