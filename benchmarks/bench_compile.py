@@ -5,8 +5,8 @@ Each measurement runs in a child process of its own with a fresh ``TORCHINDUCTOR
 ``TRITON_CACHE_DIR`` (nothing compiled before is reused) and the patch state it measures. The
 child compiles ``1 - structural_similarity_index_measure(x, y, data_range=1.0)``, runs one
 forward+backward (the compile time: dynamo, AOT autograd, inductor, the C++ build and the call
-itself), then times the compiled forward+backward against the same loss uncompiled (interleaved
-calls, medians). Patched and unpatched children alternate, in an order that rotates from round to
+itself), then times the compiled forward+backward against the same loss uncompiled (medians of
+alternating blocks of ``BLOCK`` consecutive calls) and counts the page faults of each step. Patched and unpatched children alternate, in an order that rotates from round to
 round, so that the load of the machine falls on both alike.
 
     python benchmarks/bench_compile.py --rounds 3 --out benchmarks/compile_results.md
@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,8 @@ CASES = {
     "msssim": ("multiscale_structural_similarity_index_measure", (2, 3, 192, 192)),
 }
 STATES = ("patched", "unpatched")
+#: Steps are timed in alternating blocks of this many consecutive calls of one kind.
+BLOCK = 10
 SHAPES = ("static", "dynamic")
 
 
@@ -61,6 +64,8 @@ class Result:
     eager_s: float  # median uncompiled fwd+bwd, same patch state
     graph_breaks: int
     diff: float  # |compiled - eager| of the loss and of the gradient (max)
+    compiled_faults: float = float("nan")  # minor page faults per compiled step (mean)
+    eager_faults: float = float("nan")  # and per eager step
     error: Optional[str] = None
 
 
@@ -108,19 +113,24 @@ def _child(case: str, state: str, shapes: str, calls: int, threads: int) -> dict
     eager_value, eager_grad = step(loss)
     diff = max((value - eager_value).abs().item(), ((grad - eager_grad).abs().max()).item())
     times: dict[str, list[float]] = {"compiled": [], "eager": []}
+    faults: dict[str, list[int]] = {"compiled": [], "eager": []}
     for fn in (compiled, loss, compiled, loss):  # warm-up
         step(fn)
     for i in range(2 * calls):
-        which = ("compiled", "eager")[(i + i // 2) % 2]  # c e e c c e ...: neither always first
+        which = ("compiled", "eager")[(i // BLOCK) % 2]  # blocks of BLOCK calls, alternating
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         step(compiled if which == "compiled" else loss)
         times[which].append(time.perf_counter() - start)
+        faults[which].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return {
         "compile_s": compile_s,
         "compiled_s": statistics.median(times["compiled"]),
         "eager_s": statistics.median(times["eager"]),
         "graph_breaks": sum(counters["graph_break"].values()),
         "diff": diff,
+        "compiled_faults": statistics.mean(faults["compiled"]),
+        "eager_faults": statistics.mean(faults["eager"]),
     }
 
 
@@ -198,12 +208,13 @@ def _median(values: list[float]) -> float:
 
 def table(results: list[Result], cases: list[str]) -> list[str]:
     """Markdown rows: per case and shapes, compile time and speeds, patched vs unpatched. A step
-    ratio is taken within each child (interleaved calls), then the median over the rounds."""
+    ratio is taken within each child (alternating blocks of calls), then the median over the rounds."""
     rows = [
         "| case | shapes | compile, unpatched | compile, patched | patched / unpatched "
         "| step compiled, patched | step eager, patched | compiled / eager, patched "
+        "| page faults / step, patched (compiled, eager) "
         "| step compiled, unpatched | graph breaks (unpatched, patched) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
         for shapes in SHAPES:
@@ -234,6 +245,7 @@ def table(results: list[Result], cases: list[str]) -> list[str]:
                 f"| {case} {shape} | {shapes} | {_median(cu):.1f} s ({listed(cu)}) | {_median(cp):.1f} s "
                 f"({listed(cp)}) | **{_median(cp) / _median(cu):.2f}** | {_median(sp) * 1e3:.2f} ms "
                 f"| {_median(ep) * 1e3:.2f} ms | **{_median(step):.2f}** ({listed(step, 2)}) "
+                f"| {max(values('patched', 'compiled_faults')):.0f}, {max(values('patched', 'eager_faults')):.0f} "
                 f"| {_median(su) * 1e3:.2f} ms | {breaks} |"
             )
     return rows
@@ -259,7 +271,11 @@ def write(
         f"{threads} torch thread(s) per child. "
         "Compile: the first compiled call, each in a fresh process on a cold cache (fresh "
         "`TORCHINDUCTOR_CACHE_DIR`); medians over the rounds, each round's value in brackets. Steps: "
-        "medians of interleaved calls after warm-up in the same process. Patched, the engine runs as "
+        f"medians after warm-up in the same process, timed in alternating blocks of {BLOCK} consecutive "
+        "calls of one kind (a training loop's steady state; alternating every call times each kind "
+        "right after the other's code and data); page faults: the most of the "
+        "rounds' mean minor page faults per step (each fresh page the allocator maps costs one). "
+        "Patched, the engine runs as "
         "one `torch.library` custom op (`ssim_patch::similarity`, its backward "
         "`ssim_patch::similarity_backward`): dynamo traces the argument handling around it and "
         "inductor compiles only that.",
