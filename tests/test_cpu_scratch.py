@@ -146,11 +146,35 @@ def test_scratch_of_fake_tensors_is_not_kept():
     assert torch.equal(before, after)
 
 
-def test_shapes_in_turn_give_the_numbers_of_a_fresh_process():
-    """Large, then small, then large again: scratch sized for one call never leaks into the next."""
-    plan = _plan()
-    results = []
-    for shape in [(2, 3, 70, 70), (1, 1, 16, 16), (2, 3, 70, 70), (1, 1, 16, 16)]:
-        x, y = _pair(shape)
-        results.append(cpu.BACKEND.forward(x, y, constants(1e-4, 9e-4, plan, x), plan, None)[0])
-    assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[3])
+def _step(x, y, plan):
+    """Per-image SSIM and the gradient for x, from the cpu backend."""
+    k = constants(1e-4, 9e-4, plan, x)
+    keep = Needs(True, False, False, False)
+    per_image, _, kept = cpu.BACKEND.forward(x, y, k, plan, keep)
+    grads = cpu.BACKEND.backward(x, y, k, kept, torch.ones_like(per_image), None, plan, keep)
+    return per_image, grads[0]
+
+
+def test_windows_and_shapes_in_turn_give_the_numbers_of_a_fresh_workspace():
+    """Windows and shapes that change from call to call (the kept buffers and the views made of
+    them, grown, shrunk and made anew): each call equals one on a workspace of its own."""
+    gauss, uniform = _filters.gaussian_taps(1.5, 11), _filters.uniform_taps(7)
+    wide = _filters.gaussian_taps(2.5, 11)  # the same size: views of the same shapes
+    plans = [
+        Plan(_filters.Blur((gauss, gauss), "same")),
+        Plan(_filters.Blur((uniform, gauss), "same")),
+        Plan(_filters.Blur((gauss, gauss), "valid")),
+        Plan(_filters.Blur((uniform, uniform), "same")),
+        Plan(_filters.Blur((wide, wide), "same")),
+    ]
+    calls = [((2, 3, 70, 70), 0), ((1, 1, 16, 16), 1), ((2, 3, 70, 70), 2), ((3, 2, 300, 40), 3)]
+    calls += [((1, 1, 16, 16), 0), ((2, 3, 70, 70), 0), ((2, 3, 70, 70), 4), ((2, 3, 70, 70), 1)]
+    calls += [((3, 2, 300, 40), 3), ((3, 2, 300, 40), 0), ((3, 2, 300, 40), 4)]
+    inputs = [(_pair(shape, seed=p), plans[p]) for shape, p in calls]
+    expected = []
+    for (x, y), plan in inputs:
+        cpu._IDLE.free = None  # a workspace of its own
+        expected.append(_step(x, y, plan))
+    for ((x, y), plan), want, call in zip(inputs, expected, calls):  # one workspace, in turn
+        got = _step(x, y, plan)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), call

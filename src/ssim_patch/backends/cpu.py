@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Optional
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -47,45 +47,69 @@ def source_rows(n: int, k: int, mode: _filters.Mode, lo: int, hi: int) -> Tensor
     return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
 
 
+#: A scratch buffer's key: its name, and the dtype, device and tensor type it was made for.
+_Key = tuple[str, torch.dtype, torch.device, type]
+#: A workspace keeps at most this many plans (views of its buffers) for :class:`BandBlur`.
+_PLANS = 64
+#: Tensor types whose scratch is a plain tensor, kept from call to call.
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 class Workspace:
-    """Scratch buffers by name, reused for every request that fits (by dtype and device; a fake
-    tensor, from shape inference, gets fake ones)."""
+    """Scratch buffers by name, reused for every request that fits (by dtype, device and tensor
+    type: a fake tensor, from shape inference, gets fake ones)."""
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[str, torch.dtype, torch.device, bool], Tensor] = {}
-        self._taken: set[tuple[str, torch.dtype, torch.device, bool]] = set()
+        self._buffers: dict[_Key, Tensor] = {}
+        self._taken: set[_Key] = set()
+        self._nbytes = 0
+        #: What :class:`BandBlur` made of these buffers (views, index tensors), by what it is for;
+        #: cleared whenever a buffer is made anew, so that nothing here views a dropped one.
+        self.plans: dict[tuple[object, ...], Any] = {}
 
     def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         size = math.prod(shape)
-        key = (name, like.dtype, like.device, is_fake(like))
+        kind = Tensor if type(like) in _PLAIN else type(like)
+        key = (name, like.dtype, like.device, kind)
         self._taken.add(key)
         buf = self._buffers.get(key)
         if buf is None or buf.numel() < size:
+            self._nbytes -= 0 if buf is None else buf.nbytes
+            self.plans.clear()
             buf = like.new_empty(size)
+            self._nbytes += buf.nbytes
             self._buffers[key] = buf
         return buf[:size].view(shape)
+
+    def remember(self, key: tuple[object, ...], plan: Any) -> None:
+        """Keeps ``plan`` in :attr:`plans` (which holds at most ``_PLANS``: shapes that vary from
+        call to call would add one each)."""
+        if len(self.plans) >= _PLANS:
+            self.plans.clear()
+        self.plans[key] = plan
 
     def formula(self, name: str, like: Tensor) -> Tensor:
         """A :data:`ssim_patch._formula.Buffers` of this workspace."""
         return self.take(f"formula {name}", tuple(like.shape), like)
 
     def kept(self) -> bool:
-        """Ends a call: whether to keep the buffers for the thread's next call. Real tensors only,
+        """Ends a call: whether to keep the buffers for the thread's next call. Plain tensors only,
         ``_KEEP_BYTES`` in all: over that, first only those of this call's dtype and device (the
         forward and the backward take different ones), then only those this call took, else none."""
         taken, self._taken = self._taken, set()
-        if any(is_fake(buf) for buf in self._buffers.values()):
+        if any(key[3] is not Tensor for key in taken):
             return False
         kinds = {key[1:] for key in taken}
-        if _nbytes(self._buffers.values()) > _KEEP_BYTES:
-            self._buffers = {key: buf for key, buf in self._buffers.items() if key[1:] in kinds}
-        if _nbytes(self._buffers.values()) > _KEEP_BYTES:
-            self._buffers = {key: buf for key, buf in self._buffers.items() if key in taken}
-        return _nbytes(self._buffers.values()) <= _KEEP_BYTES
+        if self._nbytes > _KEEP_BYTES:
+            self._keep_only(lambda key: key[1:] in kinds)
+        if self._nbytes > _KEEP_BYTES:
+            self._keep_only(lambda key: key in taken)
+        return self._nbytes <= _KEEP_BYTES
 
-
-def _nbytes(tensors: Iterable[Tensor]) -> int:
-    return sum(t.nbytes for t in tensors)
+    def _keep_only(self, wanted: Callable[[_Key], bool]) -> None:
+        self._buffers = {key: buf for key, buf in self._buffers.items() if wanted(key)}
+        self._nbytes = sum(buf.nbytes for buf in self._buffers.values())
+        self.plans.clear()
 
 
 #: Each thread's workspace between calls (``free``): see :func:`workspace`.
@@ -117,20 +141,19 @@ _Fold = tuple[Tensor, int, Tensor, Tensor]
 
 
 class BandBlur:
-    """``W`` and ``W^T`` on CPU, without autograd, in buffers reused from piece to piece of a call.
+    """``W`` and ``W^T`` on CPU, without autograd, in the buffers of a :class:`Workspace`.
 
     ``filter`` blurs a stack ``(S, P, *padded)`` of gathered rows (the first spatial axis with its
     halo, from :meth:`rows`; the others padded by :meth:`pad_rest`). The views each pass reads and
-    writes are made once per shape and reused: a call runs the same few shapes many times, and
-    each view made costs as much as a small multiply-add.
+    writes are made once per window and shape and kept in the workspace's ``plans``: a call runs
+    the same few shapes many times, a training loop the same call, and each view made costs as
+    much as a small multiply-add.
     """
 
     def __init__(self, blur: _filters.Blur, spatial: tuple[int, ...], work: Workspace) -> None:
         self.blur = blur
         self.spatial = spatial
         self.work = work
-        self._filters: dict[tuple[object, ...], list[_Pass]] = {}
-        self._adjoints: dict[tuple[object, ...], tuple[list[_Pass], list[_Fold], Tensor]] = {}
 
     def rows(self, r0: int, r1: int) -> Tensor:
         """The input rows (with the halo, reflected at the edges) that output rows r0:r1 read."""
@@ -145,8 +168,10 @@ class BandBlur:
 
         The passes are kept by the stack's address, shape and strides; a fake tensor (shape
         inference) has no address, and its passes are made each time and not kept."""
-        key = None if is_fake(stack) else (stack.data_ptr(), tuple(stack.shape), tuple(stack.stride()))
-        passes = None if key is None else self._filters.get(key)
+        key = None
+        if not is_fake(stack):
+            key = ("filter", self.blur, stack.data_ptr(), tuple(stack.shape), tuple(stack.stride()))
+        passes: Optional[list[_Pass]] = None if key is None else self.work.plans.get(key)
         if passes is None:
             passes = []
             nd = len(self.blur.taps)
@@ -159,7 +184,7 @@ class BandBlur:
                 passes.append((out, [src.narrow(dim, j, shape[dim]) for j in range(len(taps))], taps))
                 src = out
             if key is not None:
-                self._filters[key] = passes
+                self.work.remember(key, passes)
         for out, sources, taps in passes:
             torch.mul(sources[0], taps[0], out=out)
             for source, w in zip(sources[1:], taps[1:]):
@@ -169,8 +194,8 @@ class BandBlur:
     def adjoint(self, g: Tensor, slot: str = "") -> Tensor:
         """``W^T g`` for whole planes ``(..., *out)``: a view of a buffer ``(..., *spatial)`` that
         stays valid until the next call with the same ``slot``."""
-        key = (slot, tuple(g.shape))
-        plan = self._adjoints.get(key)
+        key = ("adjoint", self.blur, self.spatial, slot, tuple(g.shape))
+        plan: Optional[tuple[list[_Pass], list[_Fold], Tensor]] = self.work.plans.get(key)
         if plan is None:
             nd = len(self.blur.taps)
             spreads: list[_Pass] = []
@@ -194,7 +219,7 @@ class BandBlur:
                     )
                     core = inner
             plan = (spreads, folds, core)
-            self._adjoints[key] = plan
+            self.work.remember(key, plan)
         spreads, folds, core = plan
         source = g
         for spread, dests, taps in spreads:
