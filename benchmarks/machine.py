@@ -77,8 +77,19 @@ def versions_line(distributions: tuple[str, ...] = ("kornia", "pytorch-msssim"))
     """torch, torchmetrics, the given contender libraries and ssim-patch, with their versions."""
     parts = [f"torch {torch.__version__}", f"torchmetrics {package_version('torchmetrics')}"]
     parts += [f"{d} {package_version(d)}" for d in distributions]
-    parts.append(f"ssim-patch {package_version('ssim-patch')}")
+    parts.append(f"ssim-patch {_running_version()}")
     return ", ".join(parts)
+
+
+def _running_version() -> str:
+    """The version of the ssim_patch that imports (an editable install's metadata keeps the
+    version it was installed at)."""
+    try:
+        import ssim_patch
+
+        return str(ssim_patch.__version__)
+    except Exception:
+        return package_version("ssim-patch")
 
 
 def source_line() -> str:

@@ -4,11 +4,15 @@ float32 and float64.
 A piece is a few whole planes (``N * C`` planes in all), or a band of rows of one plane with the
 window's halo, about ``_CHUNK`` samples. For each piece the forward writes the four shifted maps
 ``s', d', s'^2, d'^2`` into a reused buffer, blurs them in place (:class:`BandBlur`: shifted
-multiply-adds over views made once per shape), applies the formula and adds the piece's sums to
-the per-image sums; for a per-image SSIM (a loss) it also forms the adjoint maps for a unit
-upstream gradient while the piece is in cache, for the map and cs outputs it keeps the terms. The
-backward goes plane by plane: ``W^T`` of the stacked adjoint maps in reused buffers (the reflect
-pads folded back by ``index_add_``), recombined straight into the gradient (``_algebra.combine``).
+multiply-adds over views made once per window and shape), applies the formula (its temporaries
+in reused buffers too) and adds the piece's sums to the per-image sums; for a per-image SSIM (a
+loss) it also forms the adjoint maps for a unit upstream gradient while the piece is in cache,
+for the map and cs outputs it keeps the terms. The backward goes plane by plane: ``W^T`` of the
+stacked adjoint maps in reused buffers (the reflect pads folded back by ``index_add_``),
+recombined straight into the gradient (``_algebra.combine``).
+
+The reused buffers are each thread's :func:`workspace`, kept from call to call (up to
+``_KEEP_BYTES``): a call allocates only what it returns and keeps for the backward.
 """
 
 from __future__ import annotations
@@ -119,10 +123,10 @@ _IDLE = threading.local()
 @contextlib.contextmanager
 def workspace() -> Iterator[Workspace]:
     """The calling thread's scratch buffers, kept from one call to the next (up to
-    ``_KEEP_BYTES``, see :meth:`Workspace.kept`): a fresh large allocation on CPU costs a page fault per 4 KiB
-    touched, and glibc gives freed heap back to the OS eagerly until the process has freed one
-    large block. A call made while another holds the workspace (no call does; a dispatch mode
-    could) gets a workspace of its own."""
+    ``_KEEP_BYTES``, see :meth:`Workspace.kept`): a fresh large allocation on CPU costs a page
+    fault per 4 KiB touched, and glibc gives freed heap back to the OS eagerly until the process
+    has freed one large block. A call made while another holds the workspace (no call does; a
+    dispatch mode could) gets a workspace of its own."""
     work: Optional[Workspace] = getattr(_IDLE, "free", None)
     _IDLE.free = None
     if work is None:
