@@ -157,7 +157,7 @@ def _error_line(stderr: str) -> str:
 
 def _failed(case: str, state: str, shapes: str, why: str) -> Result:
     nan = float("nan")
-    return Result(case, state, shapes, nan, nan, nan, 0, nan, why)
+    return Result(case, state, shapes, nan, nan, nan, 0, nan, error=why)
 
 
 def measure(case: str, state: str, shapes: str, calls: int, threads: int, timeout: float) -> Result:

@@ -76,3 +76,29 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
     assert any(line.startswith("| U(0,1) pair | 1x2x24x24 | on |") for line in text.splitlines())
     assert any(line.startswith("| cpu | 2x1x16x16x16 | fwd+bwd |") for line in text.splitlines())
     assert "Result: (a) " in text
+
+
+def test_compile_benchmark_renders_rows_and_failures(tmp_path: Path) -> None:
+    """bench_compile's table and failure list from made-up results (no child is run)."""
+    sys.path.insert(0, str(SCRIPT.parent.parent))
+    try:
+        from benchmarks import bench_compile as bc
+    finally:
+        sys.path.remove(str(SCRIPT.parent.parent))
+    ok = [
+        bc.Result(
+            "ssim", state, shapes, 10.0 if state == "unpatched" else 8.0, 0.002, 0.0021, 0, 0.0, 1.0, 0.0
+        )
+        for state in bc.STATES
+        for shapes in bc.SHAPES
+    ]
+    failed = bc._failed("ssim", "unpatched", "dynamic", "TypeError: cannot determine truth value")
+    assert failed.error == "TypeError: cannot determine truth value"
+    results = [r for r in ok if (r.state, r.shapes) != ("unpatched", "dynamic")] + [failed]
+    rows = bc.table(results, ["ssim"])
+    static = next(row for row in rows if "| static |" in row)
+    assert "**0.80**" in static and "**0.95**" in static and "| 1, 0 |" in static
+    out = tmp_path / "compile.md"
+    bc.write(out, results, ["ssim"], ("0.1", "0.2"), 60.0, 1)
+    text = out.read_text()
+    assert "Failures:" in text and "- ssim dynamic unpatched: TypeError: cannot determine truth value" in text
