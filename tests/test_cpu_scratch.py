@@ -178,3 +178,27 @@ def test_windows_and_shapes_in_turn_give_the_numbers_of_a_fresh_workspace():
     for ((x, y), plan), want, call in zip(inputs, expected, calls):  # one workspace, in turn
         got = _step(x, y, plan)
         assert all(torch.equal(a, b) for a, b in zip(got, want)), call
+
+
+def test_inference_mode_and_training_calls_in_turn(monkeypatch):
+    """Scratch made under ``torch.inference_mode`` is not written outside it (torch forbids it):
+    evaluation and training calls alternate, each with its own numbers."""
+    monkeypatch.setenv(backends.ENV, "cpu")
+    x, y = _pair((2, 3, 40, 40))
+
+    def train():
+        a = x.clone().requires_grad_()
+        value = ssim_patch.ssim(a, y, data_range=1.0)
+        (grad,) = torch.autograd.grad(value, a)
+        return value.detach(), grad
+
+    cpu._IDLE.free = None
+    expected = train()
+    cpu._IDLE.free = None  # the scratch is made under inference mode first
+    with torch.inference_mode():
+        evaluated = ssim_patch.ssim(x, y, data_range=1.0)
+    for _ in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(train(), expected))
+        with torch.inference_mode():
+            assert torch.equal(ssim_patch.ssim(x, y, data_range=1.0), evaluated)
+    assert torch.equal(evaluated, expected[0])

@@ -51,8 +51,9 @@ def source_rows(n: int, k: int, mode: _filters.Mode, lo: int, hi: int) -> Tensor
     return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
 
 
-#: A scratch buffer's key: its name, and the dtype, device and tensor type it was made for.
-_Key = tuple[str, torch.dtype, torch.device, type]
+#: A scratch buffer's key: its name, and the dtype, device, tensor type and inference mode it was
+#: made for (a tensor made under ``torch.inference_mode`` may not be written outside it).
+_Key = tuple[str, torch.dtype, torch.device, type, bool]
 #: A workspace keeps at most this many plans (views of its buffers) for :class:`BandBlur`.
 _PLANS = 64
 #: Tensor types whose scratch is a plain tensor, kept from call to call.
@@ -60,8 +61,8 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 
 
 class Workspace:
-    """Scratch buffers by name, reused for every request that fits (by dtype, device and tensor
-    type: a fake tensor, from shape inference, gets fake ones)."""
+    """Scratch buffers by name, reused for every request that fits (by dtype, device, tensor
+    type and inference mode: a fake tensor, from shape inference, gets fake ones)."""
 
     def __init__(self) -> None:
         self._buffers: dict[_Key, Tensor] = {}
@@ -74,7 +75,7 @@ class Workspace:
     def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         size = math.prod(shape)
         kind = Tensor if type(like) in _PLAIN else type(like)
-        key = (name, like.dtype, like.device, kind)
+        key = (name, like.dtype, like.device, kind, torch.is_inference_mode_enabled())
         self._taken.add(key)
         buf = self._buffers.get(key)
         if buf is None or buf.numel() < size:
@@ -174,7 +175,14 @@ class BandBlur:
         inference) has no address, and its passes are made each time and not kept."""
         key = None
         if not is_fake(stack):
-            key = ("filter", self.blur, stack.data_ptr(), tuple(stack.shape), tuple(stack.stride()))
+            key = (
+                "filter",
+                self.blur,
+                stack.data_ptr(),
+                tuple(stack.shape),
+                tuple(stack.stride()),
+                stack.is_inference(),
+            )
         passes: Optional[list[_Pass]] = None if key is None else self.work.plans.get(key)
         if passes is None:
             passes = []
@@ -198,7 +206,7 @@ class BandBlur:
     def adjoint(self, g: Tensor, slot: str = "") -> Tensor:
         """``W^T g`` for whole planes ``(..., *out)``: a view of a buffer ``(..., *spatial)`` that
         stays valid until the next call with the same ``slot``."""
-        key = ("adjoint", self.blur, self.spatial, slot, tuple(g.shape))
+        key = ("adjoint", self.blur, self.spatial, slot, tuple(g.shape), torch.is_inference_mode_enabled())
         plan: Optional[tuple[list[_Pass], list[_Fold], Tensor]] = self.work.plans.get(key)
         if plan is None:
             nd = len(self.blur.taps)
