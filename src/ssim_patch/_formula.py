@@ -103,11 +103,12 @@ def terms(
     var = torch.sub(
         squares, torch.mul(means, means, out=buffers("means^2", means)), out=buffers("var", means)
     )
-    clamped = torch.clamp_min(var, 0, out=buffers("clamped", means))
+    reused = buffers("clamped", means)
+    clamped = torch.clamp_min(var, 0, out=reused)
     var = var + (clamped - var).detach() if straight_through else clamped
     if k.flat is not None:  # UQI: a flat window has no variance, and none to differentiate
         flat = clamped.sum(0) <= k.flat * squares.sum(0)
-        var = torch.where(flat, var.new_zeros(()), var, out=buffers("var_flat", means))
+        var = var.masked_fill(flat, 0) if reused is None else var.masked_fill_(flat, 0)
     v_s, v_d = var.unbind(0)
     c_den = torch.add(k.two_c2, v_s, out=buffers("c_den", v_s))
     c_den = torch.add(c_den, v_d, out=buffers("c_den", v_s))
@@ -199,9 +200,10 @@ def adjoints(
     # a = 2 dS/dL_num, b = -2 dS/dL_den, c = 2 dS/dC_num, d = -2 dS/dC_den, times the loss's gradient.
     if grad_map is not None:
         den = made.den
-        u = torch.div(torch.mul(grad_map, 2, out=buffers("2 grad_map", grad_map)), den, out=buffers("u", den))
+        reused = buffers("u", den)
+        u = torch.div(torch.mul(grad_map, 2, out=buffers("2 grad_map", grad_map)), den, out=reused)
         if k.flat is not None:  # UQI: a window with no variance contributes no gradient (see terms)
-            u = torch.where(t.c_den == 0, u.new_zeros(()), u, out=buffers("u_flat", den))
+            u = u.masked_fill(t.c_den == 0, 0) if reused is None else u.masked_fill_(t.c_den == 0, 0)
         v = torch.mul(u, made.s, out=buffers("v", den))  # u S, with S exactly as the forward has it
         a = torch.mul(u, t.c_num, out=buffers("a", den))
         b = torch.mul(v, t.c_den, out=buffers("b", den))
