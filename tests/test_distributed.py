@@ -227,13 +227,18 @@ def test_two_ranks_patched_by_the_environment_alone(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SSIM_PATCH_AUTO", "1")
     monkeypatch.delenv("SSIM_PATCH_PADDING", raising=False)
-    mp.spawn(
-        _dist_worker.run,
-        args=(2, str(tmp_path / "rendezvous"), str(data_path), str(tmp_path)),
-        nprocs=2,
-        join=True,
-        start_method="spawn",
-    )
+    try:
+        mp.spawn(
+            _dist_worker.run,
+            args=(2, str(tmp_path / "rendezvous"), str(data_path), str(tmp_path)),
+            nprocs=2,
+            join=True,
+            start_method="spawn",
+        )
+    except mp.ProcessExitedException as exc:  # say how far each rank got
+        stages = {r: (tmp_path / f"rank{r}.stage") for r in range(2)}
+        got = {r: (p.read_text() if p.exists() else "not started") for r, p in stages.items()}
+        raise AssertionError(f"{exc}; how far each rank got: {got}") from exc
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for report in reports:
         assert report["startup_hook_loaded"] and report["hook_point_wrapped"], report
