@@ -244,6 +244,21 @@ def ssim_forward_kernel(
 
 
 @triton.jit
+def _reflected(ptr, pos, ok, at, n, PAD: tl.constexpr, bound):
+    """What a reflect-padded axis of length ``n`` (``PAD`` each side) adds at positions ``pos``
+    through its pads: the entries of ``ptr`` at ``at - pos`` (reflected about 0, for
+    ``1 <= pos <= PAD``) and at ``2 (n - 1) + at - pos`` (about ``n - 1``, for
+    ``n - 1 - PAD <= pos <= n - 2``), each where its index lies in ``[0, bound)``. A position near
+    a short axis's both ends takes both."""
+    i = at - pos
+    m = ok & (pos >= 1) & (pos <= PAD) & (i >= 0) & (i < bound)
+    v = tl.load(ptr + i, mask=m, other=0.0)
+    i = (2 * (n - 1) + at) - pos
+    m = ok & (pos >= n - 1 - PAD) & (pos <= n - 2) & (i >= 0) & (i < bound)
+    return v + tl.load(ptr + i, mask=m, other=0.0)
+
+
+@triton.jit
 def _spread_row(
     base,
     cols,
@@ -263,12 +278,7 @@ def _spread_row(
         q = cols + (PAD_W - j)
         g = tl.load(base + q, mask=cmask & (q >= 0) & (q < OW), other=0.0)
         if edge:  # columns reached through the reflected pads: -c and 2(W-1)-c
-            q = (PAD_W - j) - cols
-            m = cmask & (cols >= 1) & (cols <= PAD_W) & (q >= 0) & (q < OW)
-            g += tl.load(base + q, mask=m, other=0.0)
-            q = (2 * (W - 1) + PAD_W - j) - cols
-            m = cmask & (cols >= W - 1 - PAD_W) & (cols <= W - 2) & (q >= 0) & (q < OW)
-            g += tl.load(base + q, mask=m, other=0.0)
+            g += _reflected(base, cols, cmask, PAD_W - j, W, PAD_W, OW)
         out += w * g
     return out
 
@@ -386,12 +396,7 @@ def ssim_backward_kernel(
             i = r + PAD_H - o
             wv = tl.load(taps_h_ptr + i, mask=slot_ok & (i >= 0) & (i < KH), other=0.0)
             if (low <= PAD_H) | (low + KH - 1 >= H - 1 - PAD_H):  # rows reached through the pads
-                i = (PAD_H - o) - r
-                m = slot_ok & (r >= 1) & (r <= PAD_H) & (i >= 0) & (i < KH)
-                wv += tl.load(taps_h_ptr + i, mask=m, other=0.0)
-                i = (2 * (H - 1) + PAD_H - o) - r
-                m = slot_ok & (r >= H - 1 - PAD_H) & (r <= H - 2) & (i >= 0) & (i < KH)
-                wv += tl.load(taps_h_ptr + i, mask=m, other=0.0)
+                wv += _reflected(taps_h_ptr, r, slot_ok, PAD_H - o, H, PAD_H, KH)
             wv = wv[:, None]
             if NEED_X:
                 acc_x += wv * h_x[None, :]
