@@ -175,14 +175,7 @@ class BandBlur:
         inference) has no address, and its passes are made each time and not kept."""
         key = None
         if not is_fake(stack):
-            key = (
-                "filter",
-                self.blur,
-                stack.data_ptr(),
-                tuple(stack.shape),
-                tuple(stack.stride()),
-                stack.is_inference(),
-            )
+            key = ("filter", self.blur, stack.data_ptr(), tuple(stack.shape), tuple(stack.stride()))
         passes: Optional[list[_Pass]] = None if key is None else self.work.plans.get(key)
         if passes is None:
             passes = []
@@ -299,12 +292,11 @@ class CpuBackend:
                     if len(bands) == 1:
                         xb = _filters.reflect_pad(xp[p0:p1], plan.blur.pads)
                         yb = _filters.reflect_pad(yp[p0:p1], plan.blur.pads)
-                        stack = band.work.take("stack", (4, *xb.shape), xb)
                     else:
                         rows_in = band.rows(r0, r1)
                         xb = band.pad_rest(xp[p0:p1].index_select(1, rows_in))
                         yb = band.pad_rest(yp[p0:p1].index_select(1, rows_in))
-                        stack = band.work.take("stack", (4, *xb.shape), xb)
+                    stack = work.take("stack", (4, *xb.shape), xb)
                     sd, squares = stack.tensor_split(2)
                     torch.add(xb, yb, out=stack[0])
                     torch.sub(xb, yb, out=stack[1])
