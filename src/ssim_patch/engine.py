@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Optional, Union
 
 import torch
@@ -125,21 +125,117 @@ def _size_ok(size: object, used: bool) -> bool:
     return not (size % 2 == 0 or size <= 0)
 
 
+#: One axis's window: (gaussian, sigma, uniform size, window size).
+Window = tuple[bool, float, int, int]
+#: Plans already checked and built, by everything that decides them (:func:`_plan_key`).
+_PLANS: dict[tuple[object, ...], tuple[tuple[Window, ...], Plan]] = {}
+#: :data:`_PLANS` is emptied when it holds this many (arguments that vary from call to call).
+_MAX_PLANS = 64
+#: The argument types a plan is cached for: anything else is checked and built at each call.
+_KEYED = (int, float)
+
+
+def _key_of(value: object) -> Optional[tuple[object, ...]]:
+    """``value`` for a cache key: a Python int or float, or a tuple or list of them (marked as a
+    sequence: ``1.5`` and ``[1.5]`` are checked differently), each number with its type (``11``
+    and ``11.0`` are too); None for anything else (not cached)."""
+    if type(value) in _KEYED:
+        return (type(value), value)
+    if type(value) is tuple or type(value) is list:
+        items: list[object] = ["sequence"]
+        for v in value:
+            if type(v) not in _KEYED:
+                return None
+            items += (type(v), v)
+        return tuple(items)
+    return None
+
+
+def _plan_key(*decides: object) -> Optional[tuple[object, ...]]:
+    """The key of a plan decided by ``decides`` (``str``, ``bool``, ``None`` as they are, the rest
+    by :func:`_key_of`), or None where it must not be cached: an argument of another type, or a
+    trace or transform running (the engine is traced as it runs)."""
+    key: list[object] = []
+    for value in decides:
+        if value is None or type(value) in (str, bool):
+            key.append(value)
+            continue
+        part = _key_of(value)
+        if part is None:
+            return None
+        key.append(part)
+    return None if _op.tracing() else tuple(key)
+
+
+def _cached_plan(
+    key: Optional[tuple[object, ...]], make: Callable[[], tuple[tuple[Window, ...], Plan]]
+) -> tuple[tuple[Window, ...], Plan]:
+    """``make()``, kept under ``key`` (None: not kept). Only a plan that was made is kept: the
+    arguments' errors are raised again at each call."""
+    if key is None:
+        return make()
+    found = _PLANS.get(key)
+    if found is None:
+        found = make()
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = found
+    return found
+
+
 def _windows(
     gaussian_kernel: bool,
     sigma: Union[float, Sequence[float]],
     kernel_size: Union[int, Sequence[int]],
     nd: int,
-) -> list[tuple[bool, float, int, int]]:
-    """SSIM's window per axis: (gaussian, sigma, uniform size, window size). Both arguments are
-    always checked, as torchmetrics does, whichever window is used."""
+) -> list[Window]:
+    """SSIM's window per axis. Both arguments are always checked, as torchmetrics does, whichever
+    window is used."""
     sigmas, sizes = _window_args(sigma, kernel_size, nd, sizes_used=not gaussian_kernel)
     if gaussian_kernel:
         return [(True, s, 0, _filters.gaussian_size(s)) for s in sigmas]
     return [(False, 0.0, k, k) for k in sizes]
 
 
-def _blur(windows: list[tuple[bool, float, int, int]], padding: str) -> _filters.Blur:
+def _ssim_plan(
+    gaussian_kernel: bool,
+    sigma: Union[float, Sequence[float]],
+    kernel_size: Union[int, Sequence[int]],
+    nd: int,
+    padding: str,
+    output: Output,
+) -> tuple[tuple[Window, ...], Plan]:
+    """SSIM's windows, checked, and its :class:`Plan` (cached, see :func:`_plan_key`)."""
+
+    def make() -> tuple[tuple[Window, ...], Plan]:
+        windows = tuple(_windows(gaussian_kernel, sigma, kernel_size, nd))
+        return windows, Plan(_blur(windows, padding), output=output)
+
+    key = _plan_key(gaussian_kernel, sigma, kernel_size, nd, padding, output, None)
+    return _cached_plan(key, make)
+
+
+def _uqi_plan(
+    sigma: Union[float, Sequence[float]],
+    kernel_size: Union[int, Sequence[int]],
+    nd: int,
+    padding: str,
+    output: Output,
+    eps: float,
+) -> tuple[tuple[Window, ...], Plan]:
+    """UQI's windows (Gaussian, ``kernel_size`` taps), checked, and its :class:`Plan` (cached)."""
+
+    def make() -> tuple[tuple[Window, ...], Plan]:
+        sigmas, sizes = _window_args(sigma, kernel_size, nd)
+        windows = tuple((True, s, k, k) for s, k in zip(sigmas, sizes))
+        return windows, Plan(_blur(windows, padding), eps=eps, output=output)
+
+    # Keyed as SSIM's plans are, with a Gaussian window; UQI's eps (a float, never None) sets
+    # them apart.
+    return _cached_plan(_plan_key(True, sigma, kernel_size, nd, padding, output, eps), make)
+
+
+def _blur(windows: Sequence[Window], padding: str) -> _filters.Blur:
     taps = tuple(
         _filters.gaussian_taps(s, size) if gaussian else _filters.uniform_taps(size)
         for gaussian, s, _, size in windows
@@ -173,28 +269,33 @@ class ImageTooSmallError(ValueError):
         )
 
 
-def _check_sizes(shape: Sequence[int], windows: list[tuple[bool, float, int, int]], padding: str) -> None:
-    nd = len(windows)
-    names = _AXIS_NAMES[nd]
-    for i, (gaussian, s, _, size) in enumerate(windows):
-        n = shape[2 + i]
-        what = f"Gaussian window of sigma={s} ({size} taps)" if gaussian else f"uniform window of {size} taps"
-        if padding == "same":
-            need = (size - 1) // 2 + 1
-            if n < need:
-                raise ImageTooSmallError(
-                    f"Axis {2 + i} ({names[i]}) has size {n}, too short for reflect padding by "
-                    f"{need - 1} for a {what}: it needs at least {need}, or use a smaller window "
-                    f"or {{switch}} with at least {size}.",
-                    "valid",
-                )
-        elif n < size:
-            raise ImageTooSmallError(
-                f"Axis {2 + i} ({names[i]}) has size {n}, shorter than the {what}: padding='valid' "
-                f"needs at least {size}; use a smaller window or {{switch}} (needs "
-                f"{(size - 1) // 2 + 1}).",
-                "same",
-            )
+def _check_sizes(shape: Sequence[int], windows: Sequence[Window], padding: str) -> None:
+    for i, (_, _, _, size) in enumerate(windows):
+        need = (size - 1) // 2 + 1 if padding == "same" else size
+        if shape[2 + i] < need:
+            raise _too_small(shape, windows, padding, i)
+
+
+def _too_small(shape: Sequence[int], windows: Sequence[Window], padding: str, i: int) -> ImageTooSmallError:
+    """The error for axis ``2 + i``, too short for its window with ``padding``."""
+    names = _AXIS_NAMES[len(windows)]
+    gaussian, s, _, size = windows[i]
+    n = shape[2 + i]
+    what = f"Gaussian window of sigma={s} ({size} taps)" if gaussian else f"uniform window of {size} taps"
+    if padding == "same":
+        need = (size - 1) // 2 + 1
+        return ImageTooSmallError(
+            f"Axis {2 + i} ({names[i]}) has size {n}, too short for reflect padding by "
+            f"{need - 1} for a {what}: it needs at least {need}, or use a smaller window "
+            f"or {{switch}} with at least {size}.",
+            "valid",
+        )
+    return ImageTooSmallError(
+        f"Axis {2 + i} ({names[i]}) has size {n}, shorter than the {what}: padding='valid' "
+        f"needs at least {size}; use a smaller window or {{switch}} (needs "
+        f"{(size - 1) // 2 + 1}).",
+        "same",
+    )
 
 
 def _finite_range(images: Tensor) -> Tensor:
@@ -344,20 +445,24 @@ def _ssim_per_image(
         raise ValueError(
             "`return_full_image` and `return_contrast_sensitivity` are mutually exclusive: set at most one."
         )
-    nd = preds.ndim - 2
-    windows = _windows(gaussian_kernel, sigma, kernel_size, nd)
+    output: Output = "map" if return_full_image else "cs" if return_contrast_sensitivity else "ssim"
+    windows, plan = _ssim_plan(gaussian_kernel, sigma, kernel_size, preds.ndim - 2, padding, output)
     _check_sizes(preds.shape, windows, padding)
 
     out_dtype = preds.dtype if preds.is_floating_point() else torch.float32
     dtype = _compute_dtype(preds.dtype)
     images = _images_dtype(preds.dtype)
-    x, y, big_l = _data_range(preds.to(images), target.to(images), data_range)
+    x, y, big_l = _data_range(_as(preds, images), _as(target, images), data_range)
     c1, c2 = _constants(big_l, k1, k2, x if x.dtype == dtype else x.new_empty(0, dtype=dtype))
-    output: Output = "map" if return_full_image else "cs" if return_contrast_sensitivity else "ssim"
-    per_image, extra = _op.similarity(x, y, c1, c2, Plan(_blur(windows, padding), output=output))
+    per_image, extra = _op.similarity(x, y, c1, c2, plan)
     if extra is None:
-        return per_image.to(out_dtype)
-    return per_image.to(out_dtype), extra.to(out_dtype)
+        return _as(per_image, out_dtype)
+    return _as(per_image, out_dtype), _as(extra, out_dtype)
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)``, without the call where ``t`` has it already."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
@@ -434,15 +539,14 @@ def uqi(
         target = target.to(preds.dtype)
     _check_inputs(preds, target)
     _check_padding(padding)
-    sigmas, sizes = _window_args(sigma, kernel_size, preds.ndim - 2)
-    windows = [(True, s, k, k) for s, k in zip(sigmas, sizes)]
-    _check_sizes(preds.shape, windows, padding)
     out_dtype = preds.dtype if preds.is_floating_point() else torch.float32
     output: Output = "ssim" if reduction == "elementwise_mean" else "map"
-    plan = Plan(_blur(windows, padding), eps=torch.finfo(out_dtype).eps, output=output)
+    eps = torch.finfo(out_dtype).eps
+    windows, plan = _uqi_plan(sigma, kernel_size, preds.ndim - 2, padding, output, eps)
+    _check_sizes(preds.shape, windows, padding)
     images = _images_dtype(preds.dtype)
-    per_image, full = _op.similarity(preds.to(images), target.to(images), 0.0, 0.0, plan)
+    per_image, full = _op.similarity(_as(preds, images), _as(target, images), 0.0, 0.0, plan)
     if reduction == "elementwise_mean":
-        return per_image.mean().to(out_dtype)
+        return _as(per_image.mean(), out_dtype)
     assert full is not None
-    return (full.sum() if reduction == "sum" else full).to(out_dtype)
+    return _as(full.sum() if reduction == "sum" else full, out_dtype)
