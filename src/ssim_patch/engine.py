@@ -155,6 +155,8 @@ def _plan_key(*decides: object) -> Optional[tuple[object, ...]]:
     """The key of a plan decided by ``decides`` (``str``, ``bool``, ``None`` as they are, the rest
     by :func:`_key_of`), or None where it must not be cached: an argument of another type, or a
     trace or transform running (the engine is traced as it runs)."""
+    if _op.tracing():
+        return None
     key: list[object] = []
     for value in decides:
         if value is None or type(value) in (str, bool):
@@ -164,7 +166,7 @@ def _plan_key(*decides: object) -> Optional[tuple[object, ...]]:
         if part is None:
             return None
         key.append(part)
-    return None if _op.tracing() else tuple(key)
+    return tuple(key)
 
 
 def _cached_plan(
