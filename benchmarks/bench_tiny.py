@@ -102,6 +102,19 @@ def interleaved(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+class _Recorder:
+    """Stands for a Triton kernel: ``kernel[grid](...)`` counts a launch and runs nothing."""
+
+    def __init__(self) -> None:
+        self.launches = 0
+
+    def __getitem__(self, grid: object) -> _Recorder:
+        return self
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        self.launches += 1
+
+
 def python_calls(fn: Fn, skip: Sequence[str] = ()) -> int:
     """Python functions and builtins ``fn()`` calls (a count, independent of the machine's load),
     but for those called from files whose path contains one of ``skip``."""
@@ -122,13 +135,16 @@ def python_calls(fn: Fn, skip: Sequence[str] = ()) -> int:
     return count - 1  # setprofile(None) itself
 
 
-def aten_ops(fn: Fn) -> tuple[int, int]:
-    """(aten ops dispatched, ops that write: a kernel launch each on CUDA) by ``fn()``."""
+def aten_ops(fn: Fn, recorder: Optional[_Recorder] = None) -> tuple[int, int]:
+    """(aten ops dispatched, launches: ops that write, a kernel launch each on CUDA, and the
+    Triton launches ``recorder`` saw) by one call ``fn()``, in steady state."""
     with DispatchCounter():
-        fn()  # steady state under the mode (the cpu backend's views are made once, then kept)
+        fn()  # the cpu backend's views are made once under a dispatch mode too, then kept
+    before = recorder.launches if recorder is not None else 0
     with DispatchCounter() as counter:
         fn()
-    return counter.counts.ops, counter.counts.writing_ops
+    launches = recorder.launches - before if recorder is not None else 0
+    return counter.counts.ops, counter.counts.writing_ops + launches
 
 
 def _us(seconds: float) -> str:
@@ -481,19 +497,6 @@ def small_backends(rounds: int, clock: str, shapes: Sequence[Sequence[int]]) -> 
 # --- 5. meta: the conv and Triton routes' host time ----------------------------------------------
 
 
-class _Recorder:
-    """Stands for a Triton kernel: ``kernel[grid](...)`` counts a launch and runs nothing."""
-
-    def __init__(self) -> None:
-        self.launches = 0
-
-    def __getitem__(self, grid: object) -> _Recorder:
-        return self
-
-    def __call__(self, *args: object, **kwargs: object) -> None:
-        self.launches += 1
-
-
 @contextlib.contextmanager
 def triton_recorded(device: str) -> Iterator[_Recorder]:
     """The triton backend forced, taking ``device``'s tensors, its kernels replaced by one
@@ -545,11 +548,7 @@ def meta_routes(rounds: int, clock: str) -> list[str]:
                 with context(device) as recorder:
                     ssim_patch.apply()
                     call()
-                    before = recorder.launches if isinstance(recorder, _Recorder) else 0
-                    launches = aten_ops(call)[1]
-                    counts.append(
-                        launches + (recorder.launches - before if isinstance(recorder, _Recorder) else 0)
-                    )
+                    counts.append(aten_ops(call, recorder if isinstance(recorder, _Recorder) else None)[1])
                     counts.append(python_calls(call))
                     if route == "triton" and device == "cpu":
                         medians = interleaved({n: call for n in states}, rounds, clock, states)
