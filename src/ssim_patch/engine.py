@@ -48,6 +48,8 @@ def _host_number(value: object) -> object:
 
 def _is_number(value: object) -> bool:
     """A real number (bool included, as in Python) or a real tensor of one element."""
+    if type(value) in _KEYED:  # the common case, without the ABC's isinstance
+        return True
     if isinstance(value, Tensor):
         return value.numel() == 1 and not value.is_complex()
     return isinstance(value, numbers.Real)
@@ -322,6 +324,9 @@ def _data_range(
         big = torch.where(target_range > preds_range, target_range, preds_range)
         # A batch with no range at all (both images constant) scores with L=1 instead of 0/0.
         return preds, target, torch.where(big > 0, big, 1.0)
+    if type(data_range) in _KEYED:  # the common case, without the ABC's isinstance
+        _check_positive(float(data_range))  # type: ignore[arg-type]
+        return preds, target, float(data_range)  # type: ignore[arg-type]
     data_range = _plain(data_range)  # type: ignore[assignment]
     if isinstance(data_range, Tensor):
         if data_range.numel() != 1:
