@@ -209,6 +209,13 @@ def _check_identical(results: dict[str, dict[str, Any]]) -> None:
 
 
 @pytest.mark.slow
+def test_fallback_agrees_with_the_kernels(results: dict[str, dict[str, Any]]) -> None:
+    """What the fall-back's forward keeps, and its gradients, agree with the kernels' to rounding."""
+    record = _result(results, "fall-back")
+    assert record["kept"] <= 1e-5 and record["grad"] <= 1e-5, record
+
+
+@pytest.mark.slow
 def test_two_runs_bit_identical(results: dict[str, dict[str, Any]]) -> None:
     record = _result(results, "determinism")
     assert record["identical"], record
@@ -239,6 +246,128 @@ def test_unsupported_says_why() -> None:
     wide = Plan(_filters.Blur(((1 / 33,) * 33, (1 / 3,) * 3), "same"))
     why = backend.BACKEND.unsupported(torch.zeros(1, 1, 40, 40), wide)
     assert why is not None and "33" in why
+
+
+# --- the fall-back under auto: a kernel that cannot compile or launch ----------------------------
+
+
+def _fallback_case(output: str) -> tuple[Any, ...]:
+    """Random 2x2x20x24 float32 images, an 11-tap Gaussian, their float64 reference per image (and
+    map) and gradients for a unit upstream gradient per image."""
+    import torch
+
+    from ssim_patch import _filters, _formula
+    from ssim_patch.backends._protocol import Plan
+
+    gen = torch.Generator().manual_seed(7)
+    x64 = torch.rand(2, 2, 20, 24, generator=gen, dtype=torch.float64).requires_grad_()
+    y64 = (
+        x64.detach() * 0.7 + 0.2 * torch.rand(2, 2, 20, 24, generator=gen, dtype=torch.float64)
+    ).requires_grad_()
+    c1, c2 = 0.01**2, 0.03**2
+    spec = {"sigma": 1.5}
+    ref_map, _ = _reference(x64, y64, _windows(spec), "same", c1, c2, None)
+    ref_image = ref_map.mean((1, 2, 3))
+    gx64, gy64 = torch.autograd.grad(ref_image.sum(), (x64, y64))
+    blur = _filters.Blur((_filters.gaussian_taps(1.5, 11),) * 2, "same")
+    k = _formula.constants(c1, c2, None, torch.empty((), dtype=torch.float32))
+    plan = Plan(blur, None, output)  # type: ignore[arg-type]
+    x, y = x64.detach().float(), y64.detach().float()
+    return x, y, k, plan, ref_image.detach(), ref_map.detach(), gx64, gy64
+
+
+def _grad_err(g: Any, ref: Any) -> float:
+    return float((g.double() - ref).abs().max() / ref.abs().max())
+
+
+@pytest.mark.parametrize("output", ["ssim", "map"])
+def test_auto_falls_back_when_the_kernels_cannot_launch(monkeypatch: pytest.MonkeyPatch, output: str) -> None:
+    """Under auto a kernel that fails (here the real Triton JIT, given CPU tensors without the
+    interpreter: no GPU driver, or CPU pointers on a GPU machine) falls back to convolutions for
+    its specialization, with one warning naming the error, and the numbers and gradients still
+    match float64; the fall-back shows in ``status()``'s backend line; forced, the error is raised."""
+    import warnings
+
+    import torch
+
+    from ssim_patch import backends
+    from ssim_patch.backends import triton as backend
+    from ssim_patch.backends._protocol import Needs
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if backend.interpreting():
+        pytest.skip("the kernels were loaded for the interpreter")
+    monkeypatch.setattr(backend, "FALLBACKS", {}, raising=False)
+    monkeypatch.delenv(backends.ENV, raising=False)
+    x, y, k, plan, ref_image, ref_map, gx64, gy64 = _fallback_case(output)
+    needs = Needs(True, True, False, False)
+    with pytest.warns(
+        RuntimeWarning, match=r"Triton kernels failed on cpu for float32 images.*conv backend"
+    ) as caught:
+        per_image, extra, kept = backend.BACKEND.forward(x, y, k, plan, needs)
+    assert len([w for w in caught if "Triton kernels failed" in str(w.message)]) == 1
+    assert kept is not None
+    assert [(t.shape, t.dtype) for t in kept] == [
+        (t.shape, t.dtype) for t in backend.kept_like(x, plan, needs)
+    ]
+    assert float((per_image.double() - ref_image).abs().max()) <= VALUE_BOUND
+    g_extra = None
+    if output == "map":
+        assert extra is not None and float((extra.double() - ref_map).abs().max()) <= VALUE_BOUND
+        g_image, g_extra = torch.zeros(2), torch.full_like(extra, 1.0 / extra[0].numel())
+    else:
+        g_image = torch.ones(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning: the specialization is remembered
+        gx, gy, _, _ = backend.BACKEND.backward(x, y, k, kept, g_image, g_extra, plan, needs)
+        assert gx is not None and gy is not None
+        assert _grad_err(gx, gx64) <= GRAD_BOUND["float32"] and _grad_err(gy, gy64) <= GRAD_BOUND["float32"]
+        again, _, _ = backend.BACKEND.forward(x, y, k, plan, None)
+    assert torch.equal(again, per_image)
+    (failure,) = backend.FALLBACKS.values()
+    name, picks = backends.describe()
+    assert name == "auto" and "conv where a kernel failed (1): cpu float32 11x11 same" in dict(picks)["cuda"]
+    assert failure in backends.summary(name, picks)
+    monkeypatch.setenv(backends.ENV, "triton")
+    with pytest.raises(Exception) as raised:
+        backend.BACKEND.forward(x, y, k, plan, None)
+    assert f"{type(raised.value).__name__}: {raised.value}".startswith(failure), failure
+
+
+def test_auto_falls_back_when_only_the_backward_kernel_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward kept in the kernels' layout (here by the fall-back's own forward) and a backward
+    kernel that fails (an ``OutOfResources`` as Triton raises it) under auto: the gradient comes
+    from the transposed convolutions, exact against float64; forced, the error is raised."""
+    import torch
+    from triton.runtime.errors import OutOfResources
+
+    from ssim_patch import backends
+    from ssim_patch.backends import triton as backend
+    from ssim_patch.backends._protocol import Needs
+
+    class Failing:
+        def __getitem__(self, grid: Any) -> Any:
+            def launch(*args: Any, **kwargs: Any) -> None:
+                raise OutOfResources(300000, 232448, "shared memory")
+
+            return launch
+
+    kernels = type("Kernels", (), {"ssim_backward_kernel": Failing(), "ssim_forward_kernel": Failing()})
+    monkeypatch.setattr(backend, "_KERNELS", kernels)
+    monkeypatch.setattr(backend, "FALLBACKS", {}, raising=False)
+    monkeypatch.delenv(backends.ENV, raising=False)
+    x, y, k, plan, ref_image, _, gx64, gy64 = _fallback_case("ssim")
+    needs = Needs(True, True, False, False)
+    per_image, _, kept = backend._forward_torch(x, y, k, plan, needs)
+    assert kept is not None and float((per_image.double() - ref_image).abs().max()) <= VALUE_BOUND
+    monkeypatch.setenv(backends.ENV, "triton")
+    with pytest.raises(OutOfResources):
+        backend.BACKEND.backward(x, y, k, kept, torch.ones(2), None, plan, needs)
+    monkeypatch.delenv(backends.ENV)
+    with pytest.warns(RuntimeWarning, match="OutOfResources: out of resource: shared memory"):
+        gx, gy, _, _ = backend.BACKEND.backward(x, y, k, kept, torch.ones(2), None, plan, needs)
+    assert gx is not None and gy is not None
+    assert _grad_err(gx, gx64) <= GRAD_BOUND["float32"] and _grad_err(gy, gy64) <= GRAD_BOUND["float32"]
 
 
 def test_module_imports_without_triton() -> None:
@@ -284,7 +413,11 @@ def _child() -> None:
     for name, spec in CASES.items():
         if not only or name in only:
             _emit(name, lambda spec=spec: _run_case(spec))
-    for name, fn in (("identical", _identical), ("determinism", _determinism)):
+    for name, fn in (
+        ("identical", _identical),
+        ("determinism", _determinism),
+        ("fall-back", _fallback_agrees),
+    ):
         if not only or name in only:
             _emit(name, fn)
 
@@ -533,6 +666,40 @@ def _identical() -> dict[str, Any]:
     gx, gy, _, _ = backend.BACKEND.backward(x, x.clone(), k, kept, torch.ones(2), None, plan, needs)
     assert gx is not None and gy is not None
     return {"values": per_image.tolist(), "grad_max": float(torch.cat((gx, gy)).abs().max())}
+
+
+def _fallback_agrees() -> dict[str, Any]:
+    """The fall-back's forward and backward against the kernels', on the same inputs: what they
+    keep (the kernels' layout and shifts) and the gradients, for the loss and the map, valid too."""
+    import torch
+
+    from ssim_patch import _filters, _formula
+    from ssim_patch.backends import triton as backend
+    from ssim_patch.backends._protocol import Needs, Plan
+
+    worst = {"kept": 0.0, "grad": 0.0}
+    for output, padding in (("ssim", "same"), ("map", "same"), ("ssim", "valid")):
+        spec = {"shape": (2, 1, 9, 11), "sigma": 0.6}
+        x, y = _images(spec, seed=5)
+        plan = Plan(_filters.Blur(tuple(tuple(w.tolist()) for w in _windows(spec)), padding), None, output)
+        k = _formula.constants(1e-4, 9e-4, None, x)
+        needs = Needs(True, True, False, False)
+        ran = backend.forward(x, y, k, plan, needs)
+        fell = backend._forward_torch(x, y, k, plan, needs)
+        assert ran[2] is not None and fell[2] is not None
+        assert [t.shape for t in ran[2]] == [t.shape for t in fell[2]]
+        compared = ran[2] if output == "map" else ran[2][:1]  # c sums: left empty unless c1, c2 need them
+        for a, b in zip(compared, fell[2]):
+            worst["kept"] = max(worst["kept"], float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)))
+        g_image = torch.ones(2) if output == "ssim" else torch.zeros(2)
+        g_extra = None if output == "ssim" else torch.rand(ran[1].shape)  # type: ignore[union-attr]
+        for a, b in zip(
+            backend.backward(x, y, k, ran[2], g_image, g_extra, plan, needs),
+            backend.backward(x, y, k, ran[2], g_image, g_extra, plan, needs, fall_back=True),
+        ):
+            if a is not None and b is not None:
+                worst["grad"] = max(worst["grad"], float((a - b).abs().max() / b.abs().max()))
+    return worst
 
 
 def _determinism() -> dict[str, Any]:

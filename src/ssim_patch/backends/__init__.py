@@ -12,7 +12,9 @@ Each way of computing SSIM is a module of its own behind the protocol in ``_prot
 environment at each call, so it holds for the whole process (and a test can set it). ``auto``
 picks ``cpu`` for CPU tensors; ``triton`` for 2-D float16 / bfloat16 / float32 CUDA images where
 the Triton backend loads and takes the call; ``conv`` for the rest (other devices, 3-D, float64).
-A forced backend that cannot run a call raises; it never falls back silently.
+A forced backend that cannot run a call raises; it never falls back silently. Under ``auto``, a
+Triton kernel that fails to compile or launch falls back to the conv backend's convolutions for its
+specialization, for the rest of the process, with one warning (``triton.FALLBACKS``; forced, it raises).
 
 A backend module defines ``BACKEND``, an object with the protocol's members.
 """
@@ -23,6 +25,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import sys
 from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING:
@@ -108,14 +111,20 @@ def describe() -> tuple[str, tuple[tuple[str, str], ...]]:
     """What ``status()`` reports, without importing torch or Triton: the backend asked for (the
     forced name, or "auto"; for a value that names no backend, ``invalid SSIM_PATCH_BACKEND=...``),
     and what a call on CPU and on CUDA would use (``("cpu", ...), ("cuda", ...)``; CUDA: for 2-D
-    float32 images, where the triton backend is installed)."""
+    float32 images, where the triton backend is installed; ``triton, conv where a kernel failed
+    (N): <first failure>`` once a Triton kernel fell back to conv under auto)."""
     try:
         name = requested()
     except ValueError:
         return f"invalid {ENV}={os.environ.get(ENV, '')!r}", ()
     if name != "auto":
         return name, (("cpu", name), ("cuda", name))
-    return "auto", (("cpu", "cpu"), ("cuda", "triton" if _triton_present() else "conv"))
+    cuda = "triton" if _triton_present() else "conv"
+    loaded = sys.modules.get(f"{__name__}.triton")  # never imported here: failures happened only if it was
+    failed = loaded.fallbacks() if loaded is not None and hasattr(loaded, "fallbacks") else ()
+    if failed:
+        cuda += f", conv where a kernel failed ({len(failed)}): {failed[0]}"
+    return "auto", (("cpu", "cpu"), ("cuda", cuda))
 
 
 def summary(backend: str, picks: tuple[tuple[str, str], ...]) -> str:

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from ssim_patch import _filters, _formula
-from ssim_patch.backends import _algebra
+from ssim_patch.backends import _algebra, conv
 from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
 
 #: The images' dtypes the kernels read (float64 is for the other backends).
@@ -301,9 +302,11 @@ def backward(
     plan: Plan,
     needs: Needs,
     config: Optional[Config] = None,
+    fall_back: bool = False,
 ) -> Grads:
     """Gradients for x and y (in their dtype) and for c1, c2 (0-d float32), as the protocol's
-    ``backward``, from what :func:`forward` kept."""
+    ``backward``, from what :func:`forward` kept; ``fall_back``: ``W^T`` by convolutions instead
+    of the kernel (:func:`_backward_torch`)."""
     n, channels, h, w = x.shape
     oh, ow = plan.blur.out_size((h, w))
     scale: Optional[Tensor] = None
@@ -327,7 +330,9 @@ def backward(
             c_grad = torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
     gx = torch.empty_like(x) if needs.x else None
     gy = torch.empty_like(y) if needs.y else None
-    if gx is not None or gy is not None:
+    if (gx is not None or gy is not None) and fall_back:
+        _backward_torch(x, y, stack, scale, gx, gy, plan.blur)
+    elif gx is not None or gy is not None:
         _backward_launch(x, y, stack, scale, gx, gy, plan.blur, config or CONFIG)
     gc1 = c_grad[0] if c_grad is not None and needs.c1 else None
     gc2 = c_grad[1] if c_grad is not None and needs.c2 else None
@@ -396,6 +401,126 @@ def with_config(**changes: Any) -> Config:
     return replace(CONFIG, **changes)
 
 
+# --- the fall-back: a kernel that fails to compile or launch under auto -------------------------
+
+
+#: Specializations whose kernel failed to compile or launch under auto (an ``OutOfResources``, a
+#: ``CompilationError``, a Triton too old for a feature), with the error: those calls run on the
+#: conv backend's convolutions (:func:`_forward_torch`, :func:`_backward_torch`, in this backend's
+#: layout of what the forward keeps) for the rest of the process. ``backends.describe`` reports them.
+class Specialization(NamedTuple):
+    """What a failure is remembered by: the device, the images' dtype, the window and the outputs."""
+
+    device: str
+    dtype: str
+    window: str  # "11x11"
+    padding: str
+    output: str
+    uqi: bool
+
+    def __str__(self) -> str:
+        return f"{self.device} {self.dtype} {self.window} {self.padding} {self.output}" + (
+            " UQI" if self.uqi else ""
+        )
+
+
+FALLBACKS: dict[Specialization, str] = {}
+
+
+def _specialization(x: Tensor, plan: Plan) -> Specialization:
+    window = "x".join(str(len(t)) for t in plan.blur.taps)
+    dtype = str(x.dtype).replace("torch.", "")
+    return Specialization(str(x.device), dtype, window, plan.blur.padding, plan.output, plan.eps is not None)
+
+
+def _falls_back(x: Tensor, plan: Plan, exc: Optional[BaseException] = None) -> bool:
+    """True when a call like this one runs on the fall-back: its specialization failed before, or
+    fails now (``exc``: then remembered, with one warning), and the backend is not forced. A CUDA
+    out-of-memory error is never a reason (the convolutions need more memory)."""
+    from ssim_patch import backends
+
+    if backends.requested() == "triton" or isinstance(exc, torch.cuda.OutOfMemoryError):
+        return False
+    key = _specialization(x, plan)
+    if exc is None:
+        return key in FALLBACKS
+    lines = str(exc).strip().splitlines()
+    error = f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+    FALLBACKS[key] = error
+    warnings.warn(
+        f"ssim_patch: the Triton kernels failed on {key.device} for {key.dtype} images, a "
+        f"{key.window} {key.padding} window, output {key.output!r} ({error}); such calls use the "
+        f"conv backend's convolutions for the rest of the process (SSIM_PATCH_BACKEND=triton raises "
+        "the error instead).",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return True
+
+
+def fallbacks() -> tuple[str, ...]:
+    """One line per specialization that fell back: ``cuda:0 bfloat16 11x11 same ssim: <error>``."""
+    return tuple(f"{key}: {error}" for key, error in FALLBACKS.items())
+
+
+def _plane_shift(img: Tensor) -> Tensor:
+    """The kernels' shift of each plane ``(N, C, 1, 1)``, float32, with their bits: the mean of 8
+    fixed samples, summed in the kernels' order and scaled by 1/8."""
+    h, w = img.shape[-2:]
+    total: Optional[Tensor] = None
+    for i in range(2):
+        for j in range(4):
+            v = img[:, :, (h * (2 * i + 1)) // 4, (w * (2 * j + 1)) // 8].float()
+            total = v if total is None else total + v
+    assert total is not None
+    return (total * 0.125)[..., None, None]
+
+
+def _forward_torch(
+    x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs]
+) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
+    """:func:`forward` by the conv backend's convolutions, with the kernels' shifts and what they keep."""
+    xf, yf = x.float(), y.float()
+    n, channels, h, w = x.shape
+    a_x, a_y = _plane_shift(xf), _plane_shift(yf)
+    shift = torch.stack((a_x + a_y, a_x - a_y))  # (2, N, C, 1, 1): a_s, a_d
+    padded = [size + 2 * pad for size, pad in zip((h, w), plan.blur.pads)]
+    stack = xf.new_empty((4, n, channels, *padded))
+    sd = torch.stack((xf + yf, xf - yf)).sub_(shift)
+    conv.reflect_pad_into(sd.view(-1, h, w), plan.blur.pads, stack[:2].view(-1, *padded))
+    torch.mul(stack[:2], stack[:2], out=stack[2:])
+    t = _formula.terms(conv.conv_blur(stack, plan.blur), shift, k)
+    made = _formula.similarity_map(t, k)
+    per_image, extra = _algebra.finish(made.s, t, plan)
+    if keep is None:
+        return per_image, extra, None
+    if plan.output != "ssim":
+        return per_image, extra, (t.mu, torch.stack((t.c_num, t.c_den)), shift.view(2, n, channels))
+    into = xf.new_empty((_algebra.adjoint_rows(keep), *made.s.shape))
+    unit = _algebra.unit_gradient(made.s.shape, xf)
+    adj = _formula.adjoints(t, shift, k, unit, None, keep.x, keep.y, made, out=into)
+    c_sums = torch.stack((adj.g_c1.sum((2, 3)), adj.g_c2.sum((2, 3))))
+    return per_image, extra, (into, c_sums.expand(2, n, channels).contiguous())
+
+
+def _backward_torch(
+    x: Tensor,
+    y: Tensor,
+    stack: Tensor,
+    scale: Optional[Tensor],
+    gx: Optional[Tensor],
+    gy: Optional[Tensor],
+    blur: _filters.Blur,
+) -> None:
+    """:func:`_backward_launch` by the conv backend's transposed convolutions."""
+    xf, yf = x.float(), y.float()
+    back = _algebra.unstack(conv.conv_blur_adjoint(stack.float(), blur, xf), gx is not None, gy is not None)
+    xs, ys = xf - _plane_shift(xf), yf - _plane_shift(yf)
+    for out, g in zip((gx, gy), _algebra.combine(back, xs, ys, in_place=True)):
+        if out is not None and g is not None:
+            out.copy_(g * scale.view(-1, 1, 1, 1) if scale is not None else g)
+
+
 class TritonBackend:
     """Fused Triton kernels, 2-D CUDA images (see the module's docstring)."""
 
@@ -408,7 +533,14 @@ class TritonBackend:
     def forward(
         self, x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs]
     ) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
-        return forward(x, y, k, plan, keep)
+        if _falls_back(x, plan):
+            return _forward_torch(x, y, k, plan, keep)
+        try:
+            return forward(x, y, k, plan, keep)
+        except Exception as exc:  # a kernel that cannot compile or launch here
+            if not _falls_back(x, plan, exc):
+                raise
+        return _forward_torch(x, y, k, plan, keep)
 
     def kept_like(self, x: Tensor, plan: Plan, keep: Needs) -> Kept:
         return kept_like(x, plan, keep)
@@ -424,7 +556,14 @@ class TritonBackend:
         plan: Plan,
         needs: Needs,
     ) -> Grads:
-        return backward(x, y, k, kept, g_image, g_extra, plan, needs)
+        if _falls_back(x, plan):
+            return backward(x, y, k, kept, g_image, g_extra, plan, needs, fall_back=True)
+        try:
+            return backward(x, y, k, kept, g_image, g_extra, plan, needs)
+        except Exception as exc:  # a kernel that cannot compile or launch here
+            if not _falls_back(x, plan, exc):
+                raise
+        return backward(x, y, k, kept, g_image, g_extra, plan, needs, fall_back=True)
 
 
 BACKEND = TritonBackend()
