@@ -482,7 +482,8 @@ def occupancy(arch: Arch, regs: int, smem: int, warps: int) -> tuple[int, str]:
     by_regs = (arch.regs // per_warp) // warps
     by_warps = arch.max_warps // warps
     by_smem = arch.smem // (smem + 1024) if smem else arch.max_blocks
-    limits = {"registers": by_regs, "warps": by_warps, "blocks": arch.max_blocks, "shared memory": by_smem}
+    # on a tie the hard limits are named first
+    limits = {"warps": by_warps, "blocks": arch.max_blocks, "registers": by_regs, "shared memory": by_smem}
     blocks = min(limits.values())
     return blocks * warps, min(limits, key=lambda name: limits[name])
 

@@ -1,0 +1,105 @@
+"""The offline GPU model (``benchmarks/gpu_model.py``) keeps working: its pieces on fixed inputs,
+and (slow) one run on a small shape that compiles the loss's kernels for sm_90. Not a timing test."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_model.py"
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    sys.path.insert(0, str(SCRIPT.parent.parent))
+    try:
+        from benchmarks import gpu_model
+    finally:
+        sys.path.pop(0)
+    return gpu_model
+
+
+def test_occupancy(model: Any) -> None:
+    """Resident warps per SM from registers (allocated per warp in 256s), warps and shared memory."""
+    sm90 = model.ARCHS[90]
+    assert model.occupancy(sm90, 128, 16, 4) == (16, "registers")  # 128 x 32 x 16 = 65536
+    assert model.occupancy(sm90, 255, 0, 4) == (8, "registers")  # 256 a thread after rounding
+    assert model.occupancy(sm90, 168, 0, 4) == (12, "registers")
+    assert model.occupancy(sm90, 32, 0, 4) == (64, "warps")
+    assert model.occupancy(sm90, 32, 100 * 1024, 4) == (8, "shared memory")  # 2 blocks of 101 KB
+    assert model.occupancy(model.ARCHS[89], 32, 0, 4) == (48, "warps")
+
+
+def test_classes(model: Any) -> None:
+    assert [model.opclass(op) for op in ("FFMA", "IMAD.WIDE", "LDG.E", "ULDC.64", "BRA", "MUFU.RCP")] == [
+        "fp32",
+        "alu",
+        "mem",
+        "uniform",
+        "ctrl",
+        "xu",
+    ]
+
+
+LISTING = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+.L_x_3:
+	//## File "/x/_triton_kernels.py", line 111
+        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
+.L_x_2:
+	//## File "/x/_triton_kernels.py", line 176
+        /*0020*/                   FFMA R3, R4, R5, R3 ;
+        /*0030*/              @!P1 BRA `(.L_x_1) ;
+	//## File "/x/_triton_kernels.py", line 258 inlined at "/x/_triton_kernels.py", line 281
+        /*0040*/                   LDG.E R6, desc[UR4][R8.64] ;
+.L_x_1:
+        /*0050*/               @P0 BRA `(.L_x_2) ;
+        /*0060*/               @P2 BRA `(.L_x_3) ;
+        /*0070*/                   EXIT ;
+"""
+
+
+def test_hot_loop_is_the_innermost_loop(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row loop is the innermost backward branch's span; the tile loop's rest is per tile; each
+    instruction carries its source lines (its own and where it is inlined)."""
+    monkeypatch.setattr(model.kernels, "__file__", "/x/_triton_kernels.py")
+    sass = model.parse_sass(LISTING)
+    loop = model.hot_loop(sass)
+    assert [i.op for i in loop.body] == ["FFMA", "BRA", "LDG.E", "BRA"]
+    assert [i.op for i in loop.rest] == ["IADD3", "BRA"]
+    assert loop.body[2].lines == (258, 281) and loop.body[0].lines == (176,)
+    edge = model.Branch(281, 281, "edge")
+    assert model.weight(loop.body[2], [edge], {"edge": 0.25}) == 0.25
+    assert model.weight(loop.body[0], [edge], {"edge": 0.25}) == 1.0
+
+
+@pytest.mark.slow
+def test_model_runs_on_a_small_shape(tmp_path: Path) -> None:
+    """The loss's forward and backward for sm_90 at 2x3x40x56 (a cold Triton cache: about 10 s of
+    CPU): registers, occupancy, the hot loop and predicted times in the table."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    out = tmp_path / "model.md"
+    command = [sys.executable, str(SCRIPT), "--shape", "2x3x40x56", "--arch", "90", "--dtype", "float32"]
+    command += ["--cases", "loss", "--jobs", "1", "--md", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| loss ")]
+    assert [row.split("|")[1].strip() for row in rows] == ["loss forward", "loss backward"]
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[1:3] == ["float32", "sm_90"]
+        assert 32 <= int(cells[3]) <= 255  # registers
+        assert cells[6].endswith(")") and int(cells[6].split()[0]) > 0  # warps per SM (limit)
+        assert int(cells[7]) > 100  # the hot loop's instructions
+        assert float(cells[13]) > 0  # H200 ms
+    assert "loss forward + backward, float32: H100" in out.read_text()
+    assert "Assumptions:" in done.stdout
