@@ -239,12 +239,13 @@ class Spec:
 
     case: str
     dtype: str
-    kernel: str  # "forward" / "backward"
+    kernel: str  # "forward", "backward (edge strips)", "backward (interior)"
     binding: tuple[Any, ...]
     block_h: int
     block_w: int
     num_warps: int
     kh: int
+    strips: tuple[int, ...]  # the strips of ``block_w`` columns this launch takes
 
 
 CASES = (  # (name, output, needs of the forward (None: no gradient), with the backward)
@@ -277,21 +278,23 @@ def bind(
                 if with_backward:
                     assert kept is not None and needs is not None
                     tb.backward(x, y, k, kept, torch.ones(shape[0]), None, plan, needs, config)
-            kinds = ("forward", "backward")[: len(bound)]
-            for kind, b in zip(kinds, bound):
-                launch = config.forward if kind == "forward" else config.backward
-                width = blur.out_size(shape[2:])[1] if kind == "forward" else shape[3]
+            fwd_w = tb._block_w(config.forward, blur.out_size(shape[2:])[1])
+            fwd_strips = tuple(range(math.ceil(blur.out_size(shape[2:])[1] / fwd_w)))
+            launches = [("forward", config.forward, fwd_w, fwd_strips)]
+            if with_backward:  # the backward's launches: edge strips, then interior ones (where any)
+                bwd_w = tb._block_w(config.backward, shape[3])
+                count = math.ceil(shape[3] / bwd_w)
+                split = getattr(tb, "_strip_launches", None)  # absent before the edge/interior split
+                parts = split(shape[3], bwd_w, blur.pads[1]) if split else [(0, count, count, 0, None)]
+                for first, strips, skip, gap, edge in parts:
+                    kind = "backward" + {True: " (edge strips)", False: " (interior)", None: ""}[edge]
+                    ids = tuple(first + i + (gap if i >= skip else 0) for i in range(strips))
+                    launches.append((kind, config.backward, bwd_w, ids))
+            assert len(launches) == len(bound), (launches, len(bound))
+            for (kind, launch, block_w, strips), b in zip(launches, bound):
+                kh = len(blur.taps[0])
                 specs.append(
-                    Spec(
-                        name,
-                        dtype,
-                        kind,
-                        b,
-                        launch.block_h,
-                        tb._block_w(launch, width),
-                        launch.num_warps,
-                        len(blur.taps[0]),
-                    )
+                    Spec(name, dtype, kind, b, launch.block_h, block_w, launch.num_warps, kh, strips)
                 )
     return specs
 
@@ -430,16 +433,16 @@ def sweep(spec: Spec, shape: tuple[int, ...], blur: _filters.Blur) -> Iterator[d
     h, w = shape[2:]
     oh, ow = blur.out_size((h, w))
     (pad_h, pad_w), kh, kw = blur.pads, len(blur.taps[0]), len(blur.taps[1])
-    bh, bw = spec.block_h, spec.block_w
+    bh = spec.block_h
     fixed = {"H": h, "W": w, "OH": oh, "OW": ow, "KH": kh, "KW": kw, "PAD_H": pad_h, "PAD_W": pad_w}
     if spec.kernel == "forward":
         for o0 in range(0, oh, bh):
             o1 = min(o0 + bh, oh)
             for p in range(o0, o1 + kh - 1):
-                yield {**fixed, "o0": o0, "o1": o1, "p": p, "o": p - (kh - 1), "edge": 0}
+                yield {**fixed, "o0": o0, "o1": o1, "p": p, "o": p - (kh - 1)}
         return
-    for strip in range(math.ceil(w / bw)):
-        edge = int((strip * bw <= pad_w) | (strip * bw + bw >= w - 1 - pad_w))
+    for strip in spec.strips:
+        edge = int((strip * spec.block_w <= pad_w) | (strip * spec.block_w + spec.block_w >= w - 1 - pad_w))
         for r0 in range(0, h, bh):
             r1 = min(r0 + bh, h)
             for o in range(r0 + pad_h - (kh - 1), r1 + pad_h):
@@ -495,8 +498,9 @@ def dram_bytes(spec: Spec, shape: tuple[int, ...], blur: _filters.Blur) -> int:
     item = torch.empty((), dtype=getattr(torch, spec.dtype)).element_size()
     images = 2 * n * c * h * w * item
     out_px = n * c * oh * ow
-    if spec.kernel == "backward":
-        return images + 4 * out_px * 3 + n * c * h * w * item  # x, y, 3 adjoint maps (g_x, g_sq, g_cross); gx
+    if spec.kernel.startswith("backward"):  # this launch's share of x, y, 3 adjoint maps, gx
+        share = min(1.0, len(spec.strips) * spec.block_w / w)
+        return int(share * (images + 4 * out_px * 3 + n * c * h * w * item))
     if spec.case == "loss":
         return images + 4 * out_px * 3
     if spec.case == "metric+map":
@@ -560,8 +564,10 @@ def model(spec: Spec, cc: int, compiled: Compiled, shape: tuple[int, ...], blur:
     warps_sm, limiter = occupancy(ARCHS[cc], compiled.regs, compiled.smem, spec.num_warps)
     loop = hot_loop(compiled.sass)
     n, c, h, w = shape
-    rows, cols = blur.out_size((h, w)) if spec.kernel == "forward" else (h, w)
-    bands, strips = math.ceil(rows / spec.block_h), math.ceil(cols / spec.block_w)
+    rows, cols = (
+        blur.out_size((h, w)) if spec.kernel == "forward" else (h, min(w, len(spec.strips) * spec.block_w))
+    )
+    bands, strips = math.ceil(rows / spec.block_h), len(spec.strips)
     tiles = n * c * bands * strips
     swept = n * c * strips * (rows + bands * (spec.kh - 1))  # rows the tiles sweep, summed
     geometry = (tiles, swept, n * c * rows * cols)
@@ -655,7 +661,7 @@ def totals(rows: list[Row]) -> str:
     out = []
     for dtype in sorted({r.spec.dtype for r in rows}):
         loss = [r for r in rows if r.cc == 90 and r.spec.case == "loss" and r.spec.dtype == dtype]
-        if len(loss) == 2:
+        if len(loss) >= 2:
             parts = ", ".join(
                 f"{d.name} {sum(r.typical.times[d.name] for r in loss):.3f} ms" for d in DEVICES
             )

@@ -40,6 +40,22 @@ CASES: dict[str, dict[str, Any]] = {
         "sigma": 1.5,
     },
     "gaussian 5-tap 1x1x11x13, ragged blocks": {"shape": (1, 1, 11, 13), "sigma": 0.6, "blocks": (4, 8)},
+    "gaussian 11-tap 1x1x10x64, blocks 4x8: edge and interior strips (two backward launches)": {
+        "shape": (1, 1, 10, 64),
+        "sigma": 1.5,
+        "blocks": (4, 8),
+    },
+    "gaussian 5-tap 1x1x5x32, blocks 4x8: edge and interior strips (two backward launches)": {
+        "shape": (1, 1, 5, 32),
+        "sigma": 0.5,
+        "blocks": (4, 8),
+    },
+    "valid 5x3 1x1x9x40, blocks 4x8: edge and interior strips": {
+        "shape": (1, 1, 9, 40),
+        "uniform": (5, 3),
+        "padding": "valid",
+        "blocks": (4, 8),
+    },
     "uniform 5 1x1x12x12": {"shape": (1, 1, 12, 12), "uniform": (5, 5)},
     "anisotropic uniform 3x7 1x1x10x13": {"shape": (1, 1, 10, 13), "uniform": (3, 7)},
     "anisotropic gaussian sigma (1.0, 0.5) 1x1x11x10": {"shape": (1, 1, 11, 10), "sigma": (1.0, 0.5)},
@@ -103,6 +119,7 @@ def _skip_reason() -> Optional[str]:
 #: case runs under the slow marker.
 QUICK = (
     "gaussian 11-tap 1x1x16x16",
+    "gaussian 5-tap 1x1x5x32, blocks 4x8: edge and interior strips (two backward launches)",
     "gaussian 11-tap, smallest image 1x1x6x6 (both edges reflect onto the same pixels)",
     "valid, smallest image 1x1x5x7 (window 5x7)",
     "UQI 5x5 gaussian",
@@ -742,6 +759,8 @@ _FORWARD = {
     "WRITE_CSUMS": False,
 }
 _LOSS_X = {"WRITE_ADJ": True, "NEED_X": True, "Y_AT": 1, "SQ_AT": 1}
+_EDGE = {"EDGE": True, "MASKS": True}
+_INTERIOR = {"EDGE": False, "MASKS": False}
 _COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "forward, metric, fp32": ("forward", "fp32", {**_WINDOW, **_FORWARD}, 4),
     "forward, loss for x, fp32": ("forward", "fp32", {**_WINDOW, **_FORWARD, **_LOSS_X}, 4),
@@ -777,17 +796,24 @@ _COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
         },
         1,
     ),
-    "backward, x, fp32": (
+    "backward, x, fp32, edge strips": (
         "backward",
         "fp32",
-        {**_WINDOW, "NEED_X": True, "NEED_Y": False, "Y_AT": 1, "SQ_AT": 1, "HAS_SCALE": True},
+        {**_WINDOW, **_EDGE, "NEED_X": True, "NEED_Y": False, "Y_AT": 1, "SQ_AT": 1, "HAS_SCALE": True},
         4,
     ),
-    "backward, x and y, no scale, bf16, 256 columns": (
+    "backward, x, fp32, interior strips": (
+        "backward",
+        "fp32",
+        {**_WINDOW, **_INTERIOR, "NEED_X": True, "NEED_Y": False, "Y_AT": 1, "SQ_AT": 1, "HAS_SCALE": True},
+        4,
+    ),
+    "backward, x and y, no scale, bf16, 256 columns, interior strips": (
         "backward",
         "bf16",
         {
             **_WINDOW,
+            **_INTERIOR,
             "BLOCK_W": 256,
             "NEED_X": True,
             "NEED_Y": True,

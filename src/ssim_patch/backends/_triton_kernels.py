@@ -125,10 +125,10 @@ def ssim_forward_kernel(
         o0 = band * BLOCK_H
         o1 = tl.minimum(o0 + BLOCK_H, OH)
         plane64 = tl.cast(plane, tl.int64)
-        acc0 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        acc1 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        acc2 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        acc3 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        ring0 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        ring1 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        ring2 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        ring3 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
         sum_s = tl.zeros([BLOCK_W], dtype=tl.float32)
         sum_cs = tl.zeros([BLOCK_W], dtype=tl.float32)
         sum_c1 = tl.zeros([BLOCK_W], dtype=tl.float32)
@@ -155,25 +155,21 @@ def ssim_forward_kernel(
                 h1 += w * d
                 h2 += w * (s * s)
                 h3 += w * (d * d)
-            # every open output row o (slot o mod KH) takes weight taps_h[p - o]
-            wv = tl.load(taps_h_ptr + ((p % KH) - slots + KH) % KH, mask=slot_ok, other=0.0)
-            wv = wv[:, None]
-            acc0 += wv * h0[None, :]
-            acc1 += wv * h1[None, :]
-            acc2 += wv * h2[None, :]
-            acc3 += wv * h3[None, :]
-            # output row o = p - KH + 1 is complete: take it out, free its slot
+            # the ring keeps the window's last KH filtered rows: row p in slot p mod KH
+            put = (slots == p % KH)[:, None]
+            ring0 = tl.where(put, h0[None, :], ring0)
+            ring1 = tl.where(put, h1[None, :], ring1)
+            ring2 = tl.where(put, h2[None, :], ring2)
+            ring3 = tl.where(put, h3[None, :], ring3)
             o = p - (KH - 1)
-            sel = (slots == (p + 1) % KH)[:, None]
-            m0 = tl.sum(tl.where(sel, acc0, 0.0), axis=0)
-            acc0 = tl.where(sel, 0.0, acc0)
-            m1 = tl.sum(tl.where(sel, acc1, 0.0), axis=0)
-            acc1 = tl.where(sel, 0.0, acc1)
-            m2 = tl.sum(tl.where(sel, acc2, 0.0), axis=0)
-            acc2 = tl.where(sel, 0.0, acc2)
-            m3 = tl.sum(tl.where(sel, acc3, 0.0), axis=0)
-            acc3 = tl.where(sel, 0.0, acc3)
             if o >= o0:
+                # output row o: slot s holds row o + ((s - o) mod KH), of weight taps_h[(s - o) mod KH],
+                # read from the doubled taps at KH - (o mod KH) + s: constant offsets, no modulo
+                wv = tl.load(taps_h_ptr + (KH - o % KH) + slots, mask=slot_ok, other=0.0)[:, None]
+                m0 = tl.sum(wv * ring0, axis=0)
+                m1 = tl.sum(wv * ring1, axis=0)
+                m2 = tl.sum(wv * ring2, axis=0)
+                m3 = tl.sum(wv * ring3, axis=0)
                 # _formula.terms: variances clamped at 0 (NaN kept), contrast factors
                 v_s = m2 - m0 * m0
                 v_d = m3 - m1 * m1
@@ -267,18 +263,26 @@ def _spread_row(
     W,
     taps_w_ptr,
     edge,
+    EDGE: tl.constexpr,
+    MASKS: tl.constexpr,
     KW: tl.constexpr,
     PAD_W: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    """The horizontal transpose of one adjoint row at the strip's image columns ``cols``."""
+    """The horizontal transpose of one adjoint row at the strip's image columns ``cols``. ``EDGE``:
+    the launch's strips may reach the reflected pads (gathered where ``edge``, the strip's);
+    ``MASKS``: loads are bounded (an interior strip of "same" padding reads inside the row)."""
     out = tl.zeros([BLOCK_W], dtype=tl.float32)
     for j in tl.static_range(KW):
         w = tl.load(taps_w_ptr + j)
         q = cols + (PAD_W - j)
-        g = tl.load(base + q, mask=cmask & (q >= 0) & (q < OW), other=0.0)
-        if edge:  # columns reached through the reflected pads: -c and 2(W-1)-c
-            g += _reflected(base, cols, cmask, PAD_W - j, W, PAD_W, OW)
+        if MASKS:  # noqa: SIM108 (a compile-time branch)
+            g = tl.load(base + q, mask=cmask & (q >= 0) & (q < OW), other=0.0)
+        else:
+            g = tl.load(base + q)
+        if EDGE:  # noqa: SIM102 (a compile-time branch, then a run-time one)
+            if edge:  # columns reached through the reflected pads: -c and 2(W-1)-c
+                g += _reflected(base, cols, cmask, PAD_W - j, W, PAD_W, OW)
         out += w * g
     return out
 
@@ -316,6 +320,10 @@ def ssim_backward_kernel(
     W,
     OH,
     OW,
+    strip0,  # this launch's strips: strip0 + i + (gap where i >= skip), i < strips
+    strips,
+    skip,
+    gap,
     KH: tl.constexpr,
     KW: tl.constexpr,
     PAD_H: tl.constexpr,
@@ -326,12 +334,13 @@ def ssim_backward_kernel(
     Y_AT: tl.constexpr,
     SQ_AT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    EDGE: tl.constexpr,  # the strips may reach the reflected pads (else: no gathers through them)
+    MASKS: tl.constexpr,  # bounded loads of the adjoint rows (not needed inside a "same" interior)
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
-    strips = tl.cdiv(W, BLOCK_W)
     per_plane = strips * tl.cdiv(H, BLOCK_H)
     total = P * per_plane
     lanes = tl.arange(0, BLOCK_W)
@@ -343,6 +352,7 @@ def ssim_backward_kernel(
         rest = tile % per_plane
         band = rest // strips
         strip = rest % strips
+        strip = strip0 + strip + tl.where(strip >= skip, gap, 0)
         n = tl.cast(plane // C, tl.int64)
         ch = tl.cast(plane % C, tl.int64)
         xb = x_ptr + n * sxn + ch * sxc
@@ -379,23 +389,34 @@ def ssim_backward_kernel(
                         W,
                         taps_w_ptr,
                         edge,
+                        EDGE,
+                        MASKS,
                         KW,
                         PAD_W,
                         BLOCK_W,
                     )
                 if NEED_Y:
                     at = (Y_AT * P + plane64) * plane_size + row
-                    h_y = _spread_row(adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, KW, PAD_W, BLOCK_W)
+                    h_y = _spread_row(
+                        adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, EDGE, MASKS, KW, PAD_W, BLOCK_W
+                    )
                 at = (SQ_AT * P + plane64) * plane_size + row
-                h_q = _spread_row(adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, KW, PAD_W, BLOCK_W)
+                h_q = _spread_row(
+                    adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, EDGE, MASKS, KW, PAD_W, BLOCK_W
+                )
                 at = ((SQ_AT + 1) * P + plane64) * plane_size + row
-                h_c = _spread_row(adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, KW, PAD_W, BLOCK_W)
+                h_c = _spread_row(
+                    adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, EDGE, MASKS, KW, PAD_W, BLOCK_W
+                )
             # image row r of each slot, and the weight of row o on it (summed over r's preimages)
+            # slot (r mod KH) holds image row r = low + ((slot - low) mod KH); its weight is
+            # taps_h[r - low], read from the doubled taps at KH - (low mod KH) + slot (no modulo)
             low = o - PAD_H
-            r = low + (slots - ((low % KH) + KH) % KH + KH) % KH
-            i = r + PAD_H - o
-            wv = tl.load(taps_h_ptr + i, mask=slot_ok & (i >= 0) & (i < KH), other=0.0)
+            lq = ((low % KH) + KH) % KH
+            wv = tl.load(taps_h_ptr + (KH - lq) + slots, mask=slot_ok, other=0.0)
             if (low <= PAD_H) | (low + KH - 1 >= H - 1 - PAD_H):  # rows reached through the pads
+                i = slots + (KH - lq)
+                r = low + tl.where(i >= KH, i - KH, i)
                 wv += _reflected(taps_h_ptr, r, slot_ok, PAD_H - o, H, PAD_H, KH)
             wv = wv[:, None]
             if NEED_X:
@@ -405,7 +426,7 @@ def ssim_backward_kernel(
             acc_q += wv * h_q[None, :]
             acc_c += wv * h_c[None, :]
             # image row low is complete
-            sel = (slots == ((low % KH) + KH) % KH)[:, None]
+            sel = (slots == lq)[:, None]
             b_q = tl.sum(tl.where(sel, acc_q, 0.0), axis=0)
             acc_q = tl.where(sel, 0.0, acc_q)
             b_c = tl.sum(tl.where(sel, acc_c, 0.0), axis=0)

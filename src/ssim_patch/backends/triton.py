@@ -227,7 +227,7 @@ def forward(
         y,
         *x.stride(),
         *y.stride(),
-        _taps(blur.taps[0], x.device),
+        _taps(blur.taps[0] * 2, x.device),  # doubled: the kernels index it with no modulo
         _taps(blur.taps[1], x.device),
         two_c1,
         _scalar(k.two_c2, x),
@@ -360,40 +360,70 @@ def _backward_launch(
         raise ValueError(f"the adjoint maps are {tuple(stack.shape)}, expected {expected}")
     stack = stack.to(torch.float32).contiguous()
     block_w = _block_w(launch, w)
-    tiles = n * channels * math.ceil(w / block_w) * math.ceil(h / launch.block_h)
     out_x = gx if gx is not None else gy
     out_y = gy if gy is not None else gx
     assert out_x is not None and out_y is not None
-    kernels.ssim_backward_kernel[(_programs(tiles, x.device, config),)](
-        stack,
-        scale if scale is not None else stack,
-        scale.stride(0) if scale is not None else 0,
-        x,
-        y,
-        out_x,
-        out_y,
-        *x.stride(),
-        *y.stride(),
-        *out_x.stride(),
-        *out_y.stride(),
-        _taps(blur.taps[0], x.device),
-        _taps(blur.taps[1], x.device),
-        n * channels,
-        channels,
-        h,
-        w,
-        oh,
-        ow,
-        **_window(blur),
-        NEED_X=gx is not None,
-        NEED_Y=gy is not None,
-        Y_AT=int(gx is not None),
-        SQ_AT=int(gx is not None) + int(gy is not None),
-        HAS_SCALE=scale is not None,
-        BLOCK_H=launch.block_h,
-        BLOCK_W=block_w,
-        **_options(launch, config),
-    )
+    bands = math.ceil(h / launch.block_h)
+    for strip0, strips, skip, gap, edge in _strip_launches(w, block_w, blur.pads[1]):
+        kernels.ssim_backward_kernel[(_programs(n * channels * bands * strips, x.device, config),)](
+            stack,
+            scale if scale is not None else stack,
+            scale.stride(0) if scale is not None else 0,
+            x,
+            y,
+            out_x,
+            out_y,
+            *x.stride(),
+            *y.stride(),
+            *out_x.stride(),
+            *out_y.stride(),
+            _taps(blur.taps[0] * 2, x.device),  # doubled: the kernels index it with no modulo
+            _taps(blur.taps[1], x.device),
+            n * channels,
+            channels,
+            h,
+            w,
+            oh,
+            ow,
+            strip0,
+            strips,
+            skip,
+            gap,
+            **_window(blur),
+            NEED_X=gx is not None,
+            NEED_Y=gy is not None,
+            Y_AT=int(gx is not None),
+            SQ_AT=int(gx is not None) + int(gy is not None),
+            HAS_SCALE=scale is not None,
+            EDGE=edge,
+            MASKS=edge or blur.pads[1] == 0,
+            BLOCK_H=launch.block_h,
+            BLOCK_W=block_w,
+            **_options(launch, config),
+        )
+
+
+def _strip_launches(width: int, block_w: int, pad: int) -> list[tuple[int, int, int, int, bool]]:
+    """The backward's launches over the strips of ``block_w`` columns: ``(strip0, strips, skip,
+    gap, edge)``, a launch taking strips ``strip0 + i + (gap where i >= skip)`` for ``i < strips``.
+    The edge strips (a prefix and a suffix: those whose columns reach the reflected pads) go to one
+    launch that gathers through the pads, the interior ones to a launch without that code and,
+    for "same" padding, without bounds on its loads (fewer registers and instructions); one launch
+    where every strip is an edge strip."""
+    count = math.ceil(width / block_w)
+
+    def edge(s: int) -> bool:
+        return s * block_w <= pad or s * block_w + block_w >= width - 1 - pad
+
+    left = 0
+    while left < count and edge(left):
+        left += 1
+    right = count
+    while right > left and edge(right - 1):
+        right -= 1
+    if left == right:
+        return [(0, count, count, 0, True)]
+    return [(0, left + count - right, left, right - left, True), (left, right - left, right - left, 0, False)]
 
 
 def with_config(**changes: Any) -> Config:
