@@ -5,7 +5,7 @@
     and MS-SSIM, forward and forward+backward, with ``data_range`` None, a float, a (lo, hi) tuple
     and a CUDA tensor; unpatched torchmetrics alongside, for comparison.
 (b) Accuracy in float32 against float64 references (``ssim_patch.ssim`` on float64 inputs on the
-    device, and the independent numpy reference ``tests/reference.py``), with TF32 on and off, and
+    device, and the independent numpy reference ``tests/helpers/reference.py``), with TF32 on and off, and
     the caller's TF32 settings unchanged by the call.
 (c) Times of unpatched torchmetrics, patched, kornia, pytorch-msssim, fused-ssim and fussim
     (those importable) at 16x3x512x512, 5x3x1080x1920 and 2x1x96x96x96, fwd and fwd+bwd: warm-ups,
@@ -1072,7 +1072,7 @@ Float32 inputs, `data_range=1.0`, per-image SSIM (`reduction="none"`) of torchme
 `structural_similarity_index_measure`, patched and unpatched; `backend`: what the patched call ran
 on (`auto`'s pick, then each backend forced; one that cannot take the images is a row of its
 own, not a failure). `err`: max absolute error against
-the numpy float64 reference (`tests/reference.py`) of the float32-rounded inputs; `bound`: what
+the numpy float64 reference (`tests/helpers/reference.py`) of the float32-rounded inputs; `bound`: what
 float32 moments can promise (`1e-6 + 8 eps max|x|^2 / (0.03 L)^2`, as in tests/test_properties.py).
 `grad err`: max |float32 gradient of `1 - mean(ssim)` - float64 gradient| / max |float64 gradient|
 (float64: `ssim_patch.ssim` on the device; bound {GRAD_BOUND:g}). `refs agree`: the two float64

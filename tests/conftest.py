@@ -1,8 +1,11 @@
-import os
-import sys
-import warnings
+"""Shared by both suites: one torch thread per test process, torch's TorchScript warnings loaded
+away, and the ``patch_applied`` / ``patch_reverted`` fixtures."""
 
-sys.path.insert(0, os.path.dirname(__file__))
+import os
+import warnings
+from collections.abc import Iterator
+
+import pytest
 
 # One torch thread per test process, and in the processes the tests start (they inherit the
 # variable), unless the caller chose a number. With more OpenMP threads than idle cores, every
@@ -26,3 +29,21 @@ with warnings.catch_warnings():
     )
     import torch._decomp.decompositions_for_jvp
     import torch.utils.mkldnn
+
+
+@pytest.fixture
+def patch_applied() -> Iterator[None]:
+    """The test runs with the patch applied (default options); the state found comes back after."""
+    from tests.helpers import patch_state
+
+    with patch_state.applied():
+        yield
+
+
+@pytest.fixture
+def patch_reverted() -> Iterator[None]:
+    """The test runs against torchmetrics' own SSIM and UQI; the state found comes back after."""
+    from tests.helpers import patch_state
+
+    with patch_state.reverted():
+        yield

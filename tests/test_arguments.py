@@ -1,5 +1,5 @@
 """The argument contract on the installed release: every form torchmetrics lets through its own
-code (tests/argument_forms.py) gives the corrected value of the plain argument it means, through the
+code (tests/helpers/argument_forms.py) gives the corrected value of the plain argument it means, through the
 engine, the patched functional SSIM and the Metric classes; tensor arguments are not read on the
 host where torchmetrics does not read them, and a (lo, hi) of tensors passes its gradient on;
 ``data_range=None`` gives a tie between the two ranges to preds, as torchmetrics' Python ``max``
@@ -12,14 +12,13 @@ import importlib
 
 import numpy as np
 import pytest
-import reference_torch as ref
 import torch
-from argument_forms import F64, T, call_with, expected, forms
-from reference import ms_ssim_reference, ssim_reference
 
 import ssim_patch
-from ssim_patch import _patcher
 from ssim_patch.engine import ImageTooSmallError
+from tests.helpers import reference_torch as ref
+from tests.helpers.argument_forms import F64, T, call_with, expected, forms
+from tests.helpers.reference import ms_ssim_reference, ssim_reference
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
 METRICS = importlib.import_module("torchmetrics.image.ssim")
@@ -27,12 +26,7 @@ UQI = importlib.import_module("torchmetrics.functional.image.uqi")
 TOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def patched():
-    saved = _patcher._snapshot()
-    ssim_patch.apply()
-    yield
-    _patcher._restore(saved)
+pytestmark = pytest.mark.usefixtures("patch_applied")
 
 
 def _pair(shape=(2, 1, 24, 24), seed=0):

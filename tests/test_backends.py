@@ -8,7 +8,6 @@ from __future__ import annotations
 import warnings
 
 import pytest
-import reference_torch as ref
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -16,6 +15,7 @@ import ssim_patch
 from ssim_patch import _filters, backends
 from ssim_patch.backends import _custom_op
 from ssim_patch.backends._protocol import Needs, Plan
+from tests.helpers import reference_torch as ref
 
 #: The backends that run on CPU tensors.
 CPU_BACKENDS = ["cpu", "conv", "traced"]
@@ -291,7 +291,7 @@ def test_the_variable_holds_for_the_whole_process():
     import subprocess
     import sys
 
-    from fresh_interpreter import unpatched_environ
+    from tests.helpers.fresh_interpreter import unpatched_environ
 
     code = (
         "import os, torch, ssim_patch\n"

@@ -80,11 +80,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
 
 def test_compile_benchmark_renders_rows_and_failures(tmp_path: Path) -> None:
     """bench_compile's table and failure list from made-up results (no child is run)."""
-    sys.path.insert(0, str(SCRIPT.parent.parent))
-    try:
-        from benchmarks import bench_compile as bc
-    finally:
-        sys.path.remove(str(SCRIPT.parent.parent))
+    from benchmarks import bench_compile as bc
+
     ok = [
         bc.Result(
             "ssim", state, shapes, 10.0 if state == "unpatched" else 8.0, 0.002, 0.0021, 0, 0.0, 1.0, 0.0

@@ -17,11 +17,11 @@ import types
 from typing import Any
 
 import pytest
-from fresh_interpreter import assert_scenarios_pass
-from hook_bindings import hook_bindings
 
 import ssim_patch as sp
 from ssim_patch import _patcher, _releases
+from tests.helpers.fresh_interpreter import assert_scenarios_pass
+from tests.helpers.hook_bindings import hook_bindings
 
 F = importlib.import_module(_releases.MODULE)
 METRICS = importlib.import_module("torchmetrics.image.ssim")

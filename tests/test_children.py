@@ -2,7 +2,7 @@
 ``SSIM_PATCH_AUTO``/``SSIM_PATCH_PADDING``, which the start-up hook reads in every new Python
 process; ``SSIM_PATCH_AUTO=0`` set beforehand opts out.
 
-The children (tests/_children.py) never import ssim_patch themselves. They are started by a parent
+The children (tests/helpers/children.py) never import ssim_patch themselves. They are started by a parent
 in a fresh interpreter with spawn, forkserver, a spawn DataLoader worker and ``subprocess``.
 """
 
@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 import torchmetrics.functional.image.ssim  # noqa: F401  (imported: apply() lands at once)
-from fresh_interpreter import unpatched_environ
 from packaging.version import Version
 
 import ssim_patch as sp
 from ssim_patch import _patcher
+from tests.helpers.fresh_interpreter import unpatched_environ
 
-TESTS = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("SSIM_PATCH_AUTO", "SSIM_PATCH_PADDING")
 
 
@@ -35,9 +35,9 @@ def _environ() -> list[Any]:
 @pytest.fixture(scope="module")
 def checks() -> dict[str, dict[str, Any]]:
     env = unpatched_environ()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     done = subprocess.run(
-        [sys.executable, "-c", "import _children; _children.parent()"],
+        [sys.executable, "-c", "from tests.helpers import children; children.parent()"],
         env=env,
         capture_output=True,
         text=True,

@@ -12,11 +12,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-from fresh_interpreter import unpatched_environ
 from packaging.version import Version
 
 import ssim_patch
 from ssim_patch import UntestedReleaseWarning, _patcher, cli
+from tests.helpers.fresh_interpreter import unpatched_environ
 
 KEYS = {
     "ssim_patch",
@@ -126,9 +126,10 @@ def test_check_uqi_examples(monkeypatch, capsys, padding):
 
 def test_check_uqi_documented_values_are_the_reference():
     """The constants the check verifies against: ssim_patch.uqi on the float64 example, and the
-    independent float64 reference (tests/reference.py), to 1e-5."""
+    independent float64 reference (tests/helpers/reference.py), to 1e-5."""
     import numpy as np
-    from reference import uqi_reference
+
+    from tests.helpers.reference import uqi_reference
 
     preds, target = cli._uqi_example()
     p, t = preds.double(), target.double()

@@ -13,31 +13,26 @@ import sys
 import textwrap
 
 import pytest
-import reference_torch as ref
 import torch
-from fresh_interpreter import unpatched_environ
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ssim_patch
-from ssim_patch import _filters, _patcher
+from ssim_patch import _filters
 from ssim_patch.backends import _custom_op
 from ssim_patch.backends._protocol import Plan
+from tests.helpers import reference_torch as ref
+from tests.helpers.fresh_interpreter import unpatched_environ
 
 # Skipped only where torch has no torch.library.custom_op; a failed registration fails here.
-pytestmark = pytest.mark.skipif(
-    not hasattr(torch.library, "custom_op"), reason="torch has no torch.library.custom_op"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not hasattr(torch.library, "custom_op"), reason="torch has no torch.library.custom_op"
+    ),
+    pytest.mark.usefixtures("patch_applied"),
+]
 
 FORWARD = "ssim_patch.similarity.default"
 BACKWARD = "ssim_patch.similarity_backward.default"
-
-
-@pytest.fixture(autouse=True)
-def _patched():
-    saved = _patcher._snapshot()
-    ssim_patch.apply()
-    yield
-    _patcher._restore(saved)
 
 
 @pytest.fixture
@@ -341,7 +336,7 @@ TRITON_CHILD = textwrap.dedent(
     warnings.simplefilter("ignore")
     sys.path.insert(0, "tests")
     import torch
-    import reference_torch as ref
+    from tests.helpers import reference_torch as ref
     import ssim_patch
     from ssim_patch.backends import _custom_op
     loss = lambda a, b: 1 - ssim_patch.ssim(a, b, data_range=1.0, sigma=1.0)

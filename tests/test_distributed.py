@@ -1,7 +1,7 @@
 """Every process: SSIM_PATCH_AUTO=1 patches torchmetrics at start-up (ssim_patch_autoapply.pth).
 
 The distributed test spawns two torch.distributed ranks (gloo, spawn start method) whose code
-(tests/_dist_worker.py) never imports ssim_patch.
+(tests/dist_worker.py) never imports ssim_patch.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import sysconfig
 import types
 from pathlib import Path
 
-import _dist_worker
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchmetrics.functional.image as tmf
-from fresh_interpreter import unpatched_environ
-from reference import ssim_reference
 
 from ssim_patch import _releases, _startup
+from tests.helpers import dist_worker
+from tests.helpers.fresh_interpreter import unpatched_environ
+from tests.helpers.reference import ssim_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 PTH = ROOT / "src" / "ssim_patch_autoapply.pth"
@@ -211,7 +211,7 @@ def _data() -> dict[str, object]:
 )
 @pytest.mark.ssim_unpatched
 def test_two_ranks_patched_by_the_environment_alone(tmp_path, monkeypatch):
-    source = Path(_dist_worker.__file__).read_text()
+    source = Path(dist_worker.__file__).read_text()
     assert "import ssim_patch" not in source and "from ssim_patch" not in source
     data = _data()
     data_path = tmp_path / "data.pt"
@@ -229,7 +229,7 @@ def test_two_ranks_patched_by_the_environment_alone(tmp_path, monkeypatch):
     monkeypatch.delenv("SSIM_PATCH_PADDING", raising=False)
     try:
         mp.spawn(
-            _dist_worker.run,
+            dist_worker.run,
             args=(2, str(tmp_path / "rendezvous"), str(data_path), str(tmp_path)),
             nprocs=2,
             join=True,

@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from reference import reduce, ssim_reference, zeroed_border
 
 from ssim_patch import ssim
 from ssim_patch.engine import _ssim_per_image
+from tests.helpers.reference import reduce, ssim_reference, zeroed_border
 
 TOL = 1e-6
 

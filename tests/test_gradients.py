@@ -6,36 +6,15 @@ from __future__ import annotations
 import importlib
 
 import pytest
-import reference_torch as ref
 import torch
 
 import ssim_patch
 from ssim_patch import ssim
+from tests.helpers import patch_state
+from tests.helpers import reference_torch as ref
+from tests.helpers.gradients import PAIRS, assert_gradient, random_images
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
-REL = 1e-8  # float64, relative to the largest entry of the reference gradient
-ROUNDING = 1e-13  # float64 rounding of the reference's own autograd, where the gradient is ~0
-
-
-def _target(shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(shape, generator=g, dtype=torch.float64)
-
-
-def _half_flat(t):
-    out = t.clone()
-    out[..., : t.shape[-1] // 2] = 0.4
-    return out
-
-
-PAIRS = {
-    "random": lambda t: 0.7 * t + 0.3 * _target(t.shape, seed=99),
-    "identical": lambda t: t.clone(),
-    "affine": lambda t: 0.5 * t + 0.2,
-    "anti-correlated": lambda t: 1 - t,
-    "flat": lambda t: torch.full_like(t, 0.4),
-    "half-flat": _half_flat,
-}
 WINDOWS = {
     "gauss": ((2, 3, 20, 22), dict(sigma=1.5)),
     "gauss-aniso": ((2, 2, 19, 23), dict(sigma=(0.8, 1.6))),
@@ -45,12 +24,6 @@ WINDOWS = {
     "3d-aniso": ((2, 1, 12, 9, 11), dict(sigma=(0.6, 1.0, 1.3))),
     "3d-uniform": ((1, 2, 8, 9, 7), dict(gaussian_kernel=False, kernel_size=(3, 5, 3))),
 }
-
-
-def assert_gradient(got: torch.Tensor, expected: torch.Tensor) -> None:
-    scale = float(expected.abs().max())
-    err = float((got - expected).abs().max())
-    assert err <= REL * scale + ROUNDING, f"max error {err:.3g} against a gradient of size {scale:.3g}"
 
 
 def _grads(fn, x, y, weights):
@@ -70,7 +43,7 @@ def path(request, monkeypatch):
 @pytest.mark.parametrize("pair", list(PAIRS))
 def test_gradient_is_the_exact_derivative(pair, window, padding, path):
     shape, kw = WINDOWS[window]
-    target = _target(shape)
+    target = random_images(shape)
     preds = PAIRS[pair](target)
     weights = torch.arange(1.0, shape[0] + 1, dtype=torch.float64)
     got = _grads(
@@ -93,10 +66,10 @@ def test_gradient_is_the_exact_derivative(pair, window, padding, path):
 @pytest.mark.parametrize("pair", ["random", "identical", "flat", "anti-correlated"])
 def test_gradient_of_the_map_and_the_contrast_term(pair, window, output, path):
     shape, kw = WINDOWS[window]
-    target = _target(shape, seed=1)
+    target = random_images(shape, seed=1)
     preds = PAIRS[pair](target)
     if output == "map":
-        weights = _target(shape, seed=5)
+        weights = random_images(shape, seed=5)
 
         def ours(a, b):
             return ssim(a, b, data_range=1.0, reduction="none", return_full_image=True, **kw)[1]
@@ -123,7 +96,7 @@ def test_gradient_of_the_map_and_the_contrast_term(pair, window, output, path):
 def test_gradient_of_two_outputs_at_once(both, path):
     """MS-SSIM asks for SSIM and cs together; a loss on both gets both gradients."""
     shape, kw = WINDOWS["gauss"]
-    target = _target(shape, seed=2)
+    target = random_images(shape, seed=2)
     preds = PAIRS["random"](target)
 
     def loss(fn, a, b):
@@ -148,7 +121,7 @@ def test_gradient_of_two_outputs_at_once(both, path):
 def test_data_range_none_gradient_flows_through_the_range(pair, window, path):
     """With data_range=None, L = max(max - min) of the images is a function of the pixels."""
     shape, kw = WINDOWS[window]
-    target = _target(shape, seed=3) * 3 - 1  # a range far from 1
+    target = random_images(shape, seed=3) * 3 - 1  # a range far from 1
     preds = PAIRS[pair](target)
     weights = torch.arange(1.0, shape[0] + 1, dtype=torch.float64)
     got = _grads(lambda a, b: ssim(a, b, reduction="none", **kw), preds, target, weights)
@@ -160,7 +133,7 @@ def test_data_range_none_gradient_flows_through_the_range(pair, window, path):
 @pytest.mark.parametrize("window", ["gauss", "3d-aniso"])
 def test_tensor_data_range_gets_its_gradient(window, path):
     shape, kw = WINDOWS[window]
-    target = _target(shape, seed=4)
+    target = random_images(shape, seed=4)
     preds = PAIRS["random"](target)
     results = []
     for fn in (
@@ -177,7 +150,7 @@ def test_tensor_data_range_gets_its_gradient(window, path):
 
 def test_range_tuple_gradient_stops_at_the_clamp():
     shape, kw = WINDOWS["gauss"]
-    target = _target(shape, seed=6) * 1.4 - 0.2  # some pixels outside (0, 1)
+    target = random_images(shape, seed=6) * 1.4 - 0.2  # some pixels outside (0, 1)
     preds = PAIRS["random"](target)
     got = _grads(lambda a, b: ssim(a, b, data_range=(0.0, 1.0), reduction="none", **kw), preds, target, 1.0)
     expected = _grads(lambda a, b: ref.ssim(a, b, data_range=(0.0, 1.0), **kw)[0], preds, target, 1.0)
@@ -188,7 +161,7 @@ def test_range_tuple_gradient_stops_at_the_clamp():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_data_range_whose_constants_underflow_is_a_clear_error(dtype):
-    x, y = _target((1, 1, 16, 16)).to(dtype), _target((1, 1, 16, 16), seed=1).to(dtype)
+    x, y = random_images((1, 1, 16, 16)).to(dtype), random_images((1, 1, 16, 16), seed=1).to(dtype)
     tiny = 1e-30 if dtype == torch.float32 else 1e-200
     with pytest.raises(ValueError, match=r"k1=0\.01 gives \(k1 \* data_range\)\^2 = .* which is 0 in float"):
         ssim(x * tiny, y * tiny, data_range=tiny)
@@ -211,28 +184,15 @@ def test_patched_gradient_equals_unpatched_where_upstream_is_right(pair):
     """2-D Gaussian SSIM is right upstream from 1.4.2: patched and unpatched gradients agree."""
     if not _upstream_is_right():
         pytest.skip("2-D SSIM is right upstream from 1.4.2 on")
-    target = _target((2, 3, 48, 48), seed=7)
+    target = random_images((2, 3, 48, 48), seed=7)
     preds = PAIRS[pair](target)
     grads = []
     for on in (False, True):
-        with ssim_patch.patched() if on else _unpatched():
+        with ssim_patch.patched() if on else patch_state.reverted():
             p = preds.clone().requires_grad_()
             (g,) = torch.autograd.grad(F.structural_similarity_index_measure(p, target, data_range=1.0), p)
             grads.append(g)
     assert_gradient(grads[1], grads[0])
-
-
-class _unpatched:
-    def __enter__(self):
-        from ssim_patch import _patcher
-
-        self.saved = _patcher._snapshot()
-        ssim_patch.revert()
-
-    def __exit__(self, *exc):
-        from ssim_patch import _patcher
-
-        _patcher._restore(self.saved)
 
 
 @pytest.mark.parametrize("normalize", [None, "relu", "simple"])
@@ -242,8 +202,8 @@ def test_patched_ms_ssim_gradient_is_exact(normalize):
         or "normalize" not in F._multiscale_ssim_update.__code__.co_varnames
     ):
         pytest.skip("this release composes MS-SSIM differently")
-    target = _target((2, 2, 64, 64), seed=8)
-    preds = 0.8 * target + 0.2 * _target(target.shape, seed=9)
+    target = random_images((2, 2, 64, 64), seed=8)
+    preds = 0.8 * target + 0.2 * random_images(target.shape, seed=9)
     betas = (0.3, 0.4, 0.3)
     with ssim_patch.patched():
         p = preds.clone().requires_grad_()
@@ -274,13 +234,13 @@ def _descend(loss_fn, start: torch.Tensor, steps: int, lr: float) -> float:
 def test_sgd_on_one_minus_ssim_reaches_zero_loss_like_unpatched():
     """Gradient descent from a perturbed copy converges to the target: the gradient vanishes only
     at the optimum (a detached guard used to stall it at 2e-8)."""
-    target = _target((1, 1, 32, 32), seed=10)
-    start = target + 0.02 * (_target(target.shape, seed=11) - 0.5)
+    target = random_images((1, 1, 32, 32), seed=10)
+    start = target + 0.02 * (random_images(target.shape, seed=11) - 0.5)
     losses = {}
     for name in ("unpatched", "patched"):
         if name == "unpatched" and not _upstream_is_right():
             continue
-        with ssim_patch.patched() if name == "patched" else _unpatched():
+        with ssim_patch.patched() if name == "patched" else patch_state.reverted():
             losses[name] = _descend(
                 lambda x: 1 - F.structural_similarity_index_measure(x, target, data_range=1.0),
                 start,

@@ -8,21 +8,15 @@ checks the counting mode itself on a hand-checked example.
 
 from __future__ import annotations
 
-import sys
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.cases import COUNT_SHAPES, MODES, Case, shape_text  # noqa: E402
-from benchmarks.contenders import Contender, make_contenders  # noqa: E402
-from benchmarks.dispatch_count import DispatchCounter, OpCounts  # noqa: E402
-from benchmarks.meta_counts import COUNTED, count_call  # noqa: E402
+from benchmarks.cases import COUNT_SHAPES, MODES, Case, shape_text
+from benchmarks.contenders import Contender, make_contenders
+from benchmarks.dispatch_count import DispatchCounter, OpCounts
+from benchmarks.meta_counts import COUNTED, count_call
 
 
 def test_counter_counts_ops_writes_and_bytes() -> None:

@@ -13,7 +13,8 @@ import sys
 import textwrap
 
 import pytest
-from fresh_interpreter import unpatched_environ
+
+from tests.helpers.fresh_interpreter import unpatched_environ
 
 pytest_plugins = ["pytester"]
 

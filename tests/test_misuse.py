@@ -2,7 +2,7 @@
 hook function in third-party modules, reloads, pickling, torch.compile, NaN/inf pixels, and the
 table of bad inputs (docs/bad-inputs.md, checked against the library's actual behaviour).
 
-``python tests/test_misuse.py`` rewrites docs/bad-inputs.md.
+``python -m scripts.gen_docs bad-inputs`` rewrites docs/bad-inputs.md (the cases: tests/helpers/bad_inputs.py).
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ import sys
 import textwrap
 import types
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytest
 import torch
-from fresh_interpreter import assert_scenarios_pass, unpatched_environ
-from hook_bindings import hook_bindings as _hook_bindings
 from packaging.version import Version
-from reference import ssim_reference
 
 import ssim_patch
 from ssim_patch import PatchError, UntestedReleaseWarning, _patcher, _releases
+from tests.helpers.bad_inputs import BAD_INPUTS, table_rows
+from tests.helpers.fresh_interpreter import assert_scenarios_pass, unpatched_environ
+from tests.helpers.hook_bindings import hook_bindings as _hook_bindings
+from tests.helpers.reference import ssim_reference
 
 MODULE = _releases.MODULE
 F = importlib.import_module(MODULE)
@@ -587,115 +588,6 @@ def test_faults_in_fresh_interpreters():
 
 # --- bad inputs: the table in docs/bad-inputs.md -------------------------------------------------
 
-_G = torch.Generator().manual_seed(0)
-X = torch.rand(2, 1, 16, 16, generator=_G)
-Y = torch.rand(2, 1, 16, 16, generator=_G)
-
-
-def _call(**kw: Any) -> Callable[[Callable[..., Any]], Any]:
-    preds, target = kw.pop("preds", X), kw.pop("target", Y)
-    return lambda fn: fn(preds, target, **kw)
-
-
-# (case id, description, call); the description is what the user passed.
-BAD_INPUTS: list[tuple[str, str, Callable[[Callable[..., Any]], Any]]] = [
-    ("ndim-3", "images of shape (1, 16, 16) (no batch axis)", _call(preds=X[0], target=Y[0])),
-    ("ndim-6", "images of shape (1, 1, 2, 1, 16, 16)", _call(preds=X[None, None], target=Y[None, None])),
-    ("shape", "preds (2, 1, 16, 16), target (2, 1, 15, 16)", _call(target=Y[:, :, :15])),
-    ("numpy", "numpy arrays", _call(preds=X.numpy(), target=Y.numpy())),
-    ("list", "nested lists", _call(preds=X.tolist(), target=Y.tolist())),
-    ("complex", "complex64 tensors", _call(preds=X.to(torch.complex64), target=Y.to(torch.complex64))),
-    ("bool", "bool tensors", _call(preds=X > 0.5, target=Y > 0.5)),
-    (
-        "int8",
-        "int8 tensors, data_range=100.0",
-        _call(preds=(X * 100).to(torch.int8), target=(Y * 100).to(torch.int8), data_range=100.0),
-    ),
-    (
-        "dtype-mix",
-        "preds float16, target float64 (target cast to preds' dtype)",
-        _call(preds=X.half(), target=Y.double()),
-    ),
-    ("empty-batch", "an empty batch (0, 1, 16, 16), data_range=None", _call(preds=X[:0], target=Y[:0])),
-    ("empty-batch-range", "an empty batch, data_range=1.0", _call(preds=X[:0], target=Y[:0], data_range=1.0)),
-    ("no-channels", "no channels (2, 0, 16, 16)", _call(preds=X[:, :0], target=Y[:, :0])),
-    ("kernel-even", "gaussian_kernel=False, kernel_size=10", _call(gaussian_kernel=False, kernel_size=10)),
-    ("kernel-zero", "gaussian_kernel=False, kernel_size=0", _call(gaussian_kernel=False, kernel_size=0)),
-    (
-        "kernel-negative",
-        "gaussian_kernel=False, kernel_size=-3",
-        _call(gaussian_kernel=False, kernel_size=-3),
-    ),
-    (
-        "kernel-float",
-        "gaussian_kernel=False, kernel_size=11.0",
-        _call(gaussian_kernel=False, kernel_size=11.0),
-    ),
-    (
-        "kernel-3-for-2d",
-        "kernel_size=(3, 3, 3) for 2-D images",
-        _call(gaussian_kernel=False, kernel_size=(3, 3, 3)),
-    ),
-    (
-        "kernel-even-gaussian",
-        "kernel_size=10 with the Gaussian window (unused, still checked)",
-        _call(kernel_size=10),
-    ),
-    (
-        "kernel-numpy",
-        "gaussian_kernel=False, kernel_size=np.int64(7)",
-        _call(gaussian_kernel=False, kernel_size=np.int64(7)),
-    ),
-    ("sigma-zero", "sigma=0", _call(sigma=0)),
-    ("sigma-negative", "sigma=-1.0", _call(sigma=-1.0)),
-    ("sigma-nan", "sigma=nan", _call(sigma=math.nan)),
-    ("sigma-inf", "sigma=inf", _call(sigma=math.inf)),
-    ("sigma-3-for-2d", "sigma=(1.0, 1.0, 1.0) for 2-D images", _call(sigma=(1.0, 1.0, 1.0))),
-    ("sigma-str", 'sigma="1.5"', _call(sigma="1.5")),
-    ("sigma-numpy", "sigma=np.float32(1.5)", _call(sigma=np.float32(1.5))),
-    ("short-same", "height 5 with sigma=1.5 (pad 5)", _call(preds=X[..., :5, :], target=Y[..., :5, :])),
-    (
-        "short-depth",
-        "3-D, depth 2 with sigma=1.5",
-        _call(preds=torch.rand(1, 1, 2, 16, 16), target=torch.rand(1, 1, 2, 16, 16)),
-    ),
-    (
-        "short-valid",
-        "height 10, padding='valid' (window 11)",
-        _call(preds=X[..., :10, :], target=Y[..., :10, :], padding="valid"),
-    ),
-    ("padding", "padding='reflect'", _call(padding="reflect")),
-    ("reduction", "reduction='mean'", _call(reduction="mean")),
-    (
-        "both-flags",
-        "return_full_image=True and return_contrast_sensitivity=True",
-        _call(return_full_image=True, return_contrast_sensitivity=True),
-    ),
-    ("range-zero", "data_range=0.0", _call(data_range=0.0)),
-    ("range-negative", "data_range=-1.0", _call(data_range=-1.0)),
-    ("range-inf", "data_range=inf", _call(data_range=math.inf)),
-    ("range-nan", "data_range=nan", _call(data_range=math.nan)),
-    ("range-bool", "data_range=True", _call(data_range=True)),
-    ("range-str", 'data_range="1"', _call(data_range="1")),
-    ("range-numpy", "data_range=np.float32(1.0)", _call(data_range=np.float32(1.0))),
-    ("range-reversed", "data_range=(1.0, 0.0)", _call(data_range=(1.0, 0.0))),
-    ("range-empty", "data_range=(0.0, 0.0)", _call(data_range=(0.0, 0.0))),
-    ("range-3", "data_range=(0.0, 1.0, 2.0)", _call(data_range=(0.0, 1.0, 2.0))),
-    ("range-nan-hi", "data_range=(0.0, nan)", _call(data_range=(0.0, math.nan))),
-    ("range-infinite", "data_range=(-inf, inf)", _call(data_range=(-math.inf, math.inf))),
-    ("range-str-tuple", 'data_range=("a", "b")', _call(data_range=("a", "b"))),
-    ("range-tensor-2", "data_range=torch.tensor([0.0, 1.0])", _call(data_range=torch.tensor([0.0, 1.0]))),
-    ("range-tensor-zero", "data_range=torch.tensor(0.0)", _call(data_range=torch.tensor(0.0))),
-    ("range-tensor-negative", "data_range=torch.tensor(-1.0)", _call(data_range=torch.tensor(-1.0))),
-    ("range-tensor-nan", "data_range=torch.tensor(nan)", _call(data_range=torch.tensor(math.nan))),
-    ("k-negative", "k1=-0.01 (only its square is used)", _call(k1=-0.01)),
-    (
-        "k-zero-flat",
-        "k1=0, k2=0 with two flat images",
-        _call(preds=torch.ones(1, 1, 16, 16), target=torch.ones(1, 1, 16, 16), k1=0.0, k2=0.0),
-    ),
-]
-
 #: Cases that should raise a clear error (or, for numpy scalars, work as upstream torchmetrics does)
 #: but do not today: engine issues, reported. Their tests fail until the engine is fixed.
 SHOULD_RAISE = {
@@ -712,121 +604,12 @@ SHOULD_RAISE = {
 SHOULD_WORK = ("kernel-numpy", "sigma-numpy", "range-numpy", "range-bool")
 
 
-def outcome(call: Callable[[Callable[..., Any]], Any], fn: Callable[..., Any]) -> str:
-    """What happens: ``TypeName: message``, or ``returns <value>``."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value = call(fn)
-    except Exception as exc:
-        text = f"{type(exc).__name__}: {exc}"
-    else:
-        value = value[0] if isinstance(value, tuple) else value
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            text = f"returns {value.item():.4g}"
-        elif isinstance(value, torch.Tensor):
-            text = f"returns a tensor of shape {tuple(value.shape)}"
-        else:
-            text = f"returns {value!r}"
-    text = " ".join(text.split())
-    if len(text) > 400:
-        text = text[:400] + " …"
-    return text.replace("|", "\\|")
-
-
-class _NoPadding(Exception):
-    """torchmetrics' functional has no ``padding`` argument."""
-
-
-def _torchmetrics(preds, target, **kw):
-    if "padding" in kw:
-        raise _NoPadding
-    return F.structural_similarity_index_measure(preds, target, **kw)
-
-
-def _outcome(call, fn) -> str:
-    text = outcome(call, fn)
-    return "n/a (no `padding` argument)" if text.startswith("_NoPadding") else text
-
-
-def table_rows(with_upstream: bool = False) -> list[str]:
-    """One markdown row per case: ssim_patch.ssim, patched torchmetrics, and with
-    ``with_upstream`` torchmetrics' own function (unpatched)."""
-    saved = _patcher._snapshot()
-    try:
-        ssim_patch.apply()
-        ours = [_outcome(call, ssim_patch.ssim) for _, _, call in BAD_INPUTS]
-        patched = [_outcome(call, _torchmetrics) for _, _, call in BAD_INPUTS]
-        if with_upstream:
-            ssim_patch.revert()
-            upstream = [_outcome(call, _torchmetrics) for _, _, call in BAD_INPUTS]
-    finally:
-        _patcher._restore(saved)
-    rows = []
-    for i, (case, text, _) in enumerate(BAD_INPUTS):
-        row = f"| `{case}` | {text} | {ours[i]} | {'same' if patched[i] == ours[i] else patched[i]} |"
-        rows.append(row + (f" {upstream[i]} |" if with_upstream else ""))
-    return rows
-
-
-HEADER = """# Bad inputs: what each one gets
-
-Generated from the library's actual behaviour by `python tests/test_misuse.py`;
-`tests/test_misuse.py::test_bad_inputs_doc_is_current` fails when a row no longer matches.
-Images are (2, 1, 16, 16) uniform noise unless the row says otherwise; defaults elsewhere
-(Gaussian window, sigma=1.5, data_range=None, reduction="elementwise_mean").
-
-Columns: `ssim_patch.ssim`; torchmetrics' `structural_similarity_index_measure` with the patch
-applied ("same" when identical: torchmetrics checks shapes and the reduction itself, then calls the
-patched hook); and torchmetrics {version}'s own function, unpatched, for comparison.
-
-| case | input | `ssim_patch.ssim` | torchmetrics, patched | torchmetrics {version}, unpatched |
-|---|---|---|---|---|
-"""
-
-FOOTER = """
-## Known gaps
-
-None known. `ssim_patch.ssim` answers every case above with a `ValueError` (or its subclass
-`ImageTooSmallError`) or `TypeError`, or with a number: for numpy scalars and `data_range=True` (1,
-as Python reads a bool), which torchmetrics accepts too (`kernel-numpy`, `sigma-numpy`,
-`range-numpy`, `range-bool`), for bool and integer images (computed in float32; upstream fails on
-them), for a target of another dtype (cast to preds' dtype), for a negative `k1` (only its square is
-used), and NaN for `k-zero-flat` (below). `test_no_bad_input_gives_an_internal_error` checks every
-case, `test_bad_input_raises_a_clear_error` the error type of the cases once listed here as gaps
-(empty batch or channels, infinite or tensor ranges, a string sigma),
-`test_numpy_scalars_work_as_upstream` the cases torchmetrics accepts.
-
-Other notes:
-- Through the patched torchmetrics function, an argument the installed release rejects itself gets
-  that release's own error, type and message unchanged (compare the two torchmetrics columns). The
-  patch raises its own error where the release would return a number (`range-zero`, `range-empty`)
-  or fail inside torch with a RuntimeError (`short-same`, `short-depth`). An image too small for the
-  window names the other padding: `padding=` for `ssim_patch.ssim`, `ssim_patch.apply(padding=...)`
-  (or the pytest option) through torchmetrics, which has no `padding` argument.
-- A NaN or inf pixel gives NaN for its own image only. With `data_range=None` the range is taken over
-  the finite pixels, so the other images score as they would without it
-  (`test_nan_inf_pixels_spoil_only_their_image`, and through the patched function and Metric class
-  `test_nan_inf_pixels_through_the_patched_metric`).
-- A `(lo, hi)` data range clamps both images first, so an inf pixel becomes `hi` and scores normally;
-  a NaN pixel stays NaN (`test_range_tuple_clamps_inf_and_keeps_nan`).
-- A tensor `data_range` is checked only when it is on the CPU: on a GPU, reading its value would
-  sync the device.
-- `k1=0, k2=0` on two flat images is 0/0, NaN, as the SSIM formula says (`k-zero-flat`).
-- Only module-level bindings of torchmetrics' hook function are patched: a copy kept in a list,
-  dict or class attribute keeps the original. Conversely every module-level name bound to the
-  original is swapped, whatever the module (`test_third_party_copy_is_patched_and_reverted`).
-"""
-
-
-def render_doc(version: str) -> str:
-    return HEADER.format(version=version) + "\n".join(table_rows(with_upstream=True)) + "\n" + FOOTER
-
-
 def test_bad_inputs_doc_is_current():
     doc = DOC.read_text()
     stale = [row for row in table_rows() if row not in doc]
-    assert not stale, "docs/bad-inputs.md is stale; run `python tests/test_misuse.py`:\n" + "\n".join(stale)
+    assert not stale, (
+        "docs/bad-inputs.md is stale; run `python -m scripts.gen_docs bad-inputs`:\n" + "\n".join(stale)
+    )
 
 
 @pytest.mark.parametrize("case", list(SHOULD_RAISE))
@@ -857,12 +640,3 @@ def test_no_bad_input_gives_an_internal_error():
         except Exception as exc:
             internal[case] = f"{type(exc).__name__}: {exc}"
     assert not internal, internal
-
-
-if __name__ == "__main__":
-    warnings.simplefilter("ignore")
-    import torchmetrics
-
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(render_doc(torchmetrics.__version__))
-    print(DOC.read_text())

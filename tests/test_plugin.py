@@ -15,11 +15,11 @@ import torch
 import torchmetrics.functional.image  # imported here so that pytester's module snapshot keeps them
 import torchmetrics.image
 from packaging.version import Version
-from reference import ssim_reference, zeroed_border
 
 import ssim_patch
 from ssim_patch import _patcher, _releases, backends
 from ssim_patch.pytest_plugin import Settings, _resolve
+from tests.helpers.reference import ssim_reference, zeroed_border
 
 pytest_plugins = ["pytester"]
 

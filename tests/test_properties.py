@@ -2,11 +2,11 @@
 
 Random shapes (2-D and 3-D, from the smallest legal size up), windows (Gaussian, isotropic or
 not, and uniform), data ranges (None, a number, a (lo, hi) range), paddings, dtypes and work
-chunk sizes. Properties: equality with ``tests/reference.py``, SSIM(x, x) == 1, symmetry in
+chunk sizes. Properties: equality with ``tests/helpers/reference.py``, SSIM(x, x) == 1, symmetry in
 preds/target, values in [-1, 1], batch independence, scale invariance, half precision within
 1e-3 of the reference on the same (rounded) values.
 
-``python tests/test_properties.py`` writes docs/precision.md: how far half-precision inputs are
+``python -m scripts.gen_docs precision`` writes docs/precision.md: how far half-precision inputs are
 from the reference, patched and unpatched (torchmetrics' own SSIM), and UQI's flat-window rule
 with how far float32 UQI of images with flat regions is from the reference.
 """
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import pathlib
-import sys
 import unittest.mock
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -26,9 +24,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from reference import reduce, ssim_reference
 
 from ssim_patch import engine, ssim
+from tests.helpers.precision import HALF, REPORT_DATA, error_text, precision_rows
+from tests.helpers.reference import reduce, ssim_reference
 
 # Deterministic (CI runs the same examples every time), no example database, no deadline:
 # the numpy reference is slow on the largest draws and the machine is shared.
@@ -256,8 +255,6 @@ def test_scale_invariance(case, s):
 
 # --- half precision -----------------------------------------------------------------------------
 
-HALF = {torch.float16: 10, torch.bfloat16: 7}  # mantissa bits
-
 
 def half_ulp(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     """Half a unit in the last place of ``dtype`` at ``values`` (the output's rounding)."""
@@ -311,208 +308,6 @@ def test_offset_images_close_to_the_reference(dtype, offset, amplitude):
     assert (np.abs(out - ref) <= bound).all(), f"got {out}, reference {ref}"
 
 
-# --- the precision report (docs/precision.md) ---------------------------------------------------
-
-REPORT_DATA = {
-    "U(0,1)": (0.0, 1.0),
-    "0.85 + U(0,0.05)": (0.85, 0.05),
-    "0.9 + U(0,0.03)": (0.9, 0.03),
-    "255 * U(0,1)": (0.0, 255.0),
-    "200 + U(0,20)": (200.0, 20.0),
-}
-REPORT_WINDOWS = {
-    "gaussian 1.5": {},
-    "uniform 7": dict(gaussian_kernel=False, kernel_size=7),
-}
-
-
-def precision_rows(
-    tm_ssim,
-    seeds=range(3),
-    shape=(2, 3, 48, 48),
-    windows=REPORT_WINDOWS,
-    datas=REPORT_DATA,
-    ranges=("None", "given"),
-) -> list[tuple[str, str, str, str, float, float]]:
-    """(dtype, data, window, data_range, worst |unpatched - ref|, worst |patched - ref|) per case.
-
-    ``tm_ssim`` is torchmetrics' own (unpatched) ``structural_similarity_index_measure``.
-    A non-finite result is ``nan``, an exception ``inf``.
-    """
-    rows = []
-    for dtype in HALF:
-        for data, (offset, amp) in datas.items():
-            for wname, window in windows.items():
-                for rname in ranges:
-                    worst_u = worst_p = 0.0
-                    for seed in seeds:
-                        g = torch.Generator().manual_seed(seed)
-                        n1 = torch.rand(shape, generator=g, dtype=torch.float64)
-                        n2 = torch.rand(shape, generator=g, dtype=torch.float64)
-                        x = (offset + amp * n1).to(dtype)
-                        y = (offset + amp * (0.7 * n1 + 0.3 * n2)).to(dtype)
-                        dr = None if rname == "None" else (255.0 if amp + offset > 2 else 1.0)
-                        kw = dict(window, data_range=dr)
-                        ref = ssim_reference(x.double().numpy(), y.double().numpy(), **kw).per_image
-                        try:
-                            u = tm_ssim(x, y, reduction="none", **kw).double().numpy()
-                            du = float(np.abs(u - ref).max()) if np.isfinite(u).all() else math.nan
-                        except Exception:
-                            du = math.inf
-                        p = ssim(x, y, reduction="none", **kw).double().numpy()
-                        dp = float(np.abs(p - ref).max()) if np.isfinite(p).all() else math.nan
-                        worst_u, worst_p = _worst(worst_u, du), _worst(worst_p, dp)
-                    rows.append((str(dtype).replace("torch.", ""), data, wname, rname, worst_u, worst_p))
-    return rows
-
-
-def _worst(a: float, b: float) -> float:
-    """The larger error; an exception (inf) beats a NaN result, which beats any number."""
-    if math.isinf(a) or math.isinf(b):
-        return math.inf
-    if math.isnan(a) or math.isnan(b):
-        return math.nan
-    return max(a, b)
-
-
-def _fmt(v: float) -> str:
-    return "error" if math.isinf(v) else "NaN" if math.isnan(v) else f"{v:.1e}"
-
-
-def render_precision_doc(rows, torchmetrics_version: str) -> str:
-    lines = [
-        "# Precision",
-        "",
-        "## Half-precision inputs: how far from the float64 reference",
-        "",
-        "Generated by `python tests/test_properties.py` (CPU). Each row: 3 random pairs of (2, 3, 48, 48)",
-        "images, `preds = offset + amplitude * u1`, `target = offset + amplitude * (0.7 u1 + 0.3 u2)`,",
-        "rounded to the dtype; the reference is the float64 SSIM of the *rounded* values",
-        "(`tests/reference.py`). Numbers: the worst absolute error of the per-image SSIM.",
-        f"`unpatched` is torchmetrics {torchmetrics_version}'s own SSIM; `patched` is ssim-patch (moments in",
-        'float32, result rounded to the input\'s dtype). `data_range` "given" is 1 (255 for the 0-255 data).',
-        "",
-        "The bound the tests enforce is 1e-3 plus half an ulp of the output dtype (bfloat16 keeps 8",
-        "significant bits, so rounding SSIM ~0.9 to bfloat16 alone costs up to 2e-3).",
-        "",
-        "| dtype | data | window | data_range | unpatched | patched |",
-        "|---|---|---|---|---|---|",
-    ]
-    for dtype, data, window, dr, u, p in rows:
-        lines.append(f"| {dtype} | {data} | {window} | {dr} | {_fmt(u)} | {_fmt(p)} |")
-    lines += [
-        "",
-        "Upstream computes in the input's dtype and forms the variance as E[x^2] - E[x]^2, so it fails",
-        "on ill-conditioned images (a small range on a large offset: 0.85 + U(0,0.05), 0.9 + U(0,0.03),",
-        "200 + U(0,20)), and in float16 it returns NaN on the 0-255 data. The patch forms the moments in",
-        "float32, of x + y and x - y about each image plane's mean: every patched number above is within",
-        "the bound.",
-        "`test_offset_images_close_to_the_reference` in tests/test_properties.py checks more offsets, in",
-        "float32, float16 and bfloat16, up to 1000 + U(0,1).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-# --- UQI's flat windows (docs/precision.md, second part) --------------------------------------------
-
-
-def uqi_flat_rows(tm_uqi) -> list[tuple[str, str, float, float, float, float, float, float]]:
-    """(case, dtype, then worst |map - ref| in flat windows and |mean - ref| for: unpatched,
-    patched without the flat-window rule, patched) per case of ``test_uqi.FLAT_CASES``.
-
-    ``tm_uqi`` is torchmetrics' own ``universal_image_quality_index``; its map is cropped to the
-    windows wholly inside the image, so it is compared with the reference's "valid" windows. A
-    non-finite result is ``nan``, an exception ``inf``.
-    """
-    from test_uqi import FLAT_CASES, flat_windows, uqi_about
-
-    from ssim_patch import _formula
-
-    def without_rule(*args: Any, **kwargs: Any) -> Any:
-        return constants(*args, **kwargs)._replace(flat=None)
-
-    constants = _formula.constants
-    rows = []
-    for case, (make, level, dtype) in FLAT_CASES.items():
-        p, t, flat = make(level, dtype)
-        same = uqi_about(p.double().numpy(), t.double().numpy(), level, float(torch.finfo(dtype).eps))
-        where = flat_windows(flat).numpy()
-        errors = []
-        for run in ("unpatched", "no rule", "patched"):
-            ref, inside = (same[..., 5:-5, 5:-5], where[5:-5, 5:-5]) if run == "unpatched" else (same, where)
-            fn = tm_uqi if run == "unpatched" else engine.uqi
-            with (
-                unittest.mock.patch.object(_formula, "constants", without_rule)
-                if run == "no rule"
-                else (contextlib.nullcontext())
-            ):
-                try:
-                    got = fn(p, t, reduction="none").double().numpy()
-                    mean = fn(p, t).double().item()
-                except Exception:
-                    errors += [math.inf, math.inf]
-                    continue
-            finite = np.isfinite(got).all() and math.isfinite(mean)
-            errors += (
-                [float(np.abs(got - ref)[..., inside].max()), abs(mean - ref.mean())]
-                if finite
-                else [math.nan] * 2
-            )
-        rows.append((case, str(dtype).replace("torch.", ""), *errors))
-    return rows
-
-
-def render_uqi_flat_doc(rows, torchmetrics_version: str) -> list[str]:
-    lines = [
-        "",
-        "## UQI in images with flat regions",
-        "",
-        "UQI has no stabilising constants: where both images are flat a window is `0 / eps` (no variance,",
-        "no covariance), so the rounding of its moments decides its value (torchmetrics issue 2281). The",
-        "moments are those of `s = x + y` and `d = x - y` about each image plane's mean, `m = W(s', d',",
-        "s'^2, d'^2)`, and the variances `v_s = m[2] - m[0]^2`, `v_d = m[3] - m[1]^2` (clamped at 0).",
-        "",
-        f"**The rule.** A window is flat when `v_s + v_d <= {_formula_flat_eps()} eps (m[2] + m[3])`, `eps` the machine",
-        "epsilon of the compute dtype (float32 for float32, float16 and bfloat16 images; float64 for",
-        "float64): its variances are both 0, so it scores 0, and its derivative is 0 (a variance is at its",
-        "minimum in a flat window, so the exact derivative is 0; the unguarded one is rounding noise",
-        "times `1 / eps`). In terms of the images: the window's `var_x + var_y` is at most",
-        f"{_formula_flat_eps()} eps times the squared distance of its means from their planes' means, i.e. its standard",
-        "deviation is below about 0.002 of that distance in float32 (1.5e-7 in float64): float32 cannot",
-        "tell such a variance from the rounding of the moments. The rounding of truly flat windows measures",
-        "at most 6 eps at 11x11 windows and 22 eps at 151x151. SSIM is unchanged (its `c2` keeps flat windows",
-        "well defined).",
-        "",
-        "Each row: float32 images (one float16) from `tests/test_uqi.py` (`FLAT_CASES`): a flat top half at",
-        "the level over a textured bottom half (`half-*`), or a constant frame 12 pixels wide around",
-        "texture (`frame-*`), 11x11 window. Reference: the float64 UQI of the same pixels with the input",
-        "dtype's `eps`, the variances taken about the flat level. `map` is the worst error in the windows",
-        "that lie wholly in the flat part, `mean` the error of the image mean. `unpatched` is torchmetrics",
-        f"{torchmetrics_version}'s own UQI (its map holds the windows wholly inside the image and is compared",
-        "with those); `no rule` is ssim-patch without the flat-window rule.",
-        "",
-        "| case | dtype | unpatched map | unpatched mean | no rule map | no rule mean | patched map | patched mean |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for case, dtype, *errors in rows:
-        lines.append(f"| {case} | {dtype} | " + " | ".join(_fmt(e) for e in errors) + " |")
-    lines += [
-        "",
-        "`test_float32_flat_regions_match_float64` in tests/test_uqi.py holds the patched numbers to",
-        "1e-3 (map) and 1e-4 (mean), on every CPU backend, and tests/matrix/test_uqi_release.py on",
-        "every pinned release (bug `uqi-flat-rounding`).",
-        "",
-    ]
-    return lines
-
-
-def _formula_flat_eps() -> int:
-    from ssim_patch import _formula
-
-    return _formula.FLAT_EPS
-
-
 @pytest.mark.ssim_unpatched
 def test_half_precision_report_patched_within_bound():
     """The report's cases: patched within the bound (the unpatched numbers are only reported)."""
@@ -531,27 +326,5 @@ def test_half_precision_report_patched_within_bound():
         limit = 1e-3 + 2.0 ** -(HALF[getattr(torch, dtype)] + 1)
         assert patched <= limit and not math.isnan(patched), (dtype, data, window, dr, patched)
         print(
-            f"{dtype:9} {data:18} {window:12} data_range={dr:5} unpatched {_fmt(unpatched):9} patched {_fmt(patched)}"
+            f"{dtype:9} {data:18} {window:12} data_range={dr:5} unpatched {error_text(unpatched):9} patched {error_text(patched)}"
         )
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    import warnings
-
-    warnings.simplefilter("ignore")
-    import torchmetrics
-    import torchmetrics.functional.image.ssim as tm_ssim
-    import torchmetrics.functional.image.uqi as tm_uqi
-
-    import ssim_patch
-
-    ssim_patch.revert()
-    table = render_precision_doc(
-        precision_rows(tm_ssim.structural_similarity_index_measure), torchmetrics.__version__
-    )
-    flat = uqi_flat_rows(tm_uqi.universal_image_quality_index)
-    table += "\n".join(render_uqi_flat_doc(flat, torchmetrics.__version__))
-    out = pathlib.Path(__file__).resolve().parents[1] / "docs" / "precision.md"
-    out.write_text(table)
-    print(table)

@@ -28,8 +28,6 @@ from typing import Any, Optional
 
 import pytest
 import torch
-from fresh_interpreter import unpatched_environ
-from hook_bindings import hook_bindings as _hook_bindings
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -42,6 +40,9 @@ from hypothesis.stateful import (
 
 import ssim_patch
 from ssim_patch import _patcher, _releases
+from tests.helpers import patch_state
+from tests.helpers.fresh_interpreter import unpatched_environ
+from tests.helpers.hook_bindings import hook_bindings as _hook_bindings
 
 MODULE = _releases.MODULE
 F = importlib.import_module(MODULE)
@@ -76,8 +77,7 @@ def _original() -> Any:
 
 
 def _expected_values() -> dict[Optional[str], tuple[float, float]]:
-    saved = _patcher._snapshot()
-    try:
+    with patch_state.kept():
         out: dict[Optional[str], tuple[float, float]] = {}
         ssim_patch.revert()
         out[None] = functional_value()
@@ -85,8 +85,6 @@ def _expected_values() -> dict[Optional[str], tuple[float, float]]:
             ssim_patch.apply(padding=padding)
             out[padding] = functional_value()
         return out
-    finally:
-        _patcher._restore(saved)
 
 
 # Filled when each test starts (another test may have reloaded torchmetrics' module). Kept in a

@@ -11,10 +11,8 @@ import sys
 import textwrap
 
 import pytest
-import reference_torch as ref
 import torch
 import torch.autograd.forward_ad as fwAD
-from fresh_interpreter import unpatched_environ
 from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
 from torch.utils.checkpoint import checkpoint
 
@@ -23,6 +21,8 @@ from ssim_patch import _patcher
 from ssim_patch.backends import _op, cpu
 from ssim_patch.backends._protocol import Plan
 from ssim_patch.backends.traced import similarity as traced_similarity
+from tests.helpers import reference_torch as ref
+from tests.helpers.fresh_interpreter import unpatched_environ
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
 TOL = dict(atol=1e-12, rtol=1e-9)

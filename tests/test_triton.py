@@ -2,7 +2,7 @@
 
 The interpreter only works when ``TRITON_INTERPRET=1`` is set before the kernels are defined, so
 every case runs in one child interpreter (this file run as a script): it prints one JSON line per
-case with the errors it measured against the float64 references (``tests/reference_torch.py``'s
+case with the errors it measured against the float64 references (``tests/helpers/reference_torch.py``'s
 window and formula, differentiated by autograd), and the tests here assert each. Images are tiny
 and blocks small: the interpreter costs about a millisecond per masked load. The interpreter shows
 neither races nor speed: ``benchmarks/gpu_check.py`` measures those on a GPU.
@@ -131,14 +131,19 @@ QUICK = (
 def _interpret(*names: str) -> dict[str, dict[str, Any]]:
     """The measurements of the cases ``names`` (all when none), from one child interpreter run
     with ``TRITON_INTERPRET=1``."""
-    from fresh_interpreter import unpatched_environ
+    from tests.helpers.fresh_interpreter import unpatched_environ
 
     env = {**unpatched_environ(), "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     # Every case: about a minute of CPU time, 62 s on 2 lightly loaded cores, 274 s at a load
     # average of 7.5 (a 300 s cap failed there), so they are slow (CI runs them with -m slow). The
     # cap is only there so a hung child fails instead of stalling the run.
     out = subprocess.run(
-        [sys.executable, str(Path(__file__)), *names], capture_output=True, text=True, timeout=900, env=env
+        [sys.executable, "-m", "tests.test_triton", *names],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=HERE.parent,
     )
     found = {}
     for line in out.stdout.splitlines():
@@ -389,7 +394,7 @@ def test_auto_falls_back_when_only_the_backward_kernel_fails(monkeypatch: pytest
 
 def test_module_imports_without_triton() -> None:
     """Importing the backend does not import triton (it is imported on first use)."""
-    from fresh_interpreter import unpatched_environ
+    from tests.helpers.fresh_interpreter import unpatched_environ
 
     code = "import sys, ssim_patch.backends.triton; print('triton' in sys.modules)"
     out = subprocess.run(
@@ -402,10 +407,11 @@ def test_module_imports_without_triton() -> None:
 def test_kernels_compile_for_sm90() -> None:
     """Every kernel specialization compiles to a cubin for sm_90 (H100/H200) on this machine, no
     GPU needed: what the interpreter lets through (types, layouts, registers) must also compile."""
-    from fresh_interpreter import unpatched_environ
+    from tests.helpers.fresh_interpreter import unpatched_environ
 
     out = subprocess.run(
-        [sys.executable, str(Path(__file__)), "--compile"],
+        [sys.executable, "-m", "tests.test_triton", "--compile"],
+        cwd=HERE.parent,
         capture_output=True,
         text=True,
         timeout=600,
@@ -422,7 +428,6 @@ def test_kernels_compile_for_sm90() -> None:
 
 def _child() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    sys.path.insert(0, str(HERE))
     import torch
 
     torch.set_num_threads(1)
@@ -450,8 +455,9 @@ def _emit(name: str, fn: Any) -> None:
 
 
 def _windows(spec: dict[str, Any]) -> list[Any]:
-    import reference_torch as rt
     import torch
+
+    from tests.helpers import reference_torch as rt
 
     if "uniform" in spec:
         return [torch.full((k,), 1.0 / k, dtype=torch.float64) for k in spec["uniform"]]
@@ -463,8 +469,8 @@ def _windows(spec: dict[str, Any]) -> list[Any]:
 def _reference(
     x: Any, y: Any, windows: list[Any], padding: str, c1: Any, c2: Any, eps: Optional[float]
 ) -> Any:
-    """Float64 S map and cs map: the textbook formula on tests/reference_torch.py's window."""
-    import reference_torch as rt
+    """Float64 S map and cs map: the textbook formula on tests/helpers/reference_torch.py's window."""
+    from tests.helpers import reference_torch as rt
 
     def blur(a: Any) -> Any:
         return rt.blur(a, windows, padding)
@@ -622,10 +628,9 @@ def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _through_engine(spec: dict[str, Any]) -> dict[str, Any]:
     """ssim_patch.ssim with the backend forced: the op runs the kernels forward and backward."""
-    import reference_torch as rt
-
     import ssim_patch
     from ssim_patch.backends import triton as backend
+    from tests.helpers import reference_torch as rt
 
     calls = {"forward": 0, "backward": 0}
     real_forward, real_backward = backend.forward, backend.backward

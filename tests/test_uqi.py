@@ -7,11 +7,12 @@ import importlib
 
 import numpy as np
 import pytest
-import reference_torch
 import torch
-from reference import correlate_axis, gaussian_window, reduce, uqi_reference, zeroed_border
 
 from ssim_patch.engine import uqi
+from tests.helpers import reference_torch
+from tests.helpers.flat_images import FLAT_CASES, flat_half, flat_windows, image_pair, uqi_about
+from tests.helpers.reference import reduce, uqi_reference, zeroed_border
 
 WINDOWS = [
     dict(kernel_size=(11, 11), sigma=(1.5, 1.5)),
@@ -24,18 +25,12 @@ SHAPES = [(2, 3, 40, 36), (1, 1, 23, 17)]
 BACKENDS = ["cpu", "conv", "traced"]
 
 
-def _pair(shape, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=g, dtype=torch.float64)
-    return x.to(dtype), (0.6 * x + 0.4 * torch.rand(shape, generator=g, dtype=torch.float64)).to(dtype)
-
-
 @pytest.mark.parametrize("reduction", ["elementwise_mean", "sum", "none", None])
 @pytest.mark.parametrize("padding", ["same", "valid"])
 @pytest.mark.parametrize("window", WINDOWS, ids=lambda w: "x".join(map(str, w["kernel_size"])))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_reference(shape, window, padding, reduction):
-    x, y = _pair(shape)
+    x, y = image_pair(shape)
     expected = uqi_reference(
         x.numpy(), y.numpy(), padding=padding, eps=float(np.finfo(np.float64).eps), **window
     )
@@ -45,7 +40,7 @@ def test_matches_reference(shape, window, padding, reduction):
 
 def test_zeroed_border_counts():
     """The issue's example: 2x3x40x36 with a zeroed 1-pixel frame."""
-    x, _ = _pair((2, 3, 40, 36), seed=1, dtype=torch.float32)
+    x, _ = image_pair((2, 3, 40, 36), seed=1, dtype=torch.float32)
     t = zeroed_border(x)
     expected = uqi_reference(x.double().numpy(), t.double().numpy()).mean()
     got = uqi(x, t)
@@ -54,7 +49,7 @@ def test_zeroed_border_counts():
 
 
 def test_float32_and_half_use_their_own_epsilon():
-    x, y = _pair((2, 1, 24, 24), seed=2)
+    x, y = image_pair((2, 1, 24, 24), seed=2)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         xd, yd = x.to(dtype), y.to(dtype)
         expected = uqi_reference(xd.double().numpy(), yd.double().numpy(), eps=float(torch.finfo(dtype).eps))
@@ -70,71 +65,6 @@ def test_flat_images_give_zero():
     x = torch.full((1, 1, 16, 16), 0.3, dtype=torch.float64)
     assert abs(uqi(x, x.clone()).item()) < 1e-12
     assert abs(uqi(x.float(), x.float().clone()).item()) < 1e-6
-
-
-def flat_half(level, dtype=torch.float32, seed=11, shape=(2, 2, 64, 56)):
-    """Images whose top half is flat at ``level`` in both and whose bottom half is noise in
-    ``[0, 1.4 level]``, ``preds`` a noisier copy of ``target`` (torchmetrics issue 2281's example for
-    0.7123: the noise's mean is not the flat level); and where they are flat."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.full(shape, level, dtype=torch.float64)
-    half = shape[2] // 2
-    t[..., half:, :] = 1.4 * level * torch.rand(t[..., half:, :].shape, generator=g, dtype=torch.float64)
-    p = t.clone()
-    noise = 0.07 * level * torch.randn(p[..., half:, :].shape, generator=g, dtype=torch.float64)
-    p[..., half:, :] = (t[..., half:, :] + noise).clamp(0, 1.4 * level)
-    flat = torch.zeros(shape[2:], dtype=torch.bool)
-    flat[:half] = True
-    return p.to(dtype), t.to(dtype), flat
-
-
-def flat_frame(level, dtype=torch.float32, seed=12, shape=(2, 3, 48, 52), width=12):
-    """Images with a constant frame ``width`` pixels wide at ``level`` in both; and where they are flat."""
-    p, t = _pair(shape, seed=seed)
-    inner = (..., slice(width, -width), slice(width, -width))
-    framed = [torch.full(shape, level, dtype=torch.float64) for _ in range(2)]
-    for out, image in zip(framed, (p, t)):
-        out[inner] = image[inner]
-    flat = torch.ones(shape[2:], dtype=torch.bool)
-    flat[inner[1:]] = False
-    return framed[0].to(dtype), framed[1].to(dtype), flat
-
-
-def flat_windows(flat, kernel_size=(11, 11)):
-    """Where the whole window (reflect padding stays within its reach) lies in the flat pixels."""
-    reach = [k // 2 for k in kernel_size]
-    textured = (~flat).double()[None, None]
-    touched = torch.nn.functional.max_pool2d(textured, [2 * r + 1 for r in reach], 1, reach)
-    return ~touched[0, 0].bool()
-
-
-def uqi_about(x, y, level, eps, kernel_size=(11, 11), sigma=(1.5, 1.5)):
-    """The float64 UQI map with the variances taken about ``level`` (they do not depend on it), so
-    that float64 rounding of a large mean does not enter a flat window's variance: there it is 0."""
-    windows = [gaussian_window(s, k) for k, s in zip(kernel_size, sigma)]
-    a, b = (np.asarray(v, dtype=np.float64) - level for v in (x, y))
-
-    def blur(v):
-        for i, w in enumerate(windows):
-            v = correlate_axis(v, 2 + i, w, "same")
-        return v
-
-    ma, mb = blur(a), blur(b)
-    vx, vy = np.maximum(blur(a * a) - ma * ma, 0.0), np.maximum(blur(b * b) - mb * mb, 0.0)
-    cov = blur(a * b) - ma * mb
-    mx, my = ma + level, mb + level
-    return (2 * mx * my) * (2 * cov) / ((mx * mx + my * my) * (vx + vy) + eps)
-
-
-FLAT_CASES = {
-    "half-0.7123": (flat_half, 0.7123, torch.float32),
-    "half-100": (flat_half, 100.3, torch.float32),
-    "half-1e-3": (flat_half, 1.37e-3, torch.float32),
-    "half-0.7123-float16": (flat_half, 0.7123, torch.float16),
-    "frame-0.7123": (flat_frame, 0.7123, torch.float32),
-    "frame-0.25": (flat_frame, 0.25, torch.float32),
-    "frame-0": (flat_frame, 0.0, torch.float32),
-}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -201,7 +131,7 @@ def test_gradient_with_flat_windows_is_the_exact_derivative(level, backend, monk
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_gradient_is_the_exact_derivative(padding, backend, monkeypatch):
     monkeypatch.setenv("SSIM_PATCH_BACKEND", backend)
-    x, y = _pair((2, 2, 20, 21), seed=3)
+    x, y = image_pair((2, 2, 20, 21), seed=3)
     kw = dict(kernel_size=(7, 5), sigma=(1.2, 0.9))
     eps = float(torch.finfo(torch.float64).eps)
     grads = []
@@ -231,7 +161,7 @@ def _reference_uqi(x, y, kernel_size, sigma, eps, padding, about=0.0):
 def test_valid_equals_upstream_for_square_windows():
     """Upstream's cropped map is exactly the valid windows when the window is square."""
     tm = importlib.import_module("torchmetrics.functional.image.uqi")
-    x, y = _pair((2, 3, 30, 28), seed=4)
+    x, y = image_pair((2, 3, 30, 28), seed=4)
     for k, s in ((11, 1.5), (7, 1.0)):
         upstream = tm._uqi_compute(x, y, (k, k), (s, s), "none")
         got = uqi(x, y, kernel_size=(k, k), sigma=(s, s), padding="valid", reduction="none")
@@ -249,13 +179,13 @@ def test_valid_equals_upstream_for_square_windows():
     ],
 )
 def test_bad_arguments_are_clear_errors(kw, message):
-    x, y = _pair((1, 1, 16, 16))
+    x, y = image_pair((1, 1, 16, 16))
     with pytest.raises(ValueError, match=message):
         uqi(x, y, **kw)
 
 
 def test_an_image_too_small_for_its_window():
-    x, y = _pair((1, 1, 5, 16))
+    x, y = image_pair((1, 1, 5, 16))
     with pytest.raises(ValueError, match=r"Axis 2 \(height\) has size 5, too short for reflect padding by 5"):
         uqi(x, y)
 
@@ -264,7 +194,7 @@ def test_transforms_and_compile():
     """UQI runs on the same engine: torch.func and torch.compile (dynamic) agree with eager."""
     from torch.func import grad, jacfwd, vmap
 
-    x, y = _pair((2, 1, 16, 17), seed=7)
+    x, y = image_pair((2, 1, 16, 17), seed=7)
     kw = dict(kernel_size=(5, 3), sigma=(1.0, 0.7))
 
     def loss(a):

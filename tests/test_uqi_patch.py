@@ -21,12 +21,12 @@ from typing import Any, Optional
 
 import pytest
 import torch
-from fresh_interpreter import assert_scenarios_pass
-from hook_bindings import hook_bindings
-from reference import uqi_reference
 
 import ssim_patch
 from ssim_patch import PatchError, _adapters, _patcher, _releases
+from tests.helpers.fresh_interpreter import assert_scenarios_pass
+from tests.helpers.hook_bindings import hook_bindings
+from tests.helpers.reference import uqi_reference
 
 U = importlib.import_module(_releases.UQI_MODULE)
 METRICS = importlib.import_module(_releases.UQI_METRIC_MODULE)

@@ -5,11 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import pathlib
-import sys
 
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -35,12 +32,5 @@ def release() -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _unpatched_around_each_test():
+def _unpatched_around_each_test(patch_reverted):
     """Each test starts unpatched; the state found before it (say, the plugin's) comes back after."""
-    import ssim_patch
-    from ssim_patch import _patcher
-
-    saved = _patcher._snapshot()
-    ssim_patch.revert()
-    yield
-    _patcher._restore(saved)

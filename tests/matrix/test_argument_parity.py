@@ -1,5 +1,5 @@
 """Under the installed torchmetrics release, side by side with the release unpatched: every argument
-form the releases let through their own code (tests/argument_forms.py) gives the corrected value
+form the releases let through their own code (tests/helpers/argument_forms.py) gives the corrected value
 patched (the float64 reference of the plain argument it means), never an error where the release
 gives none; a form the release rejects with one of its own checks gets exactly the release's error;
 and on a tie between the two ranges (``data_range=None``) the release and the patch both give L,
@@ -11,12 +11,12 @@ import importlib
 
 import numpy as np
 import pytest
-import reference_torch as ref
 import torch
-from argument_forms import F64, REJECTED, UQI_FORMS, call_with, expected, forms, uqi_expected
-from test_errors import OWN, assert_parity, both, side_by_side
 
 import ssim_patch
+from tests.helpers import reference_torch as ref
+from tests.helpers.argument_forms import F64, REJECTED, UQI_FORMS, call_with, expected, forms, uqi_expected
+from tests.helpers.parity import OWN, assert_parity, both, side_by_side
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
 METRICS = importlib.import_module("torchmetrics.image.ssim")

@@ -1,18 +1,18 @@
 """Under the installed torchmetrics release: SSIM as a loss. The gradient of the patched functional
 SSIM and Metric class is the exact derivative of the corrected formula (the float64 autograd
-reference in tests/reference_torch.py), on degenerate pairs too."""
+reference in tests/helpers/reference_torch.py), on degenerate pairs too."""
 
 from __future__ import annotations
 
 import importlib
 
 import pytest
-import reference_torch as ref
 import torch
-from test_gradients import PAIRS, _target, assert_gradient
 from torch.func import grad, jacfwd
 
 import ssim_patch
+from tests.helpers import reference_torch as ref
+from tests.helpers.gradients import PAIRS, assert_gradient, random_images
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
 METRICS = importlib.import_module("torchmetrics.image.ssim")
@@ -28,7 +28,7 @@ WINDOWS = {
 @pytest.mark.parametrize("pair", list(PAIRS))
 def test_functional_gradient_is_exact(pair, window, data_range):
     shape, kw = WINDOWS[window]
-    target = _target(shape)
+    target = random_images(shape)
     preds = PAIRS[pair](target)
     ssim_patch.apply()
     grads = []
@@ -48,7 +48,7 @@ def test_functional_gradient_is_exact(pair, window, data_range):
 def test_metric_forward_as_a_loss():
     """A Metric object's forward is a differentiable batch value (the per-batch SSIM)."""
     shape, kw = WINDOWS["gauss"]
-    target = _target(shape, seed=1)
+    target = random_images(shape, seed=1)
     preds = PAIRS["random"](target)
     ssim_patch.apply()
     metric = METRICS.StructuralSimilarityIndexMeasure(data_range=1.0, **kw).double()
@@ -65,7 +65,7 @@ def test_metric_forward_as_a_loss():
 @pytest.mark.parametrize("transform", ["grad", "jacfwd"])
 def test_functional_under_torch_func(transform):
     shape, kw = WINDOWS["gauss"]
-    target = _target(shape, seed=2)
+    target = random_images(shape, seed=2)
     preds = PAIRS["random"](target)
     ssim_patch.apply()
 

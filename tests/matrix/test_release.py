@@ -7,15 +7,15 @@ import importlib
 import subprocess
 import sys
 import textwrap
-from typing import Any, Callable
 
 import numpy as np
 import pytest
 import torch
-from fresh_interpreter import unpatched_environ
-from reference import ms_ssim_reference, ssim_reference, zeroed_border
 
 import ssim_patch
+from tests.helpers.fresh_interpreter import unpatched_environ
+from tests.helpers.reference import ms_ssim_reference, ssim_reference, zeroed_border
+from tests.helpers.upstream_bugs import assert_reproduces_unpatched_and_the_patch_fixes_it
 
 TOL = 1e-6
 F = importlib.import_module("torchmetrics.functional.image.ssim")
@@ -287,19 +287,6 @@ SYMPTOMS = {
     "small-input": _small_input,
     "half-precision": _half_precision,
 }
-
-
-def assert_reproduces_unpatched_and_the_patch_fixes_it(
-    release: dict[str, Any], bug: str, symptom: Callable[[], Any]
-) -> None:
-    """``symptom()`` shows exactly when the compat matrix lists ``bug`` for ``release``, and never
-    once the patch is applied."""
-    has_bug = bug in release["upstream_bugs"]
-    assert bool(symptom()) is has_bug, (
-        f"torchmetrics {release['version']}: {bug} {'does not reproduce' if has_bug else 'shows'} unpatched"
-    )
-    ssim_patch.apply()
-    assert not symptom(), f"{bug} still shows with the patch applied"
 
 
 @pytest.mark.parametrize("bug", list(SYMPTOMS))

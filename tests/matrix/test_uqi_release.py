@@ -19,14 +19,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 import torch
-from fresh_interpreter import unpatched_environ
-from reference import reduce, uqi_reference, zeroed_border
-from test_errors import UPSTREAM_IDS, UPSTREAM_INVALID, assert_parity, both, side_by_side
-from test_release import assert_reproduces_unpatched_and_the_patch_fixes_it
-from test_uqi import FLAT_CASES, flat_half, flat_windows, uqi_about
 
 import ssim_patch
 from ssim_patch import _releases
+from tests.helpers.flat_images import FLAT_CASES, flat_half, flat_windows, uqi_about
+from tests.helpers.fresh_interpreter import unpatched_environ
+from tests.helpers.parity import UPSTREAM_IDS, UPSTREAM_INVALID, assert_parity, both, side_by_side
+from tests.helpers.reference import reduce, uqi_reference, zeroed_border
+from tests.helpers.upstream_bugs import assert_reproduces_unpatched_and_the_patch_fixes_it
 
 TOL = 1e-10  # float64 all the way (the Metric's states too, with set_dtype)
 U = importlib.import_module("torchmetrics.functional.image.uqi")

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from reference import reduce, ssim_reference, uqi_reference
+
+from tests.helpers.reference import reduce, ssim_reference, uqi_reference
 
 T = torch.tensor
 F64 = torch.float64

@@ -78,7 +78,7 @@ def _dataloader() -> dict[str, Any]:
 
 
 def _subprocess() -> dict[str, Any]:
-    code = "import json, _children; print(json.dumps(_children.probe()))"
+    code = "import json; from tests.helpers import children; print(json.dumps(children.probe()))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result

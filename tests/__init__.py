@@ -1,0 +1,1 @@
+"""ssim-patch's tests: a package, so that both suites import ``tests.helpers`` by name."""

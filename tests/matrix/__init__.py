@@ -1,0 +1,1 @@
+"""The matrix suite: run under each pinned torchmetrics release (``ssim-patch matrix``)."""
