@@ -8,11 +8,9 @@ post-import hook of its own, in whatever order torchmetrics imports them. A hook
 signature does not match stops the whole patch: nothing is changed (or what its earlier modules
 got is put back).
 
-Where the hook function is bound is kept in an index (``_Bindings``): each loaded module is read
-once, and again only when it changes in a way that can add a binding (a new module object under
-its name, a new attribute, or it was still being imported when last read). So a no-op
-``apply()``, ``status()`` and ``patched()`` cost two fast passes over ``sys.modules``, not a read
-of every attribute of every module.
+Where the hook function is bound is kept in an index (``_bindings``, a ``_bindings.Bindings``
+over ``sys.modules``), so a no-op ``apply()``, ``status()`` and ``patched()`` do not read every
+attribute of every module.
 
 The state is exported to the environment that the start-up hook (``_startup``) reads, so child
 processes started afterwards (spawn, forkserver, subprocess) are patched the same way.
@@ -35,6 +33,7 @@ import wrapt
 from packaging.version import InvalidVersion, Version
 
 from ssim_patch import _redirect, _releases
+from ssim_patch._bindings import Bindings, is_hook_like, is_replacement
 from ssim_patch._options import check_padding as _check_padding
 
 #: Read by the start-up hook in every new Python process (see ``_startup``).
@@ -99,10 +98,6 @@ _known: dict[str, set[int]] = {}  # hook point (qualified name) -> ids of its or
 _classes: list[tuple[type, str]] = []  # (class, attribute) where a method was ever swapped
 _warned: set[str] = set()
 _release_seen: Optional[tuple[tuple[object, ...], Version]] = None
-#: The module-level hook functions, by (module, name); a method hook point is not bound in modules.
-_FUNCTION_HOOKS = (_releases.SSIM_COMPUTE, _releases.SSIM_UPDATE, _releases.UQI_COMPUTE)
-_HOOK_KEYS = frozenset((hook.module, hook.name) for hook in _FUNCTION_HOOKS)
-_HOOK_NAMES = frozenset(hook.name for hook in _FUNCTION_HOOKS)
 _MISSING = object()
 
 
@@ -134,18 +129,6 @@ def _release() -> Version:
         raise PatchError(f"torchmetrics reports an unreadable version {text!r}.") from None
     _release_seen = (key, version)
     return version
-
-
-def _is_replacement(obj: object) -> bool:
-    return type(obj) is types.FunctionType and "__ssim_patch__" in obj.__dict__
-
-
-def _is_hook_like(value: object) -> bool:
-    """A replacement, or a function of a torchmetrics module named like a hook point there."""
-    return type(value) is types.FunctionType and (
-        "__ssim_patch__" in value.__dict__
-        or (value.__qualname__ in _HOOK_NAMES and (value.__module__, value.__qualname__) in _HOOK_KEYS)
-    )
 
 
 def _belongs(value: object, hook: _releases.HookPoint) -> bool:
@@ -194,132 +177,16 @@ def _signature_problem(func: object, hook: _releases.HookPoint) -> Optional[str]
     return None
 
 
-def _namespace(module: object) -> Optional[dict[str, Any]]:
-    if not isinstance(module, types.ModuleType):
-        return None
-    try:
-        namespace = object.__getattribute__(module, "__dict__")
-    except Exception:
-        return None
-    return namespace if isinstance(namespace, dict) else None
-
-
-def _importing(namespace: dict[str, Any]) -> bool:
-    """The module is still executing (a later line may bind the hook function)."""
-    return bool(getattr(namespace.get("__spec__"), "_initializing", False))
-
-
-class _Bindings:
-    """Every module attribute that held a hook function when its module was last read.
-
-    A module is read again when, since the last read, its ``sys.modules`` entry changed, its
-    namespace gained or lost names, or it was still being imported. Callers check the current
-    value of each place before touching it. Not seen: a name that already held something else
-    being rebound to the hook function later (``importlib.reload`` rebinds the same names).
-    """
-
-    def __init__(self) -> None:
-        self._modules: dict[str, types.ModuleType] = {}  # a copy of sys.modules as last synced
-        self._names: list[str] = []  # the modules with a namespace, and in the same order:
-        self._namespaces: list[dict[str, Any]] = []
-        self._sizes: list[int] = []  # len(namespace) when last read (-1: never read)
-        self._importing: set[int] = set()  # modules still being imported when last read
-        self.places: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {}
-        self.originals: set[int] = set()  # ids of the originals (kept alive by _originals)
-
-    def _wanted(self, value: object) -> bool:
-        return _is_hook_like(value) or (type(value) is types.FunctionType and id(value) in self.originals)
-
-    def _read(self, i: int) -> None:
-        name, namespace = self._names[i], self._namespaces[i]
-        attrs = tuple(attr for attr, value in list(namespace.items()) if self._wanted(value))
-        if attrs:
-            self.places[name] = (namespace, attrs)
-        else:
-            self.places.pop(name, None)
-        if _importing(namespace):
-            self._importing.add(i)
-        else:
-            self._importing.discard(i)
-
-    def _sync(self) -> None:
-        """Follow imports, removals and replacements in ``sys.modules`` (read by refresh())."""
-        current = dict(sys.modules)
-        old = {
-            name: (namespace, size)
-            for name, namespace, size in zip(self._names, self._namespaces, self._sizes)
-        }
-        importing = {self._names[i] for i in self._importing}
-        self._modules = current
-        self._names, self._namespaces, self._sizes = [], [], []
-        for name, module in current.items():
-            namespace = _namespace(module)
-            if namespace is None:
-                continue
-            before = old.get(name)
-            # A new module, or another module object under this name, is read by refresh().
-            self._sizes.append(before[1] if before is not None and before[0] is namespace else -1)
-            self._names.append(name)
-            self._namespaces.append(namespace)
-        now = dict(zip(self._names, self._namespaces))
-        self.places = {name: place for name, place in self.places.items() if now.get(name) is place[0]}
-        self._importing = {i for i, name in enumerate(self._names) if name in importing}
-
-    def refresh(self) -> None:
-        """Bring the index up to date with the loaded modules."""
-        try:
-            synced = sys.modules == self._modules  # identity first: a module's __eq__ rarely runs
-        except Exception:
-            synced = False
-        if not synced:
-            self._sync()
-        sizes = list(map(len, self._namespaces))
-        changed = set(self._importing)
-        if sizes != self._sizes:
-            changed.update(i for i, (a, b) in enumerate(zip(sizes, self._sizes)) if a != b)
-            self._sizes = sizes
-        for i in sorted(changed):
-            self._read(i)
-
-    def read_all(self) -> None:
-        """Read every module again (an original that does not look like a hook function)."""
-        self.refresh()
-        for i in range(len(self._names)):
-            self._read(i)
-
-    def rebind(self, match: Callable[[object], bool], make: Callable[[Any], Any]) -> list[str]:
-        """Replace every indexed binding whose value matches; the places changed."""
-        changed = []
-        for name, (namespace, attrs) in self.places.items():
-            for attr in attrs:
-                value = namespace.get(attr)
-                if match(value):
-                    namespace[attr] = make(value)
-                    changed.append(f"{name}.{attr}")
-        return sorted(changed)
-
-    def bound(self, match: Callable[[object], bool]) -> tuple[str, ...]:
-        """``module.attribute`` of every indexed binding whose value matches, sorted."""
-        return tuple(
-            sorted(
-                f"{name}.{attr}"
-                for name, (namespace, attrs) in self.places.items()
-                for attr in attrs
-                if match(namespace.get(attr))
-            )
-        )
-
-
-_bindings = _Bindings()
+_bindings = Bindings()
 
 
 def _unpatch_all() -> None:
     """Put the original back wherever a replacement is bound (modules and classes)."""
     _bindings.refresh()
-    _bindings.rebind(_is_replacement, lambda value: value.__wrapped__)
+    _bindings.rebind(is_replacement, lambda value: value.__wrapped__)
     for owner, attr in _classes:
         value: Any = owner.__dict__.get(attr)
-        if _is_replacement(value):
+        if is_replacement(value):
             setattr(owner, attr, value.__wrapped__)
     _redirect.restore_all()
 
@@ -338,7 +205,7 @@ def _swap(options: _Options, hooks: list[_releases.HookPoint]) -> bool:
     found = []
     for hook in hooks:
         owner, current = _locate(hook)
-        original = current.__wrapped__ if _is_replacement(current) else current
+        original = current.__wrapped__ if is_replacement(current) else current
         problem = _signature_problem(original, hook)
         if problem is None and "." in hook.name and not _redirect.can_redirect(original):
             problem = f"{hook.qualified} is not a plain function without a closure"
@@ -364,7 +231,7 @@ def _swap(options: _Options, hooks: list[_releases.HookPoint]) -> bool:
             _originals.append(original)
             known.add(id(original))
             _bindings.originals.add(id(original))
-            if not _is_hook_like(original):
+            if not is_hook_like(original):
                 _bindings.read_all()  # its other bindings cannot be told by name: look at everything
         _bindings.refresh()
         # Every binding of any original of this hook point (a reloaded module leaves older ones
@@ -385,7 +252,7 @@ def _holds(hooks: tuple[_releases.HookPoint, ...]) -> bool:
         if hook.module not in sys.modules:
             if hook.module not in _registered:
                 return False
-        elif hook.qualified not in _done or not _is_replacement(_locate(hook)[1]):
+        elif hook.qualified not in _done or not is_replacement(_locate(hook)[1]):
             return False
     return True
 
@@ -399,7 +266,7 @@ def _lost() -> bool:
         return True
     for hook in _done.values():
         value = _locate(hook)[1]
-        if value is _MISSING or (_belongs(value, hook) and not _is_replacement(value)):
+        if value is _MISSING or (_belongs(value, hook) and not is_replacement(value)):
             return True
     return False
 
@@ -424,7 +291,7 @@ def _on_import(module: types.ModuleType) -> None:
         ok = False
         try:
             hooks = [hook for hook in _releases.hook_points(_release()) if hook.module == name]
-            done = all(hook.qualified in _done and _is_replacement(_locate(hook)[1]) for hook in hooks)
+            done = all(hook.qualified in _done and is_replacement(_locate(hook)[1]) for hook in hooks)
             ok = done or _swap(wanted, hooks)
             if ok:
                 _done.update((hook.qualified, hook) for hook in hooks)
@@ -553,8 +420,8 @@ def _places(hook: _releases.HookPoint) -> tuple[str, ...]:
     """``module.attribute`` of every binding of a replacement of ``hook`` (``module.Class.method``
     for a method), sorted."""
     if "." in hook.name:
-        return (hook.qualified,) if _is_replacement(_locate(hook)[1]) else ()
-    return _bindings.bound(lambda value: _is_replacement(value) and _belongs(value, hook))
+        return (hook.qualified,) if is_replacement(_locate(hook)[1]) else ()
+    return _bindings.bound(lambda value: is_replacement(value) and _belongs(value, hook))
 
 
 def _report(refresh: bool) -> PatchReport:
