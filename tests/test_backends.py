@@ -220,7 +220,7 @@ def test_no_fake_tensor_warning_from_the_cpu_backend(monkeypatch):
     ],
 )
 def test_status_check_and_header_report_the_backend(value, backend, line, monkeypatch):
-    from ssim_patch import cli, pytest_plugin
+    from ssim_patch import _selfcheck, pytest_plugin
 
     monkeypatch.setenv(backends.ENV, value)
     report = ssim_patch.status()
@@ -230,8 +230,10 @@ def test_status_check_and_header_report_the_backend(value, backend, line, monkey
         assert picks["cpu"] == "cpu" and picks["cuda"] in ("triton", "conv")
     elif backend == "conv":
         assert report.backend_for == (("cpu", "conv"), ("cuda", "conv"))
-    text = cli.render(
-        cli.Report("0", torchmetrics="1.9.0", backend=report.backend, backend_for=dict(report.backend_for))
+    text = _selfcheck.render(
+        _selfcheck.Report(
+            "0", torchmetrics="1.9.0", backend=report.backend, backend_for=dict(report.backend_for)
+        )
     )
     assert f"\nbackend: {line}" in text
     header = pytest_plugin._describe(report)

@@ -15,7 +15,7 @@ import pytest
 from packaging.version import Version
 
 import ssim_patch
-from ssim_patch import UntestedReleaseWarning, _patcher, cli
+from ssim_patch import UntestedReleaseWarning, _patcher, _selfcheck, cli
 from tests.helpers.fresh_interpreter import unpatched_environ
 
 KEYS = {
@@ -94,7 +94,7 @@ def _uqi_checks(report: dict) -> dict[tuple[str, str], dict]:
 def test_check_uqi_examples(monkeypatch, capsys, padding):
     """The UQI examples: their documented corrected values, the release's own values unpatched
     (the border cropped away, the pads swapped, NaN for a 1x1 window) and the reference."""
-    monkeypatch.setattr(cli, "_examples", cli._uqi_examples)  # the SSIM ones are tested above
+    monkeypatch.setattr(_selfcheck, "_examples", _selfcheck._uqi_examples)  # the SSIM ones are tested above
     assert cli.main(["check", "--json", "--padding", padding]) == 0
     checks = _uqi_checks(json.loads(capsys.readouterr().out))
     name = "UQI zeroed border, 2x3x40x36"
@@ -102,10 +102,10 @@ def test_check_uqi_examples(monkeypatch, capsys, padding):
     one_tap = name + ", kernel_size=(1, 1)"
     assert len(checks) == 5
     expected = {
-        (name, "universal_image_quality_index"): cli.UQI_ZEROED_BORDER[padding],
-        (name, "UniversalImageQualityIndex"): cli.UQI_ZEROED_BORDER[padding],
-        (aniso, "universal_image_quality_index"): cli.UQI_ANISOTROPIC[padding],
-        (aniso, "UniversalImageQualityIndex"): cli.UQI_ANISOTROPIC[padding],
+        (name, "universal_image_quality_index"): _selfcheck.UQI_ZEROED_BORDER[padding],
+        (name, "UniversalImageQualityIndex"): _selfcheck.UQI_ZEROED_BORDER[padding],
+        (aniso, "universal_image_quality_index"): _selfcheck.UQI_ANISOTROPIC[padding],
+        (aniso, "UniversalImageQualityIndex"): _selfcheck.UQI_ANISOTROPIC[padding],
         (one_tap, "universal_image_quality_index"): 0.0,
     }
     assert set(checks) == set(expected)
@@ -117,7 +117,7 @@ def test_check_uqi_examples(monkeypatch, capsys, padding):
     # ...the pads of a non-square window swapped: neither padding's value...
     unpatched = checks[(aniso, "universal_image_quality_index")]["unpatched"]
     assert abs(unpatched - 0.93597) < 1e-5
-    assert min(abs(unpatched - v) for v in cli.UQI_ANISOTROPIC.values()) > 0.05
+    assert min(abs(unpatched - v) for v in _selfcheck.UQI_ANISOTROPIC.values()) > 0.05
     # ...and NaN for a 1x1 window.
     assert checks[(one_tap, "universal_image_quality_index")]["unpatched"] is None or math.isnan(
         checks[(one_tap, "universal_image_quality_index")]["unpatched"]
@@ -131,9 +131,12 @@ def test_check_uqi_documented_values_are_the_reference():
 
     from tests.helpers.reference import uqi_reference
 
-    preds, target = cli._uqi_example()
+    preds, target = _selfcheck._uqi_example()
     p, t = preds.double(), target.double()
-    for window, table in (({}, cli.UQI_ZEROED_BORDER), (cli.UQI_ANISOTROPIC_WINDOW, cli.UQI_ANISOTROPIC)):
+    for window, table in (
+        ({}, _selfcheck.UQI_ZEROED_BORDER),
+        (_selfcheck.UQI_ANISOTROPIC_WINDOW, _selfcheck.UQI_ANISOTROPIC),
+    ):
         for padding, value in table.items():
             kw = {"kernel_size": (11, 11), "sigma": (1.5, 1.5), **window}
             ref = uqi_reference(
@@ -155,7 +158,7 @@ def test_console_script_is_installed():
 def test_check_text_shows_the_digits_in_which_patched_and_reference_agree():
     """float32 against float64: 0.8947744 and 0.8947758 agree to 1.4e-6, but rounded to 5 decimals
     they would read 0.89477 and 0.89478. The text shows 7 decimals and the difference."""
-    check = cli.Check(
+    check = _selfcheck.Check(
         "UQI zeroed border",
         "universal_image_quality_index",
         unpatched=0.99969,
@@ -164,8 +167,8 @@ def test_check_text_shows_the_digits_in_which_patched_and_reference_agree():
         abs_error=0.89477576 - 0.89477444,
         ok=True,
     )
-    report = cli.Report(ssim_patch="0", torchmetrics="1.9.0", supported=True, checks=[check])
-    lines = cli.render(report).splitlines()
+    report = _selfcheck.Report(ssim_patch="0", torchmetrics="1.9.0", supported=True, checks=[check])
+    lines = _selfcheck.render(report).splitlines()
     header = next(line for line in lines if line.startswith("UQI zeroed border"))
     assert header.split()[-5:] == ["unpatched", "patched", "reference", "|diff|", "ok"]
     row = next(line for line in lines if "universal_image_quality_index" in line)
@@ -214,8 +217,8 @@ def test_unsupported_release_fails_with_one_line(monkeypatch, capsys, as_json):
 def test_an_untested_newer_release_is_a_line_of_the_report(monkeypatch, capsys, as_json):
     """UntestedReleaseWarning: a line under the release (text) and an entry of "warnings" (JSON),
     not a Python warning on stderr."""
-    examples = cli._examples
-    monkeypatch.setattr(cli, "_examples", lambda padding: examples(padding)[:1])
+    examples = _selfcheck._examples
+    monkeypatch.setattr(_selfcheck, "_examples", lambda padding: examples(padding)[:1])
     monkeypatch.setattr(_patcher, "_release", lambda: Version("1.10.0"))
     monkeypatch.setattr(_patcher, "_warned", set())  # the patcher warns once per release and process
     before = _patcher._snapshot()
@@ -258,9 +261,9 @@ def test_missing_torchmetrics_fails_with_one_line(monkeypatch, capsys):
 
 
 def test_a_check_that_does_not_verify_fails(monkeypatch, capsys):
-    examples = cli._examples
-    monkeypatch.setattr(cli, "_examples", lambda padding: examples(padding)[:1])
-    monkeypatch.setattr(cli, "TOLERANCE", -1.0)
+    examples = _selfcheck._examples
+    monkeypatch.setattr(_selfcheck, "_examples", lambda padding: examples(padding)[:1])
+    monkeypatch.setattr(_selfcheck, "TOLERANCE", -1.0)
     assert cli.main(["check", "--json"]) == 1
     out, err = capsys.readouterr()
     report = json.loads(out)

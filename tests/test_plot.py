@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ssim_patch
-from ssim_patch import _patcher, _plot, cli
+from ssim_patch import _patcher, _plot, _selfcheck, cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -23,7 +23,7 @@ CROPPED_CONTRAST = "cs-crop" in ssim_patch.status().upstream_bugs
 def maps() -> _plot.BorderMaps:
     """The figure ``check --plot`` draws on the installed release."""
     before = _patcher._snapshot()
-    maps = _plot.border_maps(*cli._border_example())
+    maps = _plot.border_maps(*_selfcheck._border_example())
     assert _patcher._snapshot() == before
     return maps
 
@@ -31,14 +31,16 @@ def maps() -> _plot.BorderMaps:
 @pytest.fixture(scope="module")
 def ssim_maps(maps) -> _plot.BorderMaps:
     """The SSIM maps, whatever the release."""
-    return maps if maps.quantity == "ssim" else _plot.border_maps(*cli._border_example(), quantity="ssim")
+    return (
+        maps if maps.quantity == "ssim" else _plot.border_maps(*_selfcheck._border_example(), quantity="ssim")
+    )
 
 
 @pytest.fixture
 def one_example(monkeypatch):
     """Only the first built-in example in the check: test_cli checks them all."""
-    examples = cli._examples
-    monkeypatch.setattr(cli, "_examples", lambda padding: examples(padding)[:1])
+    examples = _selfcheck._examples
+    monkeypatch.setattr(_selfcheck, "_examples", lambda padding: examples(padding)[:1])
 
 
 def _png(path) -> bytes:
@@ -62,7 +64,7 @@ def test_check_plot_writes_a_png(tmp_path, capsys, one_example):
 
 def test_check_json_plot_keeps_stdout_json(tmp_path, capsys, monkeypatch, maps):
     pytest.importorskip("matplotlib")
-    report = cli.Report(ssim_patch=ssim_patch.__version__, supported=True, ok=True)
+    report = _selfcheck.Report(ssim_patch=ssim_patch.__version__, supported=True, ok=True)
     monkeypatch.setattr(cli, "run_check", lambda padding: report)
     monkeypatch.setattr(_plot, "border_maps", lambda *args, **kwargs: maps)
     path = tmp_path / "border.png"
@@ -100,8 +102,8 @@ def test_an_unwritable_path_fails_with_one_line(tmp_path, monkeypatch, maps):
     pytest.importorskip("matplotlib")
     monkeypatch.setattr(_plot, "border_maps", lambda *args, **kwargs: maps)
     path = tmp_path / "missing-dir" / "border.png"
-    report = cli.Report(ssim_patch=ssim_patch.__version__, supported=True)
-    error = cli._draw_plot(str(path), "same", report)
+    report = _selfcheck.Report(ssim_patch=ssim_patch.__version__, supported=True)
+    error = _selfcheck.draw_plot(str(path), "same", report)
     assert error is not None and error.startswith(f"cannot draw {path}: FileNotFoundError")
     assert "\n" not in error
 
@@ -120,7 +122,7 @@ def test_ssim_maps_show_what_each_score_counts(ssim_maps):
     assert maps.unpatched.counted(maps.image) == ((5, 251) if CROPPED_SSIM else (0, 256))
     assert abs(maps.unpatched.score - (0.99996 if CROPPED_SSIM else 0.98349)) < 1e-5
     assert maps.patched.crop == 0 and maps.patched.counted(maps.image) == (0, 256)
-    assert abs(maps.patched.score - cli.ZEROED_BORDER_SAME) < 1e-5
+    assert abs(maps.patched.score - _selfcheck.ZEROED_BORDER_SAME) < 1e-5
     assert maps.ssim == (maps.unpatched.score, maps.patched.score)
     # The map torchmetrics returns unpatched is uncropped: only its score leaves the frame out.
     assert maps.same_map is not None and maps.same_map < 1e-4
@@ -142,8 +144,8 @@ def test_contrast_maps_show_what_each_value_counts(maps):
     assert abs(maps.patched.score - 0.98433) < 1e-5
     # SSIM itself is right upstream on these releases; MS-SSIM is not (README's table).
     assert (
-        abs(maps.ssim[0] - cli.ZEROED_BORDER_SAME) < 1e-5
-        and abs(maps.ssim[1] - cli.ZEROED_BORDER_SAME) < 1e-5
+        abs(maps.ssim[0] - _selfcheck.ZEROED_BORDER_SAME) < 1e-5
+        and abs(maps.ssim[1] - _selfcheck.ZEROED_BORDER_SAME) < 1e-5
     )
     assert maps.ms_ssim is not None
     assert abs(maps.ms_ssim[0] - 0.97675) < 1e-5 and abs(maps.ms_ssim[1] - 0.93447) < 1e-5
@@ -159,7 +161,7 @@ def test_contrast_maps_show_what_each_value_counts(maps):
 
 def test_contrast_map_is_what_the_patched_contrast_term_averages():
     """The map drawn is the patch's: its mean per image is the patched contrast term."""
-    preds, target = cli._border_example()
+    preds, target = _selfcheck._border_example()
     with ssim_patch.patched():
         _, cs = ssim_patch.ssim(preds, target, return_contrast_sensitivity=True, reduction="none")
     drawn = _plot.contrast_map(preds, target)
