@@ -103,9 +103,8 @@ def _make_kornia() -> Contender:
         return Contender("kornia", None, contextlib.nullcontext, missing=f"kornia not importable ({exc})")
 
     def run(x: Tensor, y: Tensor) -> Tensor:
-        if x.ndim == 5:
-            return km.ssim3d(x, y, 11, max_val=1.0).mean()
-        return km.ssim(x, y, 11, max_val=1.0).mean()
+        out: Tensor = (km.ssim3d if x.ndim == 5 else km.ssim)(x, y, 11, max_val=1.0)
+        return out.mean()
 
     return Contender("kornia", run, contextlib.nullcontext, supports_3d=hasattr(km, "ssim3d"))
 

@@ -98,14 +98,14 @@ def written_tensors(
     return mutated + fresh
 
 
-class DispatchCounter(TorchDispatchMode):
+class DispatchCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's __init_subclass__
     """A dispatch mode that runs every op as usual and records it in :attr:`counts`.
 
     Autograd's backward ops are counted too when ``backward()`` runs inside the mode.
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.counts = OpCounts()
 
     def __torch_dispatch__(

@@ -42,7 +42,8 @@ def count_call(contender: Contender, case: Case) -> OpCounts:
         call_once(contender.fn, x, y, case.mode)
         with DispatchCounter() as counter:
             call_once(contender.fn, x, y, case.mode)
-    return counter.counts
+    counts: OpCounts = counter.counts
+    return counts
 
 
 def count_cases(shapes: Sequence[Shape] = COUNT_SHAPES, modes: Sequence[str] = MODES) -> list[CountRow]:
