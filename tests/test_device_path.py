@@ -13,7 +13,6 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import ssim_patch
-from ssim_patch import _patcher
 from ssim_patch.backends import conv
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
@@ -88,16 +87,8 @@ def _calls(device, data_range):
     )
 
 
-@pytest.fixture
-def patched():
-    saved = _patcher._snapshot()
-    ssim_patch.apply()
-    yield
-    _patcher._restore(saved)
-
-
 @pytest.mark.parametrize("data_range", [None, 1.0, (0.0, 1.0), "tensor"])
-def test_no_value_is_read_on_meta_tensors(data_range, patched):
+def test_no_value_is_read_on_meta_tensors(data_range, patch_applied):
     """Meta tensors have no values: any host read (item, bool, tolist) raises."""
     for call in _calls("meta", data_range):
         loss = call()
@@ -107,7 +98,7 @@ def test_no_value_is_read_on_meta_tensors(data_range, patched):
 
 @pytest.mark.parametrize("backend", ["cpu", "conv", "traced"])
 @pytest.mark.parametrize("data_range", [None, 1.0, (0.0, 1.0), "tensor"])
-def test_no_value_is_read_under_fake_tensor_mode(data_range, backend, patched, monkeypatch):
+def test_no_value_is_read_under_fake_tensor_mode(data_range, backend, patch_applied, monkeypatch):
     monkeypatch.setenv("SSIM_PATCH_BACKEND", backend)
     with FakeTensorMode():
         for call in _calls("cpu", data_range):
@@ -117,7 +108,7 @@ def test_no_value_is_read_under_fake_tensor_mode(data_range, backend, patched, m
 @pytest.mark.skipif(
     not torch.backends.cuda.is_built(), reason="fake CUDA convolutions need a CUDA build of torch"
 )
-def test_fake_cuda_tensors_take_the_conv_backend_without_a_read(patched, monkeypatch):
+def test_fake_cuda_tensors_take_the_conv_backend_without_a_read(patch_applied, monkeypatch):
     """Fake CUDA tensors (no GPU needed): the conv backend and its TF32 guard."""
     monkeypatch.setenv("SSIM_PATCH_BACKEND", "conv")
     with FakeTensorMode():

@@ -17,7 +17,6 @@ from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
 from torch.utils.checkpoint import checkpoint
 
 import ssim_patch
-from ssim_patch import _patcher
 from ssim_patch.backends import _op, cpu
 from ssim_patch.backends._protocol import Plan
 from ssim_patch.backends.traced import similarity as traced_similarity
@@ -51,12 +50,7 @@ def _per_image(api: str, kw: dict):
     return fn
 
 
-@pytest.fixture(autouse=True)
-def _patched():
-    saved = _patcher._snapshot()
-    ssim_patch.apply()
-    yield
-    _patcher._restore(saved)
+pytestmark = pytest.mark.usefixtures("patch_applied")
 
 
 def _eager_jacobian(v, x):
