@@ -41,7 +41,9 @@ def test_relative_links_resolve(page: Path) -> None:
         path, _, anchor = link.partition("#")
         target = (page.parent / path).resolve() if path else page
         if not target.exists():
-            broken.append(f"{link} (no file {target.relative_to(ROOT) if ROOT in target.parents else target})")
+            broken.append(
+                f"{link} (no file {target.relative_to(ROOT) if ROOT in target.parents else target})"
+            )
         elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
             broken.append(f"{link} (no heading with anchor #{anchor} in {target.name})")
     assert not broken, f"{page.relative_to(ROOT)} has broken links: {broken}"
