@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -334,7 +335,6 @@ TRITON_CHILD = textwrap.dedent(
     """
     import json, sys, warnings
     warnings.simplefilter("ignore")
-    sys.path.insert(0, "tests")
     import torch
     from tests.helpers import reference_torch as ref
     import ssim_patch
@@ -369,7 +369,12 @@ def test_triton_backend_through_the_op_in_the_interpreter():
     env = unpatched_environ()
     env.update(TRITON_INTERPRET="1", SSIM_PATCH_BACKEND="triton")
     out = subprocess.run(
-        [sys.executable, "-c", TRITON_CHILD], capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, "-c", TRITON_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -19,11 +19,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 @pytest.fixture(scope="module")
 def model() -> Any:
-    sys.path.insert(0, str(SCRIPT.parent.parent))
-    try:
-        from benchmarks import gpu_model
-    finally:
-        sys.path.pop(0)
+    from benchmarks import gpu_model
+
     return gpu_model
 
 
