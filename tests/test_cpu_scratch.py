@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 
 import ssim_patch
 from ssim_patch import _filters, backends
-from ssim_patch.backends import cpu
+from ssim_patch.backends import _workspace, cpu
 from ssim_patch.backends._protocol import Needs, Plan, constants
 
 
@@ -173,7 +173,7 @@ def test_windows_and_shapes_in_turn_give_the_numbers_of_a_fresh_workspace():
     inputs = [(_pair(shape, seed=p), plans[p]) for shape, p in calls]
     expected = []
     for (x, y), plan in inputs:
-        cpu._IDLE.free = None  # a workspace of its own
+        _workspace._IDLE.free = None  # a workspace of its own
         expected.append(_step(x, y, plan))
     for ((x, y), plan), want, call in zip(inputs, expected, calls):  # one workspace, in turn
         got = _step(x, y, plan)
@@ -192,9 +192,9 @@ def test_inference_mode_and_training_calls_in_turn(monkeypatch):
         (grad,) = torch.autograd.grad(value, a)
         return value.detach(), grad
 
-    cpu._IDLE.free = None
+    _workspace._IDLE.free = None
     expected = train()
-    cpu._IDLE.free = None  # the scratch is made under inference mode first
+    _workspace._IDLE.free = None  # the scratch is made under inference mode first
     with torch.inference_mode():
         evaluated = ssim_patch.ssim(x, y, data_range=1.0)
     for _ in range(2):
