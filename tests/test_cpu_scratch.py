@@ -202,3 +202,19 @@ def test_inference_mode_and_training_calls_in_turn(monkeypatch):
         with torch.inference_mode():
             assert torch.equal(ssim_patch.ssim(x, y, data_range=1.0), evaluated)
     assert torch.equal(evaluated, expected[0])
+
+
+def test_a_dtype_after_another_gives_the_numbers_of_a_fresh_workspace():
+    """float64 calls then float32 calls of one window and shape (and back): each call equals one on
+    a workspace of its own. The backward's plan was once kept by window and shape alone, and a
+    float32 backward after a float64 one spread its gradient in the float64 scratch."""
+    plan = _plan()
+    pairs = {dtype: _pair((2, 3, 40, 40), dtype) for dtype in (torch.float32, torch.float64)}
+    expected = {}
+    for dtype, (x, y) in pairs.items():
+        _workspace._IDLE.free = None  # a workspace of its own
+        expected[dtype] = _step(x, y, plan)
+    for dtype in (torch.float64, torch.float32, torch.float64, torch.float32):
+        got = _step(*pairs[dtype], plan)
+        assert all(a.dtype == dtype for a in got), dtype
+        assert all(torch.equal(a, b) for a, b in zip(got, expected[dtype])), dtype

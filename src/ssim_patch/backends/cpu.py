@@ -106,8 +106,18 @@ class BandBlur:
 
     def adjoint(self, g: Tensor, slot: str = "") -> Tensor:
         """``W^T g`` for whole planes ``(..., *out)``: a view of a buffer ``(..., *spatial)`` that
-        stays valid until the next call with the same ``slot``."""
-        key = ("adjoint", self.blur, self.spatial, slot, tuple(g.shape), torch.is_inference_mode_enabled())
+        stays valid until the next call with the same ``slot``. The plan is kept by everything
+        its buffers were taken for: window, shape, dtype, device and inference mode."""
+        key = (
+            "adjoint",
+            self.blur,
+            self.spatial,
+            slot,
+            tuple(g.shape),
+            g.dtype,
+            g.device,
+            torch.is_inference_mode_enabled(),
+        )
         plan: Optional[tuple[list[_Pass], list[_Fold], Tensor]] = self.work.plans.get(key)
         if plan is None:
             nd = len(self.blur.taps)
