@@ -18,7 +18,7 @@ from call to call: a call allocates only what it returns and keeps for the backw
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
@@ -26,9 +26,12 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
 from ssim_patch import _filters, _formula
-from ssim_patch.backends import _algebra
+from ssim_patch.backends import _algebra, _pool
 from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 from ssim_patch.backends._workspace import Workspace, workspace
+
+#: Tensor types the library's workers may compute on (others keep their handling in the caller's thread).
+_PLAIN = (Tensor, torch.nn.Parameter)
 
 #: The work is cut into pieces of about this many samples (whole planes, or bands of rows of one
 #: plane), so that the moment maps and their filtered copies stay in cache.
@@ -184,73 +187,83 @@ class CpuBackend:
     def forward(
         self, x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs]
     ) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
-        with workspace() as work:
-            n, channels, *spatial = x.shape
-            planes, nd = n * channels, len(spatial)
-            xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
-            shift = _algebra.sd_shift(xp[None], yp[None])[:, 0]  # (2, P, 1, ..)
-            out = plan.blur.out_size(tuple(spatial))
-            dims = tuple(range(1, nd + 1))
-            sums = x.new_zeros(planes)
-            cs_sums = x.new_zeros(planes) if plan.output == "cs" else None
-            full = x.new_empty((planes, *out)) if plan.output == "map" else None
-            adjoints = keep is not None and plan.output == "ssim"
-            kept: dict[str, Tensor] = {}
-            if keep is not None and adjoints:
-                rows = _algebra.adjoint_rows(keep)
-                kept = {"adjoints": x.new_empty((rows, planes, *out)), "c_sums": x.new_zeros((2, planes))}
-                unit = _algebra.unit_gradient((n, channels, *out), x)
-            elif keep is not None:
-                # One tensor each, under glibc's largest mmap threshold: reused from call to call.
-                kept = {"mu": x.new_empty((2, planes, *out)), "contrast": x.new_empty((2, planes, *out))}
-            band = BandBlur(plan.blur, tuple(spatial), work)
-            for p0, p1, bands in _pieces(planes, spatial, out[0]):
-                sh = shift[:, p0:p1]
-                for r0, r1 in bands:
-                    if len(bands) == 1:
-                        xb = _filters.reflect_pad(xp[p0:p1], plan.blur.pads)
-                        yb = _filters.reflect_pad(yp[p0:p1], plan.blur.pads)
-                    else:
-                        rows_in = band.rows(r0, r1)
-                        xb = band.pad_rest(xp[p0:p1].index_select(1, rows_in))
-                        yb = band.pad_rest(yp[p0:p1].index_select(1, rows_in))
-                    stack = work.take("stack", (4, *xb.shape), xb)
-                    sd, squares = stack.tensor_split(2)
-                    torch.add(xb, yb, out=stack[0])
-                    torch.sub(xb, yb, out=stack[1])
-                    torch.mul(sd.sub_(sh), sd, out=squares)
-                    t = _formula.terms(band.filter(stack), sh, k, buffers=work.formula)
-                    made = _formula.similarity_map(t, k, work.formula)
-                    maps = made.s
-                    sums[p0:p1] += maps.sum(dims)
-                    if cs_sums is not None:
-                        cs_sums[p0:p1] += _formula.contrast(t, work.formula).sum(dims)
-                    if full is not None:
-                        full[p0:p1, r0:r1] = maps
-                    if keep is not None and adjoints:
-                        into = kept["adjoints"][:, p0:p1, r0:r1]
-                        adj = _formula.adjoints(
-                            t, sh, k, unit, None, keep.x, keep.y, made, into, work.formula
-                        )
-                        if keep.c1 or keep.c2:
-                            kept["c_sums"][0, p0:p1] += adj.g_c1.sum(dims)
-                            kept["c_sums"][1, p0:p1] += adj.g_c2.sum(dims)
-                    elif keep is not None:
-                        kept["mu"][:, p0:p1, r0:r1] = t.mu
-                        kept["contrast"][0, p0:p1, r0:r1] = t.c_num
-                        kept["contrast"][1, p0:p1, r0:r1] = t.c_den
-            size = math.prod(out) * channels
-            per_image = sums.view(n, channels).sum(1) / size
-            extra: Optional[Tensor] = None
+        n, channels, *spatial_list = x.shape
+        spatial = tuple(spatial_list)
+        planes, nd = n * channels, len(spatial)
+        xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
+        shift = _algebra.sd_shift(xp[None], yp[None])[:, 0]  # (2, P, 1, ..)
+        out = plan.blur.out_size(spatial)
+        dims = tuple(range(1, nd + 1))
+        pieces = _pieces(planes, spatial, out[0])
+        bands = len(pieces[0][2])
+        # Each piece's sums go to a row of its band; the rows are added in band order after
+        # (the numbers of adding them as the bands come, in one thread).
+        sums = x.new_zeros((bands, planes))
+        cs_sums = x.new_zeros((bands, planes)) if plan.output == "cs" else None
+        full = x.new_empty((planes, *out)) if plan.output == "map" else None
+        adjoints = keep is not None and plan.output == "ssim"
+        kept: dict[str, Tensor] = {}
+        unit: Optional[Tensor] = None
+        c_sums: Optional[Tensor] = None
+        if keep is not None and adjoints:
+            rows = _algebra.adjoint_rows(keep)
+            kept = {"adjoints": x.new_empty((rows, planes, *out))}
+            c_sums = x.new_zeros((bands, 2, planes))
+            unit = _algebra.unit_gradient((n, channels, *out), x)
+        elif keep is not None:
+            # One tensor each, under glibc's largest mmap threshold: reused from call to call.
+            kept = {"mu": x.new_empty((2, planes, *out)), "contrast": x.new_empty((2, planes, *out))}
+
+        def piece(work: Workspace, p0: int, p1: int, b: int, r0: int, r1: int) -> None:
+            band = BandBlur(plan.blur, spatial, work)
+            sh = shift[:, p0:p1]
+            if bands == 1:
+                xb = _filters.reflect_pad(xp[p0:p1], plan.blur.pads)
+                yb = _filters.reflect_pad(yp[p0:p1], plan.blur.pads)
+            else:
+                rows_in = band.rows(r0, r1)
+                xb = band.pad_rest(xp[p0:p1].index_select(1, rows_in))
+                yb = band.pad_rest(yp[p0:p1].index_select(1, rows_in))
+            stack = work.take("stack", (4, *xb.shape), xb)
+            sd, squares = stack.tensor_split(2)
+            torch.add(xb, yb, out=stack[0])
+            torch.sub(xb, yb, out=stack[1])
+            torch.mul(sd.sub_(sh), sd, out=squares)
+            t = _formula.terms(band.filter(stack), sh, k, buffers=work.formula)
+            made = _formula.similarity_map(t, k, work.formula)
+            maps = made.s
+            torch.sum(maps, dims, out=sums[b, p0:p1])
+            if cs_sums is not None:
+                torch.sum(_formula.contrast(t, work.formula), dims, out=cs_sums[b, p0:p1])
             if full is not None:
-                extra = full.view(n, channels, *out)
-            elif cs_sums is not None:
-                extra = cs_sums.view(n, channels).sum(1) / size
-            if keep is None:
-                return per_image, extra, None
-            images = {name: t.view(t.shape[0], n, channels, *t.shape[2:]) for name, t in kept.items()}
-            held = _algebra.TermsKept(shift.view(2, n, channels, *[1] * nd), **images)
-            return per_image, extra, held.tensors(plan)
+                full[p0:p1, r0:r1] = maps
+            if keep is not None and adjoints:
+                into = kept["adjoints"][:, p0:p1, r0:r1]
+                adj = _formula.adjoints(t, sh, k, unit, None, keep.x, keep.y, made, into, work.formula)
+                if c_sums is not None and (keep.c1 or keep.c2):
+                    torch.sum(adj.g_c1, dims, out=c_sums[b, 0, p0:p1])
+                    torch.sum(adj.g_c2, dims, out=c_sums[b, 1, p0:p1])
+            elif keep is not None:
+                kept["mu"][:, p0:p1, r0:r1] = t.mu
+                kept["contrast"][0, p0:p1, r0:r1] = t.c_num
+                kept["contrast"][1, p0:p1, r0:r1] = t.c_den
+
+        tasks = [(p0, p1, b, r0, r1) for p0, p1, rows in pieces for b, (r0, r1) in enumerate(rows)]
+        _run(piece, tasks, x)
+        size = math.prod(out) * channels
+        per_image = _in_order(sums).view(n, channels).sum(1) / size
+        extra: Optional[Tensor] = None
+        if full is not None:
+            extra = full.view(n, channels, *out)
+        elif cs_sums is not None:
+            extra = _in_order(cs_sums).view(n, channels).sum(1) / size
+        if keep is None:
+            return per_image, extra, None
+        if c_sums is not None:
+            kept["c_sums"] = _in_order(c_sums)
+        images = {name: t.view(t.shape[0], n, channels, *t.shape[2:]) for name, t in kept.items()}
+        held = _algebra.TermsKept(shift.view(2, n, channels, *[1] * nd), **images)
+        return per_image, extra, held.tensors(plan)
 
     def kept_like(self, x: Tensor, plan: Plan, keep: Needs) -> Kept:
         return _algebra.TermsKept.like(x, plan, keep)
@@ -267,69 +280,104 @@ class CpuBackend:
         needs: Needs,
     ) -> Grads:
         """Plane by plane: ``W^T`` in reused buffers, recombined straight into the gradients."""
-        with workspace() as work:
-            held = _algebra.TermsKept.of(plan, kept)
-            up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
-            n, channels, *spatial_list = x.shape
-            spatial = tuple(spatial_list)
-            planes, nd = n * channels, len(spatial)
-            out = plan.blur.out_size(spatial)
-            xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
-            gx = x.new_empty((planes, *spatial)) if needs.x else None
-            gy = x.new_empty((planes, *spatial)) if needs.y else None
-            band = BandBlur(plan.blur, spatial, work)
+        held = _algebra.TermsKept.of(plan, kept)
+        up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
+        n, channels, *spatial_list = x.shape
+        spatial = tuple(spatial_list)
+        planes, nd = n * channels, len(spatial)
+        out = plan.blur.out_size(spatial)
+        xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
+        gx = x.new_empty((planes, *spatial)) if needs.x else None
+        gy = x.new_empty((planes, *spatial)) if needs.y else None
 
-            def planar(g: Optional[Tensor]) -> Optional[Tensor]:
-                return (
-                    None if g is None else g.expand(n, channels, *g.shape[2:]).reshape(planes, *g.shape[2:])
-                )
+        def planar(g: Optional[Tensor]) -> Optional[Tensor]:
+            return None if g is None else g.expand(n, channels, *g.shape[2:]).reshape(planes, *g.shape[2:])
 
-            shift = held.shift.reshape(2, planes, *[1] * nd)
-            own = _algebra.own_shifts(shift)  # a_x, a_y per plane
-            scale_p = planar(up.scale)
+        shift = held.shift.reshape(2, planes, *[1] * nd)
+        own = _algebra.own_shifts(shift)  # a_x, a_y per plane
+        scale_p = planar(up.scale)
+        per = max(1, _CHUNK // max(1, math.prod(out)))
+        starts = range(0, planes, per)
+        c_parts: Optional[Tensor] = None
+        c_sums: Optional[Tensor] = None
+        if held.adjoints is not None:
+            adj_p = held.adjoints.reshape(held.adjoints.shape[0], planes, *out)
+            c_sums = up.c_sums
+        else:
+            grad_map_p, grad_cs_p = planar(up.grad_map), planar(up.grad_cs)
+            terms = held.terms
+            mu = terms.mu.reshape(2, planes, *out)
+            c_num, c_den = (v.reshape(planes, *out) for v in (terms.c_num, terms.c_den))
+            c_parts = x.new_zeros((len(starts), 2))
+
+        def piece(work: Workspace, i: int, p0: int) -> None:
+            p1 = min(p0 + per, planes)
+            sh = shift[:, p0:p1]
             if held.adjoints is not None:
-                adj_p = held.adjoints.reshape(held.adjoints.shape[0], planes, *out)
-                c_sums = up.c_sums
+                stacked = adj_p[:, p0:p1]
             else:
-                grad_map_p, grad_cs_p = planar(up.grad_map), planar(up.grad_cs)
-                terms = held.terms
-                mu = terms.mu.reshape(2, planes, *out)
-                c_num, c_den = (v.reshape(planes, *out) for v in (terms.c_num, terms.c_den))
-                c_sums = x.new_zeros(2)
-            assert c_sums is not None
-            per = max(1, _CHUNK // max(1, math.prod(out)))
-            for p0 in range(0, planes, per):
-                p1 = min(p0 + per, planes)
-                sh = shift[:, p0:p1]
-                if held.adjoints is not None:
-                    stacked = adj_p[:, p0:p1]
-                else:
-                    t = _formula.Terms(mu[:, p0:p1], c_num[p0:p1], c_den[p0:p1])
-                    grad_map_c = None if grad_map_p is None else grad_map_p[p0:p1]
-                    grad_cs_c = None if grad_cs_p is None else grad_cs_p[p0:p1]
-                    stacked = work.take("adjoint stack", (_algebra.adjoint_rows(needs), p1 - p0, *out), x)
-                    adj = _formula.adjoints(
-                        t, sh, k, grad_map_c, grad_cs_c, needs.x, needs.y, None, stacked, work.formula
-                    )
-                    c_sums += torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
-                if needs.x or needs.y:
-                    targets = (None if gx is None else gx[p0:p1], None if gy is None else gy[p0:p1])
-                    back = _algebra.unstack(band.adjoint(stacked), needs.x, needs.y)
-                    xs, ys = (
-                        torch.sub(v[p0:p1], a[p0:p1], out=work.take(f"centred {i}", tuple(v[p0:p1].shape), v))
-                        for i, (v, a) in enumerate(((xp, own[0]), (yp, own[1])))
-                    )
-                    _algebra.combine(back, xs, ys, targets, in_place=True)
-                    if scale_p is not None:
-                        for g in targets:
-                            if g is not None:
-                                g.mul_(scale_p[p0:p1])
-            return (
-                None if gx is None else gx.view(x.shape),
-                None if gy is None else gy.view(y.shape),
-                c_sums[0] if needs.c1 else None,
-                c_sums[1] if needs.c2 else None,
-            )
+                assert c_parts is not None
+                t = _formula.Terms(mu[:, p0:p1], c_num[p0:p1], c_den[p0:p1])
+                grad_map_c = None if grad_map_p is None else grad_map_p[p0:p1]
+                grad_cs_c = None if grad_cs_p is None else grad_cs_p[p0:p1]
+                stacked = work.take("adjoint stack", (_algebra.adjoint_rows(needs), p1 - p0, *out), x)
+                adj = _formula.adjoints(
+                    t, sh, k, grad_map_c, grad_cs_c, needs.x, needs.y, None, stacked, work.formula
+                )
+                c_parts[i, 0] = adj.g_c1.sum()
+                c_parts[i, 1] = adj.g_c2.sum()
+            if needs.x or needs.y:
+                targets = (None if gx is None else gx[p0:p1], None if gy is None else gy[p0:p1])
+                back = _algebra.unstack(BandBlur(plan.blur, spatial, work).adjoint(stacked), needs.x, needs.y)
+                xs, ys = (
+                    torch.sub(v[p0:p1], a[p0:p1], out=work.take(f"centred {j}", tuple(v[p0:p1].shape), v))
+                    for j, (v, a) in enumerate(((xp, own[0]), (yp, own[1])))
+                )
+                _algebra.combine(back, xs, ys, targets, in_place=True)
+                if scale_p is not None:
+                    for g in targets:
+                        if g is not None:
+                            g.mul_(scale_p[p0:p1])
+
+        _run(piece, list(enumerate(starts)), x)
+        if c_parts is not None:
+            c_sums = _in_order(c_parts)
+        assert c_sums is not None
+        return (
+            None if gx is None else gx.view(x.shape),
+            None if gy is None else gy.view(y.shape),
+            c_sums[0] if needs.c1 else None,
+            c_sums[1] if needs.c2 else None,
+        )
+
+
+def _in_order(parts: Tensor) -> Tensor:
+    """``parts[0] + parts[1] + ...``, added in that order (as one thread adding them as they come)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+def _run(piece: Callable[..., None], tasks: Sequence[tuple[int, ...]], x: Tensor) -> None:
+    """``piece(work, *task)`` for every task: on the library's workers (:mod:`._pool`) where the
+    call has several pieces and its caller several threads, each in the worker's own workspace;
+    else here, in order, in this thread's."""
+    count = 0 if is_fake(x) or type(x) not in _PLAIN else _pool.width(len(tasks))
+    if count:
+
+        def run_one(task: tuple[int, ...]) -> Callable[[], None]:
+            def go() -> None:
+                with workspace() as work:
+                    piece(work, *task)
+
+            return go
+
+        _pool.run([run_one(task) for task in tasks], count)
+        return
+    with workspace() as work:
+        for task in tasks:
+            piece(work, *task)
 
 
 BACKEND: Backend = CpuBackend()  # mypy checks it against the protocol
