@@ -126,7 +126,8 @@ class _Pool:
             batch = self.tokens.get()
             ran = 0
             try:
-                with torch.no_grad(), torch.inference_mode(batch.inference):
+                # no_grad inside: inference_mode(False) turns grad mode on
+                with torch.inference_mode(batch.inference), torch.no_grad():
                     task = batch.claim()
                     while task is not None:
                         task()

@@ -1,0 +1,142 @@
+"""The cpu backend's pieces on the library's own workers (``backends/_pool.py``): the numbers and
+gradients of the float64 reference, the caller's modes carried over, errors handed back, nothing
+of the caller's state changed.
+
+The test session runs torch with one thread (conftest.py), where a call runs its pieces itself;
+each test here gives torch two threads, so that calls of several pieces go to the workers, and
+makes the pieces small (``cpu._CHUNK``), so that small images are cut into several.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import reference_torch as ref
+import torch
+
+from ssim_patch import _formula, backends, ssim
+from ssim_patch.backends import _pool, cpu
+
+REL = 1e-8  # float64, relative to the largest entry of the reference gradient
+
+#: Pieces of about this many samples here (the backend's are 64 Ki).
+CHUNK = 600
+#: Calls of several pieces: whole planes (6), bands of rows (3 per plane), bands of a 3-D volume (2).
+SHAPES = {
+    "planes": (2, 3, 24, 24),
+    "bands": (1, 2, 40, 36),
+    "3d": (1, 2, 10, 12, 12),
+}
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    monkeypatch.setenv(backends.ENV, "cpu")
+    monkeypatch.setattr(cpu, "_CHUNK", CHUNK)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _pair(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    return x, 0.7 * x + 0.3 * torch.rand(shape, generator=g, dtype=torch.float64)
+
+
+def _with_grads(fn, x, y, *extra):
+    leaves = [t.clone().requires_grad_() for t in (x, y, *extra)]
+    out = fn(*leaves)
+    values = out if isinstance(out, tuple) else (out,)
+    weights = torch.arange(1.0, values[0].shape[0] + 1, dtype=torch.float64)
+    total = (values[0] * weights).sum() + sum(v.sum() for v in values[1:])
+    return [v.detach() for v in values], torch.autograd.grad(total, leaves)
+
+
+def _assert_close(got, expected):
+    scale = float(expected.abs().max())
+    assert float((got - expected).abs().max()) <= REL * scale + 1e-13
+
+
+def _pieces_went_to_the_workers(monkeypatch):
+    """Counts the calls of ``_pool.run`` from here on."""
+    runs = []
+    real = _pool.run
+
+    def counted(tasks, count):
+        runs.append((len(tasks), count))
+        real(tasks, count)
+
+    monkeypatch.setattr(_pool, "run", counted)
+    return runs
+
+
+@pytest.mark.parametrize("output", ["ssim", "map", "cs"])
+@pytest.mark.parametrize("kind", list(SHAPES))
+def test_pieces_on_the_workers_give_the_reference(kind, output, two_threads, monkeypatch):
+    runs = _pieces_went_to_the_workers(monkeypatch)
+    x, y = _pair(SHAPES[kind])
+    data_range = torch.tensor(1.0, dtype=torch.float64)  # its gradient: the c1, c2 sums
+    kw = {"return_full_image": output == "map", "return_contrast_sensitivity": output == "cs"}
+
+    def patched(a, b, r):
+        return ssim(a, b, data_range=r, reduction="none", **kw)
+
+    def reference(a, b, r):
+        per_image, maps, cs = ref.ssim(a, b, data_range=r)
+        return per_image if output == "ssim" else (per_image, maps if output == "map" else cs)
+
+    values, grads = _with_grads(patched, x, y, data_range)
+    want_values, want_grads = _with_grads(reference, x, y, data_range)
+    for got, want in zip(values, want_values):
+        _assert_close(got, want)
+    for got, want in zip(grads, want_grads):
+        _assert_close(got, want)
+    assert len(runs) == 2 and all(tasks > 1 and count == 2 for tasks, count in runs), runs
+
+
+def test_workers_give_the_numbers_of_the_caller(two_threads):
+    """The same pieces run by the caller (one thread) and by the workers: equal gradients, per-image
+    values within the rounding of a sum's order."""
+    x, y = _pair(SHAPES["bands"], seed=3)
+    values, grads = _with_grads(lambda a, b: ssim(a, b, data_range=1.0, reduction="none"), x, y)
+    torch.set_num_threads(1)
+    alone, alone_grads = _with_grads(lambda a, b: ssim(a, b, data_range=1.0, reduction="none"), x, y)
+    torch.testing.assert_close(values[0], alone[0], rtol=1e-15, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(grads, alone_grads))
+
+
+def test_inference_mode_is_carried_to_the_workers(two_threads, monkeypatch):
+    runs = _pieces_went_to_the_workers(monkeypatch)
+    x, y = _pair(SHAPES["planes"], seed=1)
+    with torch.inference_mode():
+        evaluated = ssim(x, y, data_range=1.0, reduction="none")
+    assert evaluated.is_inference()
+    torch.testing.assert_close(evaluated, ssim(x, y, data_range=1.0, reduction="none"), rtol=0, atol=0)
+    assert len(runs) == 2
+
+
+def test_an_error_in_a_piece_is_raised_in_the_caller(two_threads, monkeypatch):
+    x, y = _pair(SHAPES["planes"], seed=2)
+    real = _formula.similarity_map
+
+    def broken(*args, **kwargs):
+        raise ValueError("a piece failed")
+
+    monkeypatch.setattr(cpu._formula, "similarity_map", broken)
+    with pytest.raises(ValueError, match="a piece failed"):
+        ssim(x, y, data_range=1.0)
+    monkeypatch.setattr(cpu._formula, "similarity_map", real)
+    torch.testing.assert_close(ssim(x, y, data_range=1.0), ref.ssim(x, y, data_range=1.0)[0].mean())
+
+
+def test_the_callers_threads_and_environment_are_left_as_they_were(two_threads):
+    environ = dict(os.environ)
+    x, y = _pair(SHAPES["planes"])
+    ssim(x.requires_grad_(), y, data_range=1.0).backward()
+    assert torch.get_num_threads() == 2
+    assert dict(os.environ) == environ
