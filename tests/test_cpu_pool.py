@@ -10,6 +10,9 @@ makes the pieces small (``cpu._CHUNK``), so that small images are cut into sever
 from __future__ import annotations
 
 import os
+import signal
+import time
+import warnings
 
 import pytest
 import reference_torch as ref
@@ -140,3 +143,31 @@ def test_the_callers_threads_and_environment_are_left_as_they_were(two_threads):
     ssim(x.requires_grad_(), y, data_range=1.0).backward()
     assert torch.get_num_threads() == 2
     assert dict(os.environ) == environ
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
+def test_a_forked_child_gets_a_pool_of_its_own(two_threads):
+    """A DataLoader worker is a fork of a process whose pool has threads the child lacks: the
+    child's calls start workers of their own instead of waiting for its parent's."""
+    x, y = _pair(SHAPES["planes"])
+    expected = float(ssim(x, y, data_range=1.0))  # the parent's workers are started
+    assert _pool._POOL.workers >= 2
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12: fork() of a threaded process
+        pid = os.fork()
+    if pid == 0:  # the child: report the value, never return into pytest
+        try:
+            os.write(write, repr(float(ssim(x, y, data_range=1.0))).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 120
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's call did not return in 120 s")
+        time.sleep(0.05)
+    with os.fdopen(read) as pipe:
+        assert float(pipe.read()) == expected
