@@ -11,6 +11,12 @@ for the map and cs outputs it keeps the terms. The backward goes plane by plane:
 stacked adjoint maps in reused buffers (the reflect pads folded back by ``index_add_``),
 recombined straight into the gradient (``_algebra.combine``).
 
+The pieces are the unit of parallel work: where the caller has several torch threads and a call
+several pieces, the library's own workers (:mod:`ssim_patch.backends._pool`) take them one at a
+time and run their ops single-threaded, so that a call waits at one barrier instead of one per
+op; else the caller runs them in order. Each piece adds nothing to shared results: its sums go to
+rows that are added in band order after, the order one thread would add them in.
+
 The reused buffers are each thread's workspace (:mod:`ssim_patch.backends._workspace`), kept
 from call to call: a call allocates only what it returns and keeps for the backward.
 """
