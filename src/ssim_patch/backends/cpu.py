@@ -197,11 +197,15 @@ class CpuBackend:
         spatial = tuple(spatial_list)
         planes, nd = n * channels, len(spatial)
         xp, yp = x.reshape(planes, *spatial), y.reshape(planes, *spatial)
-        shift = _algebra.sd_shift(xp[None], yp[None])[:, 0]  # (2, P, 1, ..)
         out = plan.blur.out_size(spatial)
         dims = tuple(range(1, nd + 1))
         pieces = _pieces(planes, spatial, out[0])
         bands = len(pieces[0][2])
+        # The shifts (2, P, 1, ..): a piece of whole planes takes its own (no op of the caller's
+        # opens a parallel region before the pieces run); bands of a plane share the plane's.
+        shift = (
+            _algebra.sd_shift(xp[None], yp[None])[:, 0] if bands > 1 else x.new_empty((2, planes, *[1] * nd))
+        )
         # Each piece's sums go to a row of its band; the rows are added in band order after
         # (the numbers of adding them as the bands come, in one thread).
         sums = x.new_zeros((bands, planes))
@@ -224,6 +228,7 @@ class CpuBackend:
             band = BandBlur(plan.blur, spatial, work)
             sh = shift[:, p0:p1]
             if bands == 1:
+                sh.copy_(_algebra.sd_shift(xp[None, p0:p1], yp[None, p0:p1])[:, 0])
                 xb = _filters.reflect_pad(xp[p0:p1], plan.blur.pads)
                 yb = _filters.reflect_pad(yp[p0:p1], plan.blur.pads)
             else:
