@@ -152,12 +152,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset)
 
 
-def width(tasks: int) -> int:
+def width(tasks: int, alone: bool = False) -> int:
     """How many workers a call of ``tasks`` pieces runs on: ``min(tasks, torch.get_num_threads())``
-    of the caller, or 0 where the caller runs them itself (one piece or one thread; a dispatch or
-    function mode active, whose handling is the caller thread's own; no single-threaded workers)."""
-    count = min(tasks, torch.get_num_threads())
-    if count < 2 or _get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled():
+    of the caller, or 0 where the caller runs them itself: one thread; one piece, unless ``alone``
+    (a piece too large to run with no parallel region in it but on a worker); a dispatch or function
+    mode active, whose handling is the caller thread's own; no single-threaded workers."""
+    threads = torch.get_num_threads()
+    count = min(tasks, threads)
+    if threads < 2 or (count < 2 and not alone):
+        return 0
+    if _get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled():
         return 0
     return count if _POOL.grow(count) else 0
 

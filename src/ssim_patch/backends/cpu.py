@@ -201,11 +201,18 @@ class CpuBackend:
         dims = tuple(range(1, nd + 1))
         pieces = _pieces(planes, spatial, out[0])
         bands = len(pieces[0][2])
-        # The shifts (2, P, 1, ..): a piece of whole planes takes its own (no op of the caller's
-        # opens a parallel region before the pieces run); bands of a plane share the plane's.
-        shift = (
-            _algebra.sd_shift(xp[None], yp[None])[:, 0] if bands > 1 else x.new_empty((2, planes, *[1] * nd))
-        )
+        # The shifts (2, P, 1, ..), taken where the pieces run (no op of the caller's opens a
+        # parallel region): a piece of whole planes takes its own; bands of a plane share the
+        # plane's, taken first, a plane a task.
+        shift = x.new_empty((2, planes, *[1] * nd))
+        large = planes * math.prod(spatial) >= _CHUNK  # worth a worker alone
+        if bands > 1:
+
+            def plane_shift(work: Workspace, p: int) -> None:
+                del work
+                shift[:, p : p + 1].copy_(_algebra.sd_shift(xp[None, p : p + 1], yp[None, p : p + 1])[:, 0])
+
+            _run(plane_shift, [(p,) for p in range(planes)], x, alone=large)
         # Each piece's sums go to a row of its band; the rows are added in band order after
         # (the numbers of adding them as the bands come, in one thread).
         sums = x.new_zeros((bands, planes))
@@ -260,7 +267,7 @@ class CpuBackend:
                 kept["contrast"][1, p0:p1, r0:r1] = t.c_den
 
         tasks = [(p0, p1, b, r0, r1) for p0, p1, rows in pieces for b, (r0, r1) in enumerate(rows)]
-        _run(piece, tasks, x)
+        _run(piece, tasks, x, alone=large)
         size = math.prod(out) * channels
         per_image = _in_order(sums).view(n, channels).sum(1) / size
         extra: Optional[Tensor] = None
@@ -350,7 +357,7 @@ class CpuBackend:
                         if g is not None:
                             g.mul_(scale_p[p0:p1])
 
-        _run(piece, list(enumerate(starts)), x)
+        _run(piece, list(enumerate(starts)), x, alone=planes * math.prod(spatial) >= _CHUNK)
         if c_parts is not None:
             c_sums = _in_order(c_parts)
         assert c_sums is not None
@@ -370,11 +377,13 @@ def _in_order(parts: Tensor) -> Tensor:
     return total
 
 
-def _run(piece: Callable[..., None], tasks: Sequence[tuple[int, ...]], x: Tensor) -> None:
+def _run(
+    piece: Callable[..., None], tasks: Sequence[tuple[int, ...]], x: Tensor, alone: bool = False
+) -> None:
     """``piece(work, *task)`` for every task: on the library's workers (:mod:`._pool`) where the
-    call has several pieces and its caller several threads, each in the worker's own workspace;
-    else here, in order, in this thread's."""
-    count = 0 if is_fake(x) or type(x) not in _PLAIN else _pool.width(len(tasks))
+    call has several pieces (or ``alone``: one too large to run here) and its caller several
+    threads, each in the worker's own workspace; else here, in order, in this thread's."""
+    count = 0 if is_fake(x) or type(x) not in _PLAIN else _pool.width(len(tasks), alone)
     if count:
 
         def run_one(task: tuple[int, ...]) -> Callable[[], None]:
