@@ -79,6 +79,14 @@ def shape_text(shape: Sequence[int]) -> str:
     return "x".join(map(str, shape))
 
 
+def parse_shape(text: str) -> Shape:
+    """``"8x3x256x256"`` as a shape of four sizes."""
+    sizes = tuple(int(v) for v in text.lower().split("x"))
+    if len(sizes) != 4 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected NxCxHxW, got {text!r}")
+    return sizes
+
+
 # --- OpenCV's recipe ----------------------------------------------------------------------------
 
 
@@ -339,13 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--unpatched-all", action="store_true", help="time unpatched torchmetrics at every shape"
     )
+    parser.add_argument(
+        "--shape",
+        action="append",
+        type=parse_shape,
+        help="an NxCxHxW shape to time instead of the default four (repeatable)",
+    )
     parser.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    shapes = QUICK_SHAPES if args.quick else SHAPES
+    shapes = tuple(args.shape) if args.shape else QUICK_SHAPES if args.quick else SHAPES
     rounds = 2 if args.quick else args.rounds
     default = torch.get_num_threads()
     counts = sorted({default, 1}, reverse=True)
