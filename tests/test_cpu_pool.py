@@ -15,11 +15,11 @@ import time
 import warnings
 
 import pytest
-import reference_torch as ref
 import torch
 
 from ssim_patch import _formula, backends, ssim
 from ssim_patch.backends import _pool, cpu
+from tests.helpers import reference_torch as ref
 
 REL = 1e-8  # float64, relative to the largest entry of the reference gradient
 
