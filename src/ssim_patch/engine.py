@@ -15,11 +15,11 @@ from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
 from ssim_patch import _filters
 from ssim_patch._options import check_padding as _check_padding
 from ssim_patch._options import check_reduction as _check_reduction
+from ssim_patch._torch_features import is_fake
 from ssim_patch.backends import _op
 from ssim_patch.backends._protocol import Output, Plan
 

@@ -28,14 +28,14 @@ import torch
 from torch import Tensor
 
 from ssim_patch import backends
+from ssim_patch._torch_features import is_compiling
 from ssim_patch.backends import _custom_op, traced
 from ssim_patch.backends._protocol import Backend, Needs, Plan, Scalar, cast, constants
 
 
 def tracing() -> bool:
     """True while torch.compile traces, a torch.func transform is active or forward AD is on."""
-    compiling = getattr(torch.compiler, "is_compiling", None)
-    if (compiling is not None and compiling()) or transforms_active():
+    if is_compiling() or transforms_active():
         return True
     level: int = getattr(torch.autograd.forward_ad, "_current_level", -1)
     return level >= 0

@@ -30,6 +30,11 @@ _PLANS = 64
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
+
+def _nbytes(buf: Tensor) -> int:
+    """``buf.nbytes`` (which torch 2.0 lacks)."""
+    return buf.numel() * buf.element_size()
+
 class Workspace:
     """Scratch buffers by name, reused for every request that fits (by dtype, device, tensor
     type and inference mode: a fake tensor, from shape inference, gets fake ones)."""
@@ -49,10 +54,10 @@ class Workspace:
         self._taken.add(key)
         buf = self._buffers.get(key)
         if buf is None or buf.numel() < size:
-            self._nbytes -= 0 if buf is None else buf.nbytes
+            self._nbytes -= 0 if buf is None else _nbytes(buf)
             self.plans.clear()
             buf = like.new_empty(size)
-            self._nbytes += buf.nbytes
+            self._nbytes += _nbytes(buf)
             self._buffers[key] = buf
         return buf[:size].view(shape)
 
@@ -83,7 +88,7 @@ class Workspace:
 
     def _keep_only(self, wanted: Callable[[_Key], bool]) -> None:
         self._buffers = {key: buf for key, buf in self._buffers.items() if wanted(key)}
-        self._nbytes = sum(buf.nbytes for buf in self._buffers.values())
+        self._nbytes = sum(_nbytes(buf) for buf in self._buffers.values())
         self.plans.clear()
 
 

@@ -20,9 +20,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch._guards import detect_fake_mode
 
 from ssim_patch import _filters, _formula
+from ssim_patch._torch_features import fake_mode_active
 from ssim_patch.backends import _algebra
 from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 
@@ -43,7 +43,7 @@ def _kernels(taps: tuple[tuple[float, ...], ...]) -> list[Tensor]:
 def _conv_weights(taps: tuple[tuple[float, ...], ...], like: Tensor) -> tuple[Tensor, ...]:
     """The passes' kernels in ``like``'s dtype, on its device. Under a fake-tensor mode (export,
     shape inference) they are made fake and not kept."""
-    fake = detect_fake_mode() is not None
+    fake = fake_mode_active(like)
     key = (taps, like.dtype, like.device)
     if not fake and key in _WEIGHTS:
         return _WEIGHTS[key]

@@ -29,9 +29,9 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
 from ssim_patch import _filters, _formula
+from ssim_patch._torch_features import is_fake
 from ssim_patch.backends import _algebra, _pool
 from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 from ssim_patch.backends._workspace import Workspace, workspace

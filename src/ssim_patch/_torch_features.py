@@ -1,0 +1,55 @@
+"""What the installed torch offers, found once by feature detection (never by catching an error):
+the few torch internals the engine reads that moved between torch 2.0 and the newest.
+
+- :func:`is_compiling`: ``torch.compiler.is_compiling`` (torch 2.3 on); before, the
+  ``torch._utils.is_compiling`` that dynamo of torch 2.0-2.2 folds to True while it traces.
+- :func:`is_fake`: ``torch._subclasses.fake_tensor.is_fake`` (2.1 on); on 2.0 an instance check.
+- :func:`fake_mode_active`: ``torch._guards.detect_fake_mode`` (2.1 on); on 2.0 a look at the
+  dispatch-mode stack.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch._guards
+import torch._subclasses.fake_tensor as _fake
+import torch.utils._python_dispatch as _dispatch
+from torch import Tensor
+
+
+def _compiling_probe() -> Callable[[], bool]:
+    compiler = getattr(torch, "compiler", None)  # torch 2.0 has no torch.compiler
+    probe: Any = getattr(compiler, "is_compiling", None)
+    if probe is None:
+        probe = torch._utils.is_compiling  # dynamo's constant_functions: True while it traces
+    return probe  # type: ignore[no-any-return]
+
+
+#: True while torch.compile (dynamo) traces; dynamo of every torch reads it as a constant.
+is_compiling: Callable[[], bool] = _compiling_probe()
+
+
+def _fake_probe() -> Callable[[object], bool]:
+    probe: Any = getattr(_fake, "is_fake", None)
+    if probe is None:  # torch 2.0
+
+        def probe(value: object) -> bool:
+            return isinstance(value, _fake.FakeTensor)
+
+    return probe  # type: ignore[no-any-return]
+
+
+#: True for a fake tensor (shape inference: it has no storage to read).
+is_fake: Callable[[object], bool] = _fake_probe()
+
+_detect_fake_mode: Any = getattr(torch._guards, "detect_fake_mode", None)
+
+
+def fake_mode_active(like: Tensor) -> bool:
+    """True under a fake-tensor mode (export, shape inference), or when ``like`` is fake."""
+    if _detect_fake_mode is not None:
+        return _detect_fake_mode() is not None
+    stack = _dispatch._get_current_dispatch_mode_stack()  # torch 2.0
+    return is_fake(like) or any(isinstance(mode, _fake.FakeTensorMode) for mode in stack)
