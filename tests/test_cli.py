@@ -17,6 +17,7 @@ from packaging.version import Version
 import ssim_patch
 from ssim_patch import UntestedReleaseWarning, _patcher, _selfcheck, cli
 from tests.helpers.fresh_interpreter import unpatched_environ
+from tests.helpers.routes import expected_route
 
 KEYS = {
     "ssim_patch",
@@ -33,6 +34,8 @@ KEYS = {
     "uqi_places",
     "backend",
     "backend_for",
+    "route",
+    "route_why",
     "checks",
     "verified",
     "ok",
@@ -67,6 +70,7 @@ def test_python_m_ssim_patch_check_json():
     assert report["ok"] and report["verified"] and report["applied"] and report["error"] is None
     assert report["torchmetrics"] == str(_patcher._release())
     assert report["backend"] == "auto" and report["backend_for"]["cpu"] == "cpu"  # SSIM_PATCH_* unset
+    assert (report["route"], report["route_why"]) == expected_route()
     assert report["supported"] and report["hook"].startswith("torchmetrics.functional.image.ssim._ssim_")
     assert {b["id"] for b in report["upstream_bugs"]} == set(ssim_patch.status().upstream_bugs)
     assert all(b["description"] for b in report["upstream_bugs"])
@@ -190,6 +194,8 @@ def test_check_text_valid_padding_and_state_restored(capsys):
     assert "hook point: torchmetrics.functional.image.ssim._ssim_" in out
     assert "UQI hook points: torchmetrics.functional.image.uqi._uqi_compute" in out
     assert "patch: applied, padding='valid'" in out
+    name, why = expected_route()
+    assert f"route: {name} ({why})" in out
     assert "unpatched" in out and "reference" in out
     assert out.rstrip().splitlines()[-1].startswith("OK: torchmetrics")
     for bug in ssim_patch.status().upstream_bugs:

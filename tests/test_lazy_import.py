@@ -59,6 +59,8 @@ CASES = {
             ssim_patch.status()
         ssim_patch.revert()
         assert not ssim_patch.status().pending
+        assert (ssim_patch.status().route, ssim_patch.status().route_why) == (
+            "undecided", "torch is not imported yet")
         """,
     "the pytest plugin module": "import ssim_patch.pytest_plugin",
     "the start-up module": "from ssim_patch import _startup; _startup.install({'SSIM_PATCH_AUTO': '1'})",

@@ -20,6 +20,7 @@ import ssim_patch
 from ssim_patch import _patcher, _releases, backends
 from ssim_patch.pytest_plugin import Settings, _resolve
 from tests.helpers.reference import ssim_reference, zeroed_border
+from tests.helpers.routes import expected_route
 
 pytest_plugins = ["pytester"]
 
@@ -161,9 +162,21 @@ def test_auto_apply_in_fresh_processes(pytester: pytest.Pytester, isolated: None
     result.stdout.fnmatch_lines(
         [
             f"ssim-patch: on (torchmetrics {report.release}, tested; hooks {_names(report)}; padding same, "
-            f"applied when torchmetrics is imported; backend {backends.summary(report.backend, report.backend_for)})"
+            f"applied when torchmetrics is imported; backend {backends.summary(report.backend, report.backend_for)}; "
+            "route undecided (torch is not imported yet))"  # this suite has no conftest importing torch
         ]
     )
+
+
+def test_header_reports_the_route_once_torch_is_imported(pytester: pytest.Pytester, isolated: None) -> None:
+    """A conftest that imports torch: the header says which route a call takes, and why."""
+    pytester.makeconftest("import torch\n")
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    name, why = expected_route()
+    header = next(line for line in result.stdout.lines if line.startswith("ssim-patch: on ("))
+    assert header.endswith(f"; route {name} ({why}))"), header
 
 
 @pytest.mark.ssim_unpatched
@@ -183,7 +196,7 @@ def test_ini_padding_and_header_then_the_previous_options_are_restored(pytester,
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "ssim-patch: on (torchmetrics *, tested; hooks _ssim_*, _uqi_compute*; padding valid; backend auto (*))"
+            "ssim-patch: on (torchmetrics *, tested; hooks _ssim_*, _uqi_compute*; padding valid; backend auto (*); route *)"
         ]
     )
     report = ssim_patch.status()

@@ -64,7 +64,9 @@ class PatchReport:
     SSIM function; ``uqi_places``: those that hold the corrected UQI (and, from torchmetrics 1.2.1,
     ``torchmetrics.image.uqi.UniversalImageQualityIndex.update``). ``backend``: the engine's backend
     ``SSIM_PATCH_BACKEND`` asks for ("auto" unless forced); ``backend_for``: what a call on CPU and
-    on CUDA uses, as ``(("cpu", name), ("cuda", name))`` (see ``ssim_patch.backends``).
+    on CUDA uses, as ``(("cpu", name), ("cuda", name))`` (see ``ssim_patch.backends``). ``route``:
+    how a call reaches the backend, "custom op" or "autograd.Function" ("undecided" until torch is
+    imported), and ``route_why`` why (``ssim_patch.backends.route``).
     """
 
     applied: bool
@@ -81,6 +83,8 @@ class PatchReport:
     uqi_places: tuple[str, ...] = ()
     backend: str = "auto"
     backend_for: tuple[tuple[str, str], ...] = ()
+    route: str = "undecided"
+    route_why: str = "torch is not imported yet"
 
 
 @dataclass
@@ -437,6 +441,7 @@ def _report(refresh: bool) -> PatchReport:
     from ssim_patch import backends  # torch-free: reads SSIM_PATCH_BACKEND
 
     backend, backend_for = backends.describe()
+    route, route_why = backends.route()
     return PatchReport(
         applied=applied,
         pending=_options is not None and any(hook.qualified not in _done for hook in hooks),
@@ -452,6 +457,8 @@ def _report(refresh: bool) -> PatchReport:
         uqi_places=tuple(sorted(p for hook in hooks[1:] for p in _places(hook))) if applied else (),
         backend=backend,
         backend_for=backend_for,
+        route=route,
+        route_why=route_why,
     )
 
 

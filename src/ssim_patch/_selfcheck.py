@@ -70,6 +70,8 @@ class Report:
     uqi_places: list[str] = field(default_factory=list)  # where the corrected UQI is bound
     backend: str = "auto"  # the engine's backend: SSIM_PATCH_BACKEND, "auto" unless forced
     backend_for: dict[str, str] = field(default_factory=dict)  # what CPU and CUDA calls use
+    route: str = "undecided"  # how a call reaches the backend: "custom op" or "autograd.Function"
+    route_why: str = ""  # why that route (ssim_patch.backends.route)
     checks: list[Check] = field(default_factory=list)
     verified: bool = False
     ok: bool = False
@@ -341,6 +343,7 @@ def _run_check(report: Report, padding: Padding) -> None:
     report.hook = f"{_releases.MODULE}.{status.hook}" if status.hook else None
     report.hooks = list(status.hooks)
     report.backend, report.backend_for = status.backend, dict(status.backend_for)
+    report.route, report.route_why = status.route, status.route_why
     report.upstream_bugs = [{"id": b, "description": _releases.BUGS[b]} for b in status.upstream_bugs]
     if status.release is None:
         raise CheckFailed("torchmetrics is installed without package metadata; its release is unknown.")
@@ -406,6 +409,7 @@ def render(report: Report) -> str:
     from ssim_patch import backends
 
     lines.append(f"backend: {backends.summary(report.backend, tuple(report.backend_for.items()))}")
+    lines.append(f"route: {backends.route_summary(report.route, report.route_why)}")
     lines.append("upstream bugs in this release:")
     width = max((len(b["id"]) for b in report.upstream_bugs), default=0)
     lines += [f"  {b['id']:<{width}}  {b['description']}" for b in report.upstream_bugs] or ["  none"]

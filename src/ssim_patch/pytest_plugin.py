@@ -23,6 +23,7 @@ back the state it found when the test ends.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
@@ -66,6 +67,7 @@ class _Session:
     before: Optional[_State] = None  # the state found in pytest_configure; None: nothing changed
     environ: Optional[tuple[Optional[str], Optional[str]]] = None  # SSIM_PATCH_AUTO/_PADDING then
     header: str = ""
+    report: Optional[PatchReport] = None  # the patch's state when on (the header is made from it)
 
 
 _session_key = pytest.StashKey[_Session]()
@@ -224,7 +226,7 @@ def pytest_configure(config: pytest.Config) -> None:
         session.header = f"ssim-patch: off ({reason})"
         return
     session.before, session.environ = before, environ
-    session.header = _describe(report)
+    session.report = report
 
 
 def _unavailable(config: pytest.Config, session: _Session, reason: str) -> None:
@@ -256,15 +258,24 @@ def _describe(report: PatchReport) -> str:
     from ssim_patch import backends
 
     backend = backends.summary(report.backend, report.backend_for)
+    route = backends.route_summary(report.route, report.route_why)
     return (
         f"ssim-patch: on (torchmetrics {report.release}, {tested}; hooks {_hook_names(report)}; "
-        f"padding {report.padding}{when}; backend {backend})"
+        f"padding {report.padding}{when}; backend {backend}; route {route})"
     )
 
 
 def pytest_report_header(config: pytest.Config) -> Optional[str]:
+    """The header, made now: the route is known once torch is imported (by a conftest, say)."""
     session = config.stash.get(_session_key, None)
-    return session.header if session is not None else None
+    if session is None:
+        return None
+    if session.report is not None:
+        from ssim_patch import backends
+
+        route, why = backends.route()
+        return _describe(dataclasses.replace(session.report, route=route, route_why=why))
+    return session.header
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -127,6 +127,31 @@ def describe() -> tuple[str, tuple[tuple[str, str], ...]]:
     return "auto", (("cpu", "cpu"), ("cuda", cuda))
 
 
+#: :func:`route`'s answer before torch is imported (the route is found when the engine loads).
+UNDECIDED = ("undecided", "torch is not imported yet")
+
+
+def route() -> tuple[str, str]:
+    """The route of a fused call and why: ``("custom op", ...)`` where ``torch.library.custom_op``
+    registers ``ssim_patch::similarity``, else ``("autograd.Function", why not)``. Found by
+    feature detection when :mod:`._custom_op` is first imported; :data:`UNDECIDED` until torch is
+    imported (this never imports torch)."""
+    if "torch" not in sys.modules:
+        return UNDECIDED
+    from ssim_patch.backends import _custom_op
+
+    if _custom_op.AVAILABLE:
+        return "custom op", "torch.library.custom_op registered ssim_patch::similarity"
+    if _custom_op.UNAVAILABLE is not None:
+        return "autograd.Function", _custom_op.UNAVAILABLE
+    return "autograd.Function", "this torch has no torch.library.custom_op (torch 2.4 added it)"
+
+
+def route_summary(name: str, why: str) -> str:
+    """One line for :func:`route`'s answer: ``autograd.Function (this torch has no ...)``."""
+    return f"{name} ({why})"
+
+
 def summary(backend: str, picks: tuple[tuple[str, str], ...]) -> str:
     """One line for :func:`describe`'s answer: ``auto (CPU: cpu, CUDA: conv)``, ``conv (forced by
     SSIM_PATCH_BACKEND)``."""
