@@ -186,7 +186,8 @@ def _padding_of(func: object) -> Optional[str]:
 
 def _check_planar(preds: object) -> None:
     """torchmetrics' UQI is for (N, C, H, W) images (the engine also takes 3-D ones)."""
-    shape = getattr(preds, "shape", None)
+    # Not getattr(preds, "shape", None) on a tensor: dynamo of torch 2.1-2.5 cannot trace it.
+    shape = preds.shape if isinstance(preds, Tensor) else getattr(preds, "shape", None)
     if shape is not None and len(shape) != 4:
         raise ValueError(f"UQI takes images of shape (N, C, H, W), got shape {tuple(shape)}.")
 

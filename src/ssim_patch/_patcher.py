@@ -102,6 +102,7 @@ _known: dict[str, set[int]] = {}  # hook point (qualified name) -> ids of its or
 _classes: list[tuple[type, str]] = []  # (class, attribute) where a method was ever swapped
 _warned: set[str] = set()
 _release_seen: Optional[tuple[tuple[object, ...], Version]] = None
+_torch_seen: Optional[tuple[tuple[str, ...], Optional[Version]]] = None
 _MISSING = object()
 
 
@@ -308,7 +309,46 @@ def _on_import(module: types.ModuleType) -> None:
             _export(_options)
 
 
+def _torch_version() -> Optional[Version]:
+    """The installed torch's version (``torch.__version__`` once imported, else its package
+    metadata, read once per ``sys.path``), or None where it cannot be told (left to the import)."""
+    global _torch_seen
+    module = sys.modules.get("torch")
+    text = getattr(module, "__version__", None)
+    if not isinstance(text, str):
+        key = tuple(sys.path)
+        if _torch_seen is not None and _torch_seen[0] == key:
+            return _torch_seen[1]
+        try:
+            text = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            text = None
+    try:
+        version = Version(str(text)) if text is not None else None
+    except InvalidVersion:
+        version = None
+    if module is None:
+        _torch_seen = (tuple(sys.path), version)
+    return version
+
+
+def _check_torch(strict: bool) -> bool:
+    """The installed torch is not older than :data:`_releases.TORCH_FLOOR`."""
+    torch = _torch_version()
+    if torch is None or torch >= _releases.TORCH_FLOOR:
+        return True
+    floor = _releases.TORCH_FLOOR
+    _fail(
+        strict,
+        f"torch {torch} is older than torch {floor}, the oldest ssim-patch supports (it needs "
+        f"torch>={floor}): install a newer torch, e.g. pip install 'torch>={floor}'.",
+    )
+    return False
+
+
 def _check_release(strict: bool) -> bool:
+    if not _check_torch(strict):
+        return False
     version = _release()
     hook = _releases.hook_point(version)
     if hook is None:

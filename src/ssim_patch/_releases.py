@@ -105,6 +105,8 @@ UQI_METRIC_UPDATE = HookPoint(
 ALL_HOOK_POINTS = (SSIM_COMPUTE, SSIM_UPDATE, UQI_COMPUTE_0_8, UQI_COMPUTE, UQI_METRIC_UPDATE)
 
 OLDEST = Version("0.8.2")
+#: The oldest torch ssim-patch runs on (pyproject.toml's ``torch>=`` says the same; a test checks).
+TORCH_FLOOR = Version("2.0")
 NEWEST = Version("1.9.0")
 _V0_9 = Version("0.9.0")
 _V0_10 = Version("0.10.0")

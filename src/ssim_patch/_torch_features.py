@@ -6,11 +6,12 @@ the few torch internals the engine reads that moved between torch 2.0 and the ne
 - :func:`is_fake`: ``torch._subclasses.fake_tensor.is_fake`` (2.1 on); on 2.0 an instance check.
 - :func:`fake_mode_active`: ``torch._guards.detect_fake_mode`` (2.1 on); on 2.0 a look at the
   dispatch-mode stack.
+- :func:`constant_under_dynamo`: ``torch._dynamo.assume_constant_result`` without importing dynamo.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch._guards
@@ -53,3 +54,15 @@ def fake_mode_active(like: Tensor) -> bool:
         return _detect_fake_mode() is not None
     stack = _dispatch._get_current_dispatch_mode_stack()  # torch 2.0
     return is_fake(like) or any(isinstance(mode, _fake.FakeTensorMode) for mode in stack)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def constant_under_dynamo(fn: _F) -> _F:
+    """Mark ``fn`` as ``torch._dynamo.assume_constant_result`` does on every torch from 2.0 (the
+    same attribute; a test checks): dynamo calls it on the constants it is given and puts what
+    it returns in the graph as a constant, instead of tracing it. Importing dynamo here would cost
+    every program that imports the engine."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn

@@ -19,7 +19,7 @@ from torch import Tensor
 from ssim_patch import _filters
 from ssim_patch._options import check_padding as _check_padding
 from ssim_patch._options import check_reduction as _check_reduction
-from ssim_patch._torch_features import is_fake
+from ssim_patch._torch_features import constant_under_dynamo, is_compiling, is_fake
 from ssim_patch.backends import _op
 from ssim_patch.backends._protocol import Output, Plan
 
@@ -30,10 +30,16 @@ DataRange = Union[None, float, tuple[float, float], Tensor]
 _AXIS_NAMES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 
 
+def _from_numpy(value: object) -> bool:
+    """A numpy value. Never while dynamo traces (it turns numpy values into tensors itself, and
+    dynamo of torch 2.4-2.5 cannot trace ``type(value).__module__``)."""
+    return not is_compiling() and type(value).__module__ == "numpy"
+
+
 def _plain(value: object) -> object:
     """A numpy scalar or numpy array of one number as the Python number it holds (torchmetrics'
     arithmetic takes them as that number); anything else unchanged."""
-    if type(value).__module__ == "numpy" and getattr(value, "size", None) == 1:
+    if _from_numpy(value) and getattr(value, "size", None) == 1:
         return value.item()  # type: ignore[attr-defined]
     return value
 
@@ -51,7 +57,7 @@ def _is_number(value: object) -> bool:
     if type(value) in _KEYED:  # the common case, without the ABC's isinstance
         return True
     if isinstance(value, Tensor):
-        return value.numel() == 1 and not value.is_complex()
+        return value.numel() == 1 and not value.dtype.is_complex
     return isinstance(value, numbers.Real)
 
 
@@ -59,7 +65,7 @@ def _per_axis(value: object, ndim: int, name: str) -> list[object]:
     """``value`` for each of ``ndim`` axes: one number for all, or one per axis; numpy values and
     tensors count as the numbers they hold."""
     value = _host_number(value)
-    if isinstance(value, Tensor) or type(value).__module__ == "numpy":
+    if isinstance(value, Tensor) or _from_numpy(value):
         value = value.tolist()  # type: ignore[attr-defined]
     if isinstance(value, numbers.Real):
         return [value] * ndim
@@ -88,7 +94,7 @@ def _check_inputs(preds: Tensor, target: Tensor) -> None:
             f"Expected images of shape (N, C, H, W) or (N, C, D, H, W), got {preds.ndim} "
             f"dimensions: {tuple(preds.shape)}."
         )
-    if preds.is_complex() or target.is_complex():
+    if preds.dtype.is_complex or target.dtype.is_complex:  # dynamo of 2.1-2.2 cannot trace is_complex()
         raise TypeError("SSIM is defined for real images; got a complex tensor.")
     if preds.shape[0] == 0 or preds.shape[1] == 0:
         raise ValueError(f"Expected at least one image and one channel, got shape {tuple(preds.shape)}.")
@@ -201,6 +207,7 @@ def _windows(
     return [(False, 0.0, k, k) for k in sizes]
 
 
+@constant_under_dynamo
 def _ssim_plan(
     gaussian_kernel: bool,
     sigma: Union[float, Sequence[float]],
@@ -209,7 +216,8 @@ def _ssim_plan(
     padding: str,
     output: Output,
 ) -> tuple[tuple[Window, ...], Plan]:
-    """SSIM's windows, checked, and its :class:`Plan` (cached, see :func:`_plan_key`)."""
+    """SSIM's windows, checked, and its :class:`Plan` (cached, see :func:`_plan_key`). Dynamo of
+    torch 2.0-2.2, which cannot build the frozen dataclasses, takes both as constants."""
 
     def make() -> tuple[tuple[Window, ...], Plan]:
         windows = tuple(_windows(gaussian_kernel, sigma, kernel_size, nd))
@@ -219,6 +227,7 @@ def _ssim_plan(
     return _cached_plan(key, make)
 
 
+@constant_under_dynamo
 def _uqi_plan(
     sigma: Union[float, Sequence[float]],
     kernel_size: Union[int, Sequence[int]],
@@ -379,8 +388,10 @@ def _check_positive(value: float) -> None:
         raise ValueError(f"`data_range` must be positive and finite, got {value!r}.")
 
 
-#: The smallest positive number of each compute dtype: a constant below it rounds to 0.
-_SMALLEST = {torch.float32: 2.0**-149, torch.float64: 2.0**-1074}
+def _smallest(dtype: torch.dtype) -> float:
+    """The smallest positive number of a compute dtype: a constant below it rounds to 0. (Not a
+    dict by dtype: dynamo of torch 2.1 guards on such a lookup with a guard it cannot evaluate.)"""
+    return 2.0**-1074 if dtype == torch.float64 else 2.0**-149
 
 
 def _readable(value: Union[float, Tensor]) -> Optional[float]:
@@ -405,7 +416,7 @@ def _constants(
             raise TypeError(f"`{name}` must be a number, got {k!r}.")
         c: Union[float, Tensor] = (k * big_l) ** 2  # type: ignore[operator]
         value = _readable(c)
-        if value is not None and _readable(k) != 0 and value < _SMALLEST[like.dtype]:  # type: ignore[arg-type]
+        if value is not None and _readable(k) != 0 and value < _smallest(like.dtype):  # type: ignore[arg-type]
             raise ValueError(
                 f"`data_range`={_readable(big_l)!r} with {name}={k!r} gives ({name} * data_range)^2 = "
                 f"{value:.3g}, which is 0 in {str(like.dtype).replace('torch.', '')}: SSIM would be 0/0 on "
