@@ -6,7 +6,7 @@ the few torch internals the engine reads that moved between torch 2.0 and the ne
 - :func:`is_fake`: ``torch._subclasses.fake_tensor.is_fake`` (2.1 on); on 2.0 an instance check.
 - :func:`fake_mode_active`: ``torch._guards.detect_fake_mode`` (2.1 on); on 2.0 a look at the
   dispatch-mode stack.
-- :func:`constant_under_dynamo`: ``torch._dynamo.assume_constant_result`` without importing dynamo.
+- :func:`constant_under_old_dynamo`: ``torch._dynamo.assume_constant_result`` on torch 2.0-2.2.
 """
 
 from __future__ import annotations
@@ -58,11 +58,17 @@ def fake_mode_active(like: Tensor) -> bool:
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: Dynamo of torch 2.0-2.2 (told apart by the ``torch.compiler.is_compiling`` that 2.3 added):
+#: it cannot build a frozen dataclass while it traces.
+OLD_DYNAMO = getattr(getattr(torch, "compiler", None), "is_compiling", None) is None
 
-def constant_under_dynamo(fn: _F) -> _F:
-    """Mark ``fn`` as ``torch._dynamo.assume_constant_result`` does on every torch from 2.0 (the
-    same attribute; a test checks): dynamo calls it on the constants it is given and puts what
-    it returns in the graph as a constant, instead of tracing it. Importing dynamo here would cost
-    every program that imports the engine."""
-    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+def constant_under_old_dynamo(fn: _F) -> _F:
+    """On :data:`OLD_DYNAMO`, mark ``fn`` as ``torch._dynamo.assume_constant_result`` does (the
+    same attribute; a test checks): dynamo calls it on the constants it is given and puts what it
+    returns in the graph as a constant, instead of tracing it. A newer dynamo traces ``fn`` (it
+    builds dataclasses, and its arguments may be symbolic under ``dynamic=True``, which a constant
+    result cannot take). Importing dynamo here would cost every program that imports the engine."""
+    if OLD_DYNAMO:
+        fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
     return fn

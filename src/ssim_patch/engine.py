@@ -19,7 +19,7 @@ from torch import Tensor
 from ssim_patch import _filters
 from ssim_patch._options import check_padding as _check_padding
 from ssim_patch._options import check_reduction as _check_reduction
-from ssim_patch._torch_features import constant_under_dynamo, is_compiling, is_fake
+from ssim_patch._torch_features import constant_under_old_dynamo, is_compiling, is_fake
 from ssim_patch.backends import _op
 from ssim_patch.backends._protocol import Output, Plan
 
@@ -207,7 +207,7 @@ def _windows(
     return [(False, 0.0, k, k) for k in sizes]
 
 
-@constant_under_dynamo
+@constant_under_old_dynamo
 def _ssim_plan(
     gaussian_kernel: bool,
     sigma: Union[float, Sequence[float]],
@@ -227,7 +227,7 @@ def _ssim_plan(
     return _cached_plan(key, make)
 
 
-@constant_under_dynamo
+@constant_under_old_dynamo
 def _uqi_plan(
     sigma: Union[float, Sequence[float]],
     kernel_size: Union[int, Sequence[int]],

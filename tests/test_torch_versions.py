@@ -1,0 +1,179 @@
+"""A drop-in on every torch from the floor (2.0) to the newest: what moved between torch releases
+(``ssim_patch._torch_features``), torchmetrics' APIs under ``torch.compile(fullgraph=True)`` where
+dynamo of torch 2.1-2.5 could not trace the patch's argument checks, and the floor itself.
+
+CI runs this file on the floor torch and on the newest besides the default one (``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from packaging.version import Version
+from reference import ms_ssim_reference, ssim_reference, uqi_reference
+
+import ssim_patch
+from ssim_patch import _patcher, _releases, _torch_features
+from ssim_patch._torch_features import fake_mode_active, is_compiling, is_fake
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TORCH = Version(torch.__version__)
+#: torch.compile itself refuses Python 3.11 before torch 2.1 (unpatched torchmetrics too).
+COMPILES = not (Version("2.1") > TORCH and sys.version_info >= (3, 11))
+needs_compile = pytest.mark.skipif(not COMPILES, reason=f"torch {TORCH} cannot compile on this Python")
+
+
+@pytest.fixture
+def dynamo():
+    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo.reset()
+    yield dynamo
+    dynamo.reset()
+
+
+# --- what the installed torch offers ---------------------------------------------------------------
+
+
+def test_fake_tensors_are_told_apart():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    real = torch.ones(2)
+    assert not is_fake(real) and not fake_mode_active(real)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(real) if hasattr(mode, "from_tensor") else torch.ones(2)
+        assert is_fake(fake) and fake_mode_active(fake)
+
+
+def test_constant_under_old_dynamo_marks_as_assume_constant_result_does(monkeypatch):
+    dynamo = pytest.importorskip("torch._dynamo")
+    monkeypatch.setattr(_torch_features, "OLD_DYNAMO", True)
+
+    def mine() -> int:
+        return 1
+
+    def theirs() -> int:
+        return 1
+
+    _torch_features.constant_under_old_dynamo(mine)
+    dynamo.assume_constant_result(theirs)
+    marks = {name for name in vars(theirs) if name.startswith("_dynamo")}
+    assert marks and {name: vars(mine).get(name) for name in marks} == {
+        name: vars(theirs)[name] for name in marks
+    }
+
+
+@needs_compile
+def test_is_compiling_is_true_while_dynamo_traces(dynamo):
+    assert not is_compiling()
+
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return x + 1 if is_compiling() else x - 1
+
+    assert torch.compile(probe, backend="eager", fullgraph=True)(torch.zeros(1)).item() == 1.0
+
+
+# --- torchmetrics' APIs, compiled ------------------------------------------------------------------
+
+
+def _pair(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(shape, generator=g)
+    return (0.8 * target + 0.2 * torch.rand(shape, generator=g)), target
+
+
+def _ssim(p, t, **kw):
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(p, t, reduction="none", **kw)
+
+
+def _ms_ssim(p, t):
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
+    return multiscale_structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
+
+
+def _uqi(p, t):
+    from torchmetrics.functional.image import universal_image_quality_index
+
+    return universal_image_quality_index(p, t)
+
+
+#: name: (call, shape, the float64 reference of the result)
+CASES = {
+    "ssim data_range=1.0": (
+        lambda p, t: _ssim(p, t, data_range=1.0),
+        (2, 3, 32, 32),
+        lambda p, t: ssim_reference(p, t, data_range=1.0).per_image,
+    ),
+    "ssim data_range=None": (_ssim, (2, 3, 32, 32), lambda p, t: ssim_reference(p, t).per_image),
+    "ms-ssim": (_ms_ssim, (1, 1, 180, 180), lambda p, t: ms_ssim_reference(p, t, data_range=1.0)),
+    "uqi": (_uqi, (2, 3, 32, 32), lambda p, t: np.asarray(uqi_reference(p, t).mean())),
+}
+
+
+@needs_compile
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_torchmetrics_compiles_with_fullgraph(case, dynamic, dynamo):
+    """fullgraph=True through torchmetrics' own API gives the corrected numbers (before: dynamo of
+    2.1-2.5 stopped at the argument checks; 2.1-2.2 traced into the backend's choice)."""
+    call, shape, reference = CASES[case]
+    p, t = _pair(shape)
+    with ssim_patch.patched():
+        got = torch.compile(call, backend="aot_eager", fullgraph=True, dynamic=dynamic)(p, t)
+    expected = reference(p.double().numpy(), t.double().numpy())
+    np.testing.assert_allclose(got.double().numpy(), expected, atol=2e-5, rtol=0)
+
+
+@needs_compile
+def test_compiled_loss_has_eager_gradients(dynamo):
+    """The user's loss, compiled (default options, inductor left out for time): eager's value and
+    gradient (before, on torch 2.1.2 with suppress_errors, SSIM came back [1.0, 1.0])."""
+    p, t = _pair((2, 3, 32, 32), seed=1)
+
+    def loss(a: torch.Tensor) -> torch.Tensor:
+        return (1 - _ssim(a, t, data_range=1.0)).sum()
+
+    with ssim_patch.patched():
+        a, b = p.clone().requires_grad_(), p.clone().requires_grad_()
+        compiled = torch.compile(loss, backend="aot_eager")(a)
+        eager = loss(b)
+        compiled.backward()
+        eager.backward()
+    torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=0)
+    expected = ssim_reference(p.double().numpy(), t.double().numpy(), data_range=1.0).per_image
+    np.testing.assert_allclose(compiled.item(), 2 - expected.sum(), atol=2e-5)
+
+
+# --- the floor -------------------------------------------------------------------------------------
+
+
+def test_pyproject_floor_is_the_runtime_floor():
+    text = (ROOT / "pyproject.toml").read_text()
+    floor = re.search(r'"torch>=([0-9.]+)"', text)
+    assert floor is not None and Version(floor.group(1)) == _releases.TORCH_FLOOR
+    assert Version(torch.__version__).release >= _releases.TORCH_FLOOR.release
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_apply_on_a_torch_below_the_floor_names_both(monkeypatch, strict):
+    before = _patcher._snapshot()
+    monkeypatch.setattr(_patcher, "_torch_version", lambda: Version("1.13.1"))
+    if strict:
+        with pytest.raises(ssim_patch.PatchError, match=r"torch 1\.13\.1 is older than torch 2\.0"):
+            ssim_patch.apply(padding="valid")
+    else:
+        with pytest.warns(UserWarning, match=r"torch 1\.13\.1 is older than torch 2\.0"):
+            ssim_patch.apply(padding="valid", strict=False)
+    assert _patcher._snapshot() == before
+
+
+def test_the_torch_version_is_read_without_importing_torch_again():
+    assert _patcher._torch_version() == Version(torch.__version__)
