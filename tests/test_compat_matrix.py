@@ -165,3 +165,11 @@ def test_matrix_writes_the_readme_between_its_markers(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _matrix.main(["--readme", str(readme), "--release", "1.9.0"])
     assert "--readme takes the full matrix" in capsys.readouterr().err
+
+
+def test_torch_axis_names_pinned_releases_from_the_floor():
+    torches = MATRIX["torches"]
+    pinned = {str(e["version"]) for e in ENTRIES}
+    assert all(set(map(str, t["releases"])) <= pinned for t in torches)
+    versions = [Version(str(t["version"])) for t in torches]
+    assert versions == sorted(versions) and versions[0].release[:2] == _releases.TORCH_FLOOR.release[:2]

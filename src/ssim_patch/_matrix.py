@@ -5,6 +5,10 @@ For each release in ``compat_matrix.yaml``: lay it out with ``pip install --no-d
 ``tests/matrix`` under it, and print a table of what passed and how long each release took.
 ``--readme README.md`` writes that table, with the run's total time, between the README's markers
 (its compatibility table); ``--markdown FILE`` writes the table alone.
+
+``--torch VERSION`` runs the releases of that torch's era (``torches`` in ``compat_matrix.yaml``)
+under that torch instead: in a venv made by pip from the registry in the cache (``.matrix/
+torch-VERSION``, kept for later runs), with this checkout's ``src`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Optional
+
+from packaging.version import Version
 
 
 @dataclass
@@ -67,6 +73,21 @@ def _layout(version: str, cache: pathlib.Path) -> pathlib.Path:
     return target
 
 
+def _torch_python(version: str, cache: pathlib.Path, requires: list[str]) -> pathlib.Path:
+    """The interpreter of a venv with torch ``version`` (from the registry, with numpy<2 for torch
+    before 2.3, which was built for numpy 1) and the matrix suite's requirements, made once in
+    ``cache`` and kept for later runs."""
+    venv = cache / f"torch-{version}"
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").is_file():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        numpy = "numpy<2" if Version(version) < Version("2.3") else "numpy"
+        wanted = [f"torch=={version}", numpy, "pytest>=7", "pyyaml>=6", "wrapt>=1.14", *requires]
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted], check=True)
+        (venv / ".complete").write_text(version + "\n")
+    return python
+
+
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?)")
 
 #: The README's compatibility table lies between these two lines; ``--readme`` rewrites what is
@@ -76,7 +97,11 @@ README_END = "<!-- end of the compatibility table -->"
 
 
 def _run_one(
-    entry: dict[str, Any], root: pathlib.Path, cache: pathlib.Path, pytest_args: list[str]
+    entry: dict[str, Any],
+    root: pathlib.Path,
+    cache: pathlib.Path,
+    pytest_args: list[str],
+    python: str = sys.executable,
 ) -> _Result:
     result = _Result(
         str(entry["version"]),
@@ -91,10 +116,11 @@ def _run_one(
         result.error = f"pip could not lay out torchmetrics=={result.version} ({exc.returncode})"
         return result
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), env.get("PYTHONPATH", "")]))
+    own = [] if python == sys.executable else [str(root / "src")]  # a torch venv lacks ssim-patch
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), *own, env.get("PYTHONPATH", "")]))
     env["SSIM_PATCH_EXPECT_RELEASE"] = result.version
     env.pop("SSIM_PATCH_AUTO", None)
-    cmd = [sys.executable, "-m", "pytest", "tests/matrix", "-q", "-p", "no:cacheprovider"]
+    cmd = [python, "-m", "pytest", "tests/matrix", "-q", "-p", "no:cacheprovider"]
     cmd += ["-p", "no:ssim_patch", *pytest_args]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     result.seconds = time.perf_counter() - start
@@ -191,6 +217,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--cache", type=pathlib.Path, help="where releases are laid out (default: ROOT/.matrix)"
     )
+    parser.add_argument(
+        "--torch",
+        help="run under this torch instead of the current one: a venv made by pip from the registry "
+        "and kept in the cache (default releases: those compat_matrix.yaml's torches entry names)",
+    )
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the table as Markdown here")
     parser.add_argument(
         "--readme",
@@ -204,7 +235,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--readme takes the full matrix: no --release and no pytest arguments")
     root = (args.root or _find_root(pathlib.Path.cwd())).resolve()
     cache = (args.cache or root / ".matrix").resolve()
-    entries = _load(root)["releases"]
+    matrix = _load(root)
+    entries = matrix["releases"]
+    python = sys.executable
+    if args.torch is not None:
+        if args.readme is not None:
+            parser.error("--readme writes the table of the current torch: no --torch")
+        eras = {str(t["version"]): [str(r) for r in t["releases"]] for t in matrix.get("torches", [])}
+        if args.torch not in eras:
+            raise SystemExit(f"ssim-patch matrix: torch {args.torch} not in compat_matrix.yaml's torches")
+        if not args.release:
+            entries = [e for e in entries if str(e["version"]) in eras[args.torch]]
+        print(f"torch {args.torch}: venv in {cache} ...", flush=True)
+        python = str(_torch_python(args.torch, cache, [str(r) for r in matrix.get("requires", [])]))
     if args.release:
         unknown = sorted(set(args.release) - {str(e["version"]) for e in entries})
         if unknown:
@@ -214,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     start = time.perf_counter()
     for entry in entries:
         print(f"torchmetrics {entry['version']} ...", flush=True)
-        result = _run_one(entry, root, cache, args.pytest_args)
+        result = _run_one(entry, root, cache, args.pytest_args, python)
         print(f"  {'ok' if result.ok else 'FAILED'} in {result.seconds:.0f}s", flush=True)
         results.append(result)
     total = time.perf_counter() - start
