@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import statistics
 import subprocess
@@ -95,7 +96,8 @@ def opencv_ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     import cv2
 
     def blur(t: np.ndarray) -> np.ndarray:
-        return cv2.GaussianBlur(t, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT_101)
+        blurred: np.ndarray = cv2.GaussianBlur(t, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT_101)
+        return blurred
 
     n, c = x.shape[:2]
     out = np.empty(n, dtype=np.float64)
@@ -216,9 +218,7 @@ def condition(name: str, settle: float) -> Iterator[None]:
 @contextlib.contextmanager
 def threads(count: int) -> Iterator[None]:
     """torch's and OpenCV's thread counts set to ``count`` inside (this script is the user)."""
-    cv2: Any = None
-    if opencv_missing() is None:
-        import cv2
+    cv2: Any = importlib.import_module("cv2") if opencv_missing() is None else None
     before = torch.get_num_threads()
     cv_before = None if cv2 is None else cv2.getNumThreads()
     torch.set_num_threads(count)

@@ -76,7 +76,10 @@ def unpatched_state() -> Iterator[None]:
 
 @contextlib.contextmanager
 def patched_state() -> Iterator[None]:
-    """Inside ``ssim_patch.patched()``; raises if the patch did not apply."""
+    """Inside ``ssim_patch.patched()``; raises if the patch did not apply. torchmetrics' image
+    module is imported first: before it is, the patch is pending (it lands at that import)."""
+    import torchmetrics.functional.image  # noqa: F401
+
     import ssim_patch
 
     with ssim_patch.patched():

@@ -223,7 +223,7 @@ def _binding(cc: int, bound: list[tuple[Any, ...]]) -> Iterator[None]:
     for fn in fns:
         fn._do_compile = capture(fn)
     saved = driver._active  # None where no GPU driver was ever made (reset_active would make one)
-    driver.set_active(_Driver(cc))  # type: ignore[arg-type]
+    driver.set_active(_Driver(cc))
     try:
         yield
     finally:

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 from packaging.version import Version
-from reference import ms_ssim_reference, ssim_reference, uqi_reference
 
 import ssim_patch
 from ssim_patch import _patcher, _releases, _torch_features
 from ssim_patch._torch_features import fake_mode_active, is_compiling, is_fake
+from tests.helpers.reference import ms_ssim_reference, ssim_reference, uqi_reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TORCH = Version(torch.__version__)

@@ -30,10 +30,10 @@ _PLANS = 64
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
-
 def _nbytes(buf: Tensor) -> int:
     """``buf.nbytes`` (which torch 2.0 lacks)."""
     return buf.numel() * buf.element_size()
+
 
 class Workspace:
     """Scratch buffers by name, reused for every request that fits (by dtype, device, tensor
