@@ -180,7 +180,7 @@ def test_a_forced_backend_runs_every_call(name, monkeypatch):
 def test_every_backend_keeps_what_kept_like_says():
     """The shapes and dtypes a fake implementation gets from ``kept_like`` are those kept."""
     x, y = _pair((2, 3, 12, 10), dtype=torch.float32)
-    k = ssim_patch.backends._protocol.constants(1e-4, 9e-4, _plan(), x)
+    k = ssim_patch.backends._dtypes.constants(1e-4, 9e-4, _plan(), x)
     for name in CPU_BACKENDS:
         be = backends.load(name)
         assert not isinstance(be, str)

@@ -22,7 +22,8 @@ from torch.utils._pytree import tree_flatten
 import ssim_patch
 from ssim_patch import _filters, backends
 from ssim_patch.backends import _workspace, cpu
-from ssim_patch.backends._protocol import Needs, Plan, constants
+from ssim_patch.backends._dtypes import constants
+from ssim_patch.backends._protocol import Needs, Plan
 
 
 class _FreshTensors(TorchDispatchMode):

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import ssim_patch
 from ssim_patch import _filters
 from ssim_patch.backends import _custom_op
-from ssim_patch.backends._protocol import Plan
+from ssim_patch.backends._protocol import Needs, Plan
 from tests.helpers import reference_torch as ref
 from tests.helpers.fresh_interpreter import unpatched_environ
 
@@ -60,7 +60,7 @@ def _plan(output="ssim", eps=None, padding="same"):
 
 
 def test_ops_are_registered_once_per_process():
-    assert _custom_op.AVAILABLE, _custom_op.UNAVAILABLE
+    assert _custom_op.AVAILABLE, _custom_op.MISSING
     op = torch.ops.ssim_patch.similarity.default
     importlib.reload(_custom_op)  # a re-import finds them registered: no error, the same ops
     assert torch.ops.ssim_patch.similarity.default is op
@@ -80,20 +80,22 @@ def test_opcheck(backend, output, eps, padding):
     x, y = _pair((2, 2, 9, 10), dtype=torch.float64)
     x.requires_grad_()
     c1 = torch.tensor(1e-4, dtype=torch.float64, requires_grad=True)
-    flat = (0.0, 9e-4, backend, *_custom_op.flat_plan(_plan(output, eps, padding)))
-    keep = [True, False, True, False]
-    torch.library.opcheck(torch.ops.ssim_patch.similarity.default, (x, y, c1, None, *flat, keep))
+    keep = Needs(True, False, True, False)
+    args = _custom_op.args(x, y, c1, 9e-4, _plan(output, eps, padding), backend, keep)
+    torch.library.opcheck(torch.ops.ssim_patch.similarity.default, tuple(args))
     with torch.no_grad():
-        out = torch.ops.ssim_patch.similarity(x, y, c1, None, *flat, keep)
+        out = torch.ops.ssim_patch.similarity(*args)
     g_image = torch.linspace(0.5, 1.5, 2, dtype=torch.float64)
     g_extra = torch.ones_like(out[1]) if output != "ssim" else None
-    args = (x.detach(), y, c1.detach(), None, *flat, keep, list(out[2:]), g_image, g_extra)
-    torch.library.opcheck(torch.ops.ssim_patch.similarity_backward.default, args)
+    detached = args._replace(x=x.detach(), c1=c1.detach())
+    torch.library.opcheck(
+        torch.ops.ssim_patch.similarity_backward.default, (*detached, list(out[2:]), g_image, g_extra)
+    )
 
 
 def test_plan_travels_exactly():
     plan = _plan("cs", 1e-7, "valid")
-    assert _custom_op.plan_of(*_custom_op.flat_plan(plan)) == plan
+    assert _custom_op.unpack_plan(_custom_op.pack_plan(plan)) == plan
 
 
 class _Ops(TorchDispatchMode):

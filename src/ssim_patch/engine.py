@@ -20,7 +20,8 @@ from ssim_patch import _filters
 from ssim_patch._options import check_padding as _check_padding
 from ssim_patch._options import check_reduction as _check_reduction
 from ssim_patch._torch_features import constant_under_old_dynamo, is_compiling, is_fake
-from ssim_patch.backends import _op
+from ssim_patch.backends import _op, _route
+from ssim_patch.backends._dtypes import compute_dtype
 from ssim_patch.backends._protocol import Output, Plan
 
 Padding = Literal["same", "valid"]
@@ -163,7 +164,7 @@ def _plan_key(*decides: object) -> Optional[tuple[object, ...]]:
     """The key of a plan decided by ``decides`` (``str``, ``bool``, ``None`` as they are, the rest
     by :func:`_key_of`), or None where it must not be cached: an argument of another type, or a
     trace or transform running (the engine is traced as it runs)."""
-    if _op.tracing():
+    if _route.tracing():
         return None
     key: list[object] = []
     for value in decides:
@@ -315,7 +316,7 @@ def _finite_range(images: Tensor) -> Tensor:
     """max - min over the finite pixels (a NaN or inf pixel spoils only its own image)."""
     high = images.nan_to_num(nan=-math.inf, posinf=-math.inf).amax()
     low = images.nan_to_num(nan=math.inf, neginf=math.inf).amin()
-    dtype = _compute_dtype(images.dtype)  # exact for float16 / bfloat16 images
+    dtype = compute_dtype(images.dtype)  # exact for float16 / bfloat16 images
     return high.to(dtype) - low.to(dtype)
 
 
@@ -345,11 +346,11 @@ def _data_range(
         readable = _readable(data_range)
         if readable is not None:
             _check_positive(readable)
-        big_l = data_range.reshape(()).to(device=preds.device, dtype=_compute_dtype(preds.dtype))
+        big_l = data_range.reshape(()).to(device=preds.device, dtype=compute_dtype(preds.dtype))
         return preds, target, big_l
     if isinstance(data_range, (tuple, list)):
         # The clamp copies the images anyway: in the compute dtype, so the bounds are exact.
-        preds, target = (t.to(_compute_dtype(t.dtype)) for t in (preds, target))
+        preds, target = (t.to(compute_dtype(t.dtype)) for t in (preds, target))
         lo, hi = _bounds(data_range, preds)
         if (
             isinstance(lo, float)
@@ -398,7 +399,7 @@ def _readable(value: Union[float, Tensor]) -> Optional[float]:
     """``value`` as a float where reading it costs no device sync and breaks no trace, else None."""
     if not isinstance(value, Tensor):
         return float(value)
-    if value.device.type == "cpu" and not value.requires_grad and not _op.tracing() and not is_fake(value):
+    if value.device.type == "cpu" and not value.requires_grad and not _route.tracing() and not is_fake(value):
         return float(value)
     return None
 
@@ -430,14 +431,10 @@ def _constants(
     return constants[0], constants[1]
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _images_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the images go to the backends in: float16 / bfloat16 as they are (a backend
     reads them, or ``backends._op`` casts them), integers as float32, the rest as they are."""
-    return dtype if dtype in (torch.float16, torch.bfloat16) else _compute_dtype(dtype)
+    return dtype if dtype in (torch.float16, torch.bfloat16) else compute_dtype(dtype)
 
 
 def _ssim_per_image(
@@ -468,7 +465,7 @@ def _ssim_per_image(
     _check_sizes(preds.shape, windows, padding)
 
     out_dtype = preds.dtype if preds.is_floating_point() else torch.float32
-    dtype = _compute_dtype(preds.dtype)
+    dtype = compute_dtype(preds.dtype)
     images = _images_dtype(preds.dtype)
     x, y, big_l = _data_range(_as(preds, images), _as(target, images), data_range)
     c1, c2 = _constants(big_l, k1, k2, x if x.dtype == dtype else x.new_empty(0, dtype=dtype))

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from ssim_patch import _formula
-from ssim_patch.backends._protocol import Kept, Needs, Plan, compute_dtype
+from ssim_patch.backends._dtypes import compute_dtype
+from ssim_patch.backends._protocol import Kept, Needs, Plan
 
 #: ``W^T`` of the adjoint stack, unstacked: (g_x where needed, g_y where needed, g_sq, g_cross).
 Back = tuple[Optional[Tensor], Optional[Tensor], Tensor, Tensor]

@@ -1,22 +1,30 @@
-"""The one entry into the backends, :func:`similarity`, and the one ``autograd.Function`` around
-them: the route a call takes, the casts, setup_context, the written-out backward, vmap and jvp.
+"""The one entry into the backends, :func:`similarity`, and the autograd around them: the route a
+call takes (:func:`use_traced`), the backward's route (:func:`recomputes`), the custom op's
+autograd formula and the one ``autograd.Function`` (setup_context, the written-out backward, vmap
+and jvp).
 
 Routes (chosen in :func:`use_traced`, the only place):
 
 - **traced**: plain differentiable ops (:mod:`ssim_patch.backends.traced`) and autograd through
-  them, while a ``torch.func`` transform is active or forward-mode AD is on (on a torch without
-  ``torch.library.custom_op``, also while ``torch.compile`` traces). Autograd, every transform
-  and inductor's fusion then see ordinary operations.
+  them, while a ``torch.func`` transform is active, forward-mode AD is on, or a trace leaves the
+  process (``torch.jit.trace``, ``torch.export``: the artifact holds aten ops only, and loads
+  where ssim-patch is not installed); on a torch without the custom op, also while
+  ``torch.compile`` traces. Autograd, every transform and inductor's fusion then see ordinary
+  operations.
 - **fused**: the chosen backend's forward and backward, no autograd inside (for
   ``SSIM_PATCH_BACKEND=traced``, plain ops and their written-out derivative). Where torch has
-  ``torch.library.custom_op`` this is the custom op ``ssim_patch::similarity``
+  the custom op (:func:`route`) this is ``ssim_patch::similarity``
   (:mod:`ssim_patch.backends._custom_op`), eagerly and under ``torch.compile``; else
   :func:`_fused`, inside :class:`_Similarity` when a gradient is needed. Either way the backward is
-  the backend's; a double backward, or a backward under a transform, recomputes through
+  the backend's, unless :func:`recomputes` sends it through
   :func:`ssim_patch.backends.traced.recompute`.
 
+The backend is chosen here, outside the op, and the op is given its name: a compiled graph holds
+the backend it was traced with (and the layout of what that backend keeps), and is guarded on
+what chose it (``SSIM_PATCH_BACKEND`` included).
+
 Dtypes: a backend that does not read float16 / bfloat16 itself gets float32 copies
-(:func:`ssim_patch.backends._protocol.cast`, here and in the custom op); outputs come back in the
+(:func:`ssim_patch.backends._dtypes.cast`, here and in the custom op); outputs come back in the
 compute dtype.
 """
 
@@ -28,23 +36,12 @@ import torch
 from torch import Tensor
 
 from ssim_patch import backends
-from ssim_patch._torch_features import is_compiling
-from ssim_patch.backends import _custom_op, traced
-from ssim_patch.backends._protocol import Backend, Needs, Plan, Scalar, cast, constants
+from ssim_patch.backends import _custom_op, _route, traced
+from ssim_patch.backends._dtypes import cast, constants
+from ssim_patch.backends._protocol import Backend, Needs, Plan, Scalar
 
-
-def tracing() -> bool:
-    """True while torch.compile traces, a torch.func transform is active or forward AD is on."""
-    if is_compiling() or transforms_active():
-        return True
-    level: int = getattr(torch.autograd.forward_ad, "_current_level", -1)
-    return level >= 0
-
-
-def transforms_active() -> bool:
-    """True while a torch.func transform (vmap, grad, jvp, ...) is active."""
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active is not None and active())
+#: The fused route this torch takes, and why (``status()``, ``ssim-patch check``, the pytest header).
+route = _route.route
 
 
 def similarity(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
@@ -52,37 +49,23 @@ def similarity(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tupl
     cs ``(N,)`` as ``plan.output`` asks (else None), in the compute dtype. ``x``, ``y``:
     ``(N, C, *spatial)``, the same floating dtype and device; ``c1``, ``c2``: numbers or 0-d
     tensors in the compute dtype."""
-    if use_traced():
+    if _route.use_traced():
         a, b = cast(x, y, traced.BACKEND)
         return traced.similarity(a, b, c1, c2, plan)
-    if _custom_op.AVAILABLE:  # the op chooses the backend and casts, eagerly and when compiled
-        return _custom_op.similarity(x, y, c1, c2, plan)
     backend = backends.choose(x, plan)
+    if _custom_op.AVAILABLE:  # the op casts, eagerly and when compiled
+        keep = Needs.of(x, y, c1, c2) if torch.is_grad_enabled() else Needs(False, False, False, False)
+        out = _custom_op.similarity(_custom_op.args(x, y, c1, c2, plan, backend.name, keep))
+        return out[0], (out[1] if plan.output != "ssim" else None)
     a, b = cast(x, y, backend)
     return _fused(a, b, c1, c2, plan, backend)
-
-
-def use_traced() -> bool:
-    """The route, chosen here only: True for the traced one (autograd through plain ops, no
-    backend chosen), while a trace or a transform is active (:func:`tracing`). Else the chosen
-    backend runs in :func:`_fused` (``SSIM_PATCH_BACKEND=traced`` too: its forward in plain ops,
-    its backward :func:`ssim_patch.backends.traced.gradients`).
-
-    Where torch has ``torch.library.custom_op`` the fused route is the custom op of
-    :mod:`ssim_patch.backends._custom_op` (around the same backends), eagerly and under
-    ``torch.compile`` alike, where it is one opaque op in the graph: the traced route is left to
-    active ``torch.func`` transforms and forward AD. On an older torch a trace takes it too."""
-    if not _custom_op.AVAILABLE:
-        return tracing()
-    level: int = getattr(torch.autograd.forward_ad, "_current_level", -1)
-    return transforms_active() or level >= 0
 
 
 def _fused(
     x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan, backend: Backend
 ) -> tuple[Tensor, Optional[Tensor]]:
-    """The fused route: the backend's forward, inside :class:`_Similarity` when a gradient is
-    needed."""
+    """The fused route without the custom op: the backend's forward, inside :class:`_Similarity`
+    when a gradient is needed."""
     tensors = [t for t in (x, y, c1, c2) if isinstance(t, Tensor)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         out = _apply(x, y, c1, c2, plan, backend)
@@ -130,7 +113,7 @@ class _Similarity(torch.autograd.Function):
         ctx.kept_count = len(output) - 2
         # What the forward kept is for the gradients it saw asked for (under a torch.func
         # transform it sees none, and the backward recomputes).
-        ctx.fused = Needs.of(x, y, c1, c2) == Needs(*ctx.needs_input_grad[:4])
+        ctx.kept_for = Needs.of(x, y, c1, c2)
         ctx.save_for_backward(x, y, *output[2:])
         ctx.save_for_forward(x, y)
 
@@ -145,11 +128,12 @@ class _Similarity(torch.autograd.Function):
         needs = Needs(*(bool(v) for v in ctx.needs_input_grad[:4]))
         if g_image is None and (g_extra is None or plan.output == "ssim"):
             return None, None, None, None, None, None
-        if torch.is_grad_enabled() or tracing() or not ctx.fused:
+        if _route.recomputes(ctx.kept_for, needs, opaque=False):
             grads = traced.recompute(x, y, c1, c2, g_image, g_extra, plan, needs)
         else:
             k = constants(c1, c2, plan, x)
-            grads = backend.backward(x, y, k, tuple(kept), g_image, g_extra, plan, needs)
+            kept_grads = backend.backward(x, y, k, tuple(kept), g_image, g_extra, plan, ctx.kept_for)
+            grads = tuple(g if need else None for g, need in zip(kept_grads, _route.flags(needs)))  # type: ignore[assignment]
         return (
             _like(grads[0], x),
             _like(grads[1], y),
@@ -181,7 +165,7 @@ class _Similarity(torch.autograd.Function):
 
         inputs: list[Tensor] = [primals[i] for i in used]
         vectors: list[Optional[Tensor]] = [tangents[i] for i in used]
-        if transforms_active():
+        if _route.transforms_active():
             d = list(torch.func.jvp(run, tuple(inputs), tuple(vectors))[1])
         else:
             with torch.enable_grad():

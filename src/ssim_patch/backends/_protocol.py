@@ -9,8 +9,11 @@ shape, dtype and device) with no autograd inside: :meth:`Backend.forward` and
 
 Dtypes: ``x``, ``y`` are float32 or float64, or, for a backend whose ``reads_reduced_precision`` is
 true, also float16 / bfloat16 (read as they are, computed in float32). The constants ``k`` and
-every output are in the compute dtype (:func:`compute_dtype`); the op casts the image gradients to
-the images' dtype where they differ.
+every output are in the compute dtype (:func:`ssim_patch.backends._dtypes.compute_dtype`); the op
+casts the image gradients to the images' dtype where they differ.
+
+Declarations only: the dtype rules and what is made in them are in
+:mod:`ssim_patch.backends._dtypes`.
 
 What a forward keeps for its backward is the backend's own business, with two rules: every kept
 tensor is shaped ``(S, N, C, ...)`` (any S, any trailing dims; a vmap rule folds the vmapped
@@ -23,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Protocol, Union
 
-import torch
 from torch import Tensor
 
 from ssim_patch import _filters, _formula
@@ -60,42 +62,6 @@ class Needs:
     def of(cls, *inputs: Any) -> Needs:
         """From the inputs (x, y, c1, c2): a tensor that requires grad needs one."""
         return cls(*(isinstance(v, Tensor) and v.requires_grad for v in inputs))
-
-
-REDUCED = (torch.float16, torch.bfloat16)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype SSIM is computed in for images of ``dtype``: float64 stays, the rest is float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def constants(c1: Scalar, c2: Scalar, plan: Plan, x: Tensor) -> _formula.Constants:
-    """``_formula.constants`` for ``plan`` in the compute dtype of images ``x``, on their device."""
-    dtype = compute_dtype(x.dtype)
-    like = x if x.dtype == dtype else x.new_empty((), dtype=dtype)
-    return _formula.constants(c1, c2, plan.eps, like)
-
-
-def cast(x: Tensor, y: Tensor, backend: Backend) -> tuple[Tensor, Tensor]:
-    """The images as ``backend`` reads them: float32 copies of float16 / bfloat16 ones for a
-    backend that does not read those itself (differentiable: the gradient comes back in the
-    images' dtype). The one place reduced precision is cast."""
-    if x.dtype in REDUCED and not backend.reads_reduced_precision:
-        return x.float(), y.float()
-    return x, y
-
-
-def output_like(x: Tensor, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
-    """Empty tensors shaped and typed as a forward's ``(per_image, extra)`` for images ``x``."""
-    dtype = compute_dtype(x.dtype)
-    n, channels, *spatial = x.shape
-    per_image = x.new_empty((n,), dtype=dtype)
-    if plan.output == "map":
-        return per_image, x.new_empty((n, channels, *plan.blur.out_size(tuple(spatial))), dtype=dtype)
-    if plan.output == "cs":
-        return per_image, x.new_empty((n,), dtype=dtype)
-    return per_image, None
 
 
 class Backend(Protocol):

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from ssim_patch import _filters, _formula
 from ssim_patch.backends import _algebra
-from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan, Scalar, cast, constants
+from ssim_patch.backends._dtypes import cast, constants
+from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan, Scalar
 
 
 def terms(x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan) -> tuple[_formula.Terms, Tensor]:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ssim_patch import _filters, _formula
 from ssim_patch.backends import _algebra, conv
-from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
+from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 
 #: The images' dtypes the kernels read (float64 is for the other backends).
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -596,4 +596,4 @@ class TritonBackend:
         return backward(x, y, k, kept, g_image, g_extra, plan, needs, fall_back=True)
 
 
-BACKEND = TritonBackend()
+BACKEND: Backend = TritonBackend()  # mypy checks it against the protocol
