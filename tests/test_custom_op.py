@@ -386,3 +386,84 @@ def test_triton_backend_through_the_op_in_the_interpreter():
     assert v16 <= 2**-10 and g16 < 2e-3, result
     assert all(v < 1e-6 and g < 1e-5 for v, g in float32), result
     assert result["dtypes"] == ["torch.float16", "torch.float32", "torch.float32"], result
+
+
+# --- a compiled graph and SSIM_PATCH_BACKEND -------------------------------------------------------
+
+
+def _spy_backends(monkeypatch) -> list:
+    """The names of the backends whose forward runs, in order."""
+    from ssim_patch.backends import conv, cpu, traced
+
+    ran: list = []
+    for module in (cpu, conv, traced):
+        cls = type(module.BACKEND)
+
+        def spy(self, *args, _original=cls.forward, **kwargs):
+            ran.append(self.name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "forward", spy)
+    return ran
+
+
+def test_a_compiled_graph_follows_the_backend_variable(dynamo, monkeypatch):
+    """What the op keeps depends on the backend: a graph compiled under one backend, called after
+    ``SSIM_PATCH_BACKEND`` changed (set, changed, unset), recompiles for the backend asked for;
+    its value and gradient are the reference's. (It crashed replaying the old graph.)"""
+    ran = _spy_backends(monkeypatch)
+    compiled = torch.compile(
+        lambda a, b: 1 - ssim_patch.ssim(a, b, data_range=1.0), backend="aot_eager", fullgraph=True
+    )
+    x, y = _pair((2, 2, 20, 21))
+    r = x.double().requires_grad_()
+    expected = 1 - ref.ssim(r, y.double(), data_range=1.0)[0].mean()
+    (e,) = torch.autograd.grad(expected, r)
+    monkeypatch.delenv("SSIM_PATCH_BACKEND", raising=False)
+    for name in (None, "traced", "conv", "cpu", "traced", None):
+        if name is None:
+            monkeypatch.delenv("SSIM_PATCH_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("SSIM_PATCH_BACKEND", name)
+        a = x.clone().requires_grad_()
+        value = compiled(a, y)
+        (g,) = torch.autograd.grad(value, a)
+        assert ran[-1] == (name or "cpu"), (name, ran)
+        torch.testing.assert_close(value.double(), expected, atol=2e-6, rtol=0)
+        torch.testing.assert_close(g.double(), e, atol=1e-4 * e.abs().max().item(), rtol=0)
+
+
+CACHED_CHILD = textwrap.dedent(
+    """
+    import json, warnings
+    warnings.simplefilter("ignore")
+    import torch
+    import ssim_patch
+    from torchmetrics.functional.image import structural_similarity_index_measure as f
+    ssim_patch.apply()
+    loss = lambda a, b: 1 - f(a, b, data_range=1.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 33, generator=g)
+    y = 0.6 * x + 0.4 * torch.rand(x.shape, generator=g)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, eager = torch.compile(loss)(a, y), loss(b, y)
+    out.backward(); eager.backward()
+    print(json.dumps({"value": (out - eager).abs().item(), "grad": ((a.grad - b.grad).abs().max() / b.grad.abs().max()).item()}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_inductor_cache_shared_by_processes_with_other_backends(tmp_path):
+    """Processes that share inductor's on-disk cache and ask for other backends (auto, traced,
+    cpu): each compiles or loads a graph for its own backend and gets the eager numbers. (A graph
+    cached under one backend was replayed under another, and crashed.)"""
+    for name in ("auto", "traced", "cpu", "auto"):
+        env = unpatched_environ()
+        env.update(TORCHINDUCTOR_CACHE_DIR=str(tmp_path), SSIM_PATCH_BACKEND=name)
+        out = subprocess.run(
+            [sys.executable, "-c", CACHED_CHILD], capture_output=True, text=True, timeout=600, env=env
+        )
+        assert out.returncode == 0, f"{name}: {out.stderr[-4000:]}"
+        diff = json.loads(out.stdout.strip().splitlines()[-1])
+        assert diff["value"] < 1e-6 and diff["grad"] < 1e-4, (name, diff)

@@ -47,13 +47,25 @@ _TRITON_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
 def requested() -> str:
     """The backend ``SSIM_PATCH_BACKEND`` asks for ("auto" when unset or empty); a ValueError for
     a name not in :data:`NAMES`."""
-    raw = os.environ.get(ENV, "")
+    raw = _environ_value()
     name = raw.strip().lower() or "auto"
     if name not in NAMES:
         raise ValueError(
             f"{ENV}={raw!r} is not a backend: use one of {', '.join(NAMES)} (auto is the default)."
         )
     return name
+
+
+def _environ_value() -> str:
+    """``SSIM_PATCH_BACKEND``'s value ("" when unset), read through ``os.environ``'s own mapping
+    where it has one: torch.compile then guards on the variable set or unset (a graph compiled
+    while it was unset recompiles when it is set); through ``os.environ.get`` dynamo guards only
+    on a value that was set."""
+    data = getattr(os.environ, "_data", None)
+    if not isinstance(data, dict):
+        return os.environ.get(ENV, "")
+    value = data.get(os.environ.encodekey(ENV))
+    return "" if value is None else str(os.environ.decodevalue(value))
 
 
 def load(name: str) -> Union[Backend, str]:
@@ -76,10 +88,11 @@ def _why_not(name: str, x: Tensor, plan: Plan) -> Optional[str]:
     return backend if isinstance(backend, str) else backend.unsupported(x, plan)
 
 
-def choose(x: Tensor, plan: Plan) -> Backend:
+def choose(x: Tensor, plan: Plan, name: Optional[str] = None) -> Backend:
     """The backend for images ``x`` and ``plan``: the forced one (a RuntimeError naming it, why it
-    cannot run the call and what can, if it cannot), else auto's pick."""
-    name = requested()
+    cannot run the call and what can, if it cannot), else auto's pick. ``name``: what
+    :func:`requested` answered, when the caller read it already."""
+    name = requested() if name is None else name
     if name == "auto":
         name = _auto(x, plan)
     why = _why_not(name, x, plan)

@@ -10,8 +10,10 @@ path:
 
 Both take the arguments of :class:`Args` (their schema is written once, :data:`SCHEMA`): the
 :class:`~ssim_patch.backends._protocol.Plan` packed into one ``float[]`` (:func:`pack_plan`,
-:func:`unpack_plan`), the backend by its name, chosen by the caller (so that a compiled graph
-holds the backend it was traced with, and what that backend keeps). ``c1``, ``c2`` are each a 0-d
+:func:`unpack_plan`), the backend as ``SSIM_PATCH_BACKEND`` asked for it when the call was made or traced ("auto" or a
+name: :func:`backend`), so that a compiled graph, and the key inductor caches it under, holds it,
+and dynamo guards on the variable: a graph never runs another backend than the one whose kept
+tensors it was traced with. ``c1``, ``c2`` are each a 0-d
 tensor (``c1``) or a number (``c1_value``, with ``c1`` None): a constant never becomes a tensor,
 a tensor is never read (no host sync). float16 / bfloat16 images go in as they are (a backend
 that does not read them gets float32 copies inside the op); image gradients come back in the
@@ -77,14 +79,15 @@ _FORWARD_SCHEMA = f"({SCHEMA}) -> Tensor[]"
 _BACKWARD_SCHEMA = f"({SCHEMA}, Tensor[] kept, Tensor? g_image, Tensor? g_extra) -> Tensor[]"
 
 
-def backend(name: str) -> Backend:
-    """The backend ``name`` names (``BACKEND`` in ``ssim_patch.backends.<name>``)."""
+def backend(name: str, x: Tensor, plan: Plan) -> Backend:
+    """The backend for images like ``x``: ``name`` is what ``SSIM_PATCH_BACKEND`` asked for when
+    the call was made (or traced), "auto" or a backend's name (see
+    :func:`ssim_patch.backends.choose`). Chosen inside the ops, from ``x``'s device, dtype and
+    dimensions: the fake implementation picks the same one as the real, and torch.compile never
+    traces the choice (its graph holds ``name``, and dynamo guards on the variable it came from)."""
     from ssim_patch import backends
 
-    found = backends.load(name)
-    if isinstance(found, str):
-        raise RuntimeError(f"The {name!r} backend cannot run: {found}.")
-    return found
+    return backends.choose(x, plan, name)
 
 
 # --- the plan, packed into one float[] ----------------------------------------------------------------
@@ -169,7 +172,7 @@ def _no_view_replay() -> Iterator[None]:
 def _forward(*flat: Any) -> list[Tensor]:
     a = Args(*flat)
     plan = unpack_plan(a.plan)
-    be = backend(a.backend)
+    be = backend(a.backend, a.x, plan)
     x, y = cast(a.x, a.y, be)
     c1, c2 = scalars(a)
     needs = Needs(*a.keep) if any(a.keep) else None
@@ -194,7 +197,7 @@ def _forward_fake(*flat: Any) -> list[Tensor]:
     per_image, extra = output_like(a.x, plan)
     if extra is None:
         extra = per_image.new_empty(0)
-    be = backend(a.backend)
+    be = backend(a.backend, a.x, plan)
     kept = be.kept_like(cast(a.x, a.x, be)[0], plan, Needs(*a.keep)) if any(a.keep) else ()
     return [per_image, extra, *kept]
 
@@ -203,7 +206,7 @@ def _backward(*flat: Any) -> list[Tensor]:
     a = Args(*flat[:9])
     kept, g_image, g_extra = flat[9:]
     plan = unpack_plan(a.plan)
-    be = backend(a.backend)
+    be = backend(a.backend, a.x, plan)
     x, y = cast(a.x, a.y, be)
     c1, c2 = scalars(a)
     with _no_view_replay():

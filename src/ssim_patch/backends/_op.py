@@ -19,9 +19,9 @@ Routes (chosen in :func:`use_traced`, the only place):
   the backend's, unless :func:`recomputes` sends it through
   :func:`ssim_patch.backends.traced.recompute`.
 
-The backend is chosen here, outside the op, and the op is given its name: a compiled graph holds
-the backend it was traced with (and the layout of what that backend keeps), and is guarded on
-what chose it (``SSIM_PATCH_BACKEND`` included).
+``SSIM_PATCH_BACKEND`` is read here, outside the op, and given to it: a compiled graph holds the
+backend it was traced with (so the layout of what that backend keeps), inductor's cache keys it,
+and dynamo guards on the variable (a change recompiles).
 
 Dtypes: a backend that does not read float16 / bfloat16 itself gets float32 copies
 (:func:`ssim_patch.backends._dtypes.cast`, here and in the custom op); outputs come back in the
@@ -52,11 +52,11 @@ def similarity(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tupl
     if _route.use_traced():
         a, b = cast(x, y, traced.BACKEND)
         return traced.similarity(a, b, c1, c2, plan)
-    backend = backends.choose(x, plan)
-    if _custom_op.AVAILABLE:  # the op casts, eagerly and when compiled
+    if _custom_op.AVAILABLE:  # the op chooses the backend and casts, eagerly and when compiled
         keep = Needs.of(x, y, c1, c2) if torch.is_grad_enabled() else Needs(False, False, False, False)
-        out = _custom_op.similarity(_custom_op.args(x, y, c1, c2, plan, backend.name, keep))
+        out = _custom_op.similarity(_custom_op.args(x, y, c1, c2, plan, backends.requested(), keep))
         return out[0], (out[1] if plan.output != "ssim" else None)
+    backend = backends.choose(x, plan)
     a, b = cast(x, y, backend)
     return _fused(a, b, c1, c2, plan, backend)
 
