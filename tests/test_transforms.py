@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import operator
 import subprocess
 import sys
 import textwrap
@@ -352,3 +353,72 @@ def test_inductor_dynamic_forward_and_backward(shapes):
         pytest.fail(f"inductor did not finish compiling and running within {INDUCTOR_CAP_S} s")
     assert out.returncode == 0, out.stderr[-4000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["diff"] < 1e-4, out.stdout
+
+
+# --- traces that leave the process: torch.jit.trace, torch.export -----------------------------------
+
+
+class _Loss(torch.nn.Module):
+    """A module computing SSIM through patched torchmetrics."""
+
+    def forward(self, a, b):
+        return F.structural_similarity_index_measure(a, b, data_range=1.0)
+
+
+def _reference_value(x, y):
+    return ref.ssim(x.double(), y.double(), data_range=1.0)[0].mean()
+
+
+def test_jit_trace_records_the_corrected_computation():
+    """``torch.jit.trace`` of a module computing SSIM traces (it raised 'Tracing a list of bool
+    type is currently not supported'), and the traced module computes the corrected SSIM of
+    other images too."""
+    x, y = (t.float() for t in _images((2, 3, 24, 25)))
+    traced_module = torch.jit.trace(_Loss(), (x, y))
+    other = (x.flip(-1), y)
+    for a, b in ((x, y), other):
+        torch.testing.assert_close(traced_module(a, b).double(), _reference_value(a, b), atol=2e-6, rtol=0)
+
+
+LOADER = textwrap.dedent(
+    """
+    import json, sys
+    assert "ssim_patch" not in sys.modules
+    sys.modules["ssim_patch"] = None  # importing it would fail: the artifacts need nothing of it
+    import torch
+    x, y = torch.load(sys.argv[1] + "/images.pt")
+    exported = torch.export.load(sys.argv[1] + "/exported.pt2").module()
+    traced = torch.jit.load(sys.argv[1] + "/traced.pt")
+    print(json.dumps({"export": exported(x, y).item(), "jit": traced(x, y).item()}))
+    """
+)
+
+
+def test_exported_and_traced_programs_load_where_ssim_patch_is_not(tmp_path):
+    """Under ``torch.export`` and ``torch.jit.trace`` the computation is recorded as aten ops (the
+    traced route): the saved programs load and run in a process that cannot import ssim_patch,
+    with the corrected value. (The exported program held ``ssim_patch::similarity`` and did not
+    load there.)"""
+    x, y = (t.float() for t in _images((2, 3, 24, 25)))
+    exported = torch.export.export(_Loss(), (x, y))
+    targets = {node.target for node in exported.graph.nodes if node.op == "call_function"}
+    others = {t for t in targets if t is not operator.getitem and getattr(t, "namespace", None) != "aten"}
+    assert not others, sorted(map(str, others))
+    torch.export.save(exported, str(tmp_path / "exported.pt2"))
+    torch.jit.trace(_Loss(), (x, y)).save(str(tmp_path / "traced.pt"))
+    a, b = x.flip(-1).contiguous(), y
+    torch.save((a, b), str(tmp_path / "images.pt"))
+    out = subprocess.run(
+        [sys.executable, "-c", LOADER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=unpatched_environ(),
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    values = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = _reference_value(a, b).item()
+    assert abs(values["export"] - expected) < 2e-6 and abs(values["jit"] - expected) < 2e-6, (
+        values,
+        expected,
+    )
