@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ssim_patch
 from ssim_patch import _filters
-from ssim_patch.backends import _custom_op
+from ssim_patch.backends import _custom_op, _op, _route
 from ssim_patch.backends._protocol import Needs, Plan
 from tests.helpers import reference_torch as ref
 from tests.helpers.fresh_interpreter import unpatched_environ
@@ -57,6 +57,36 @@ def _plan(output="ssim", eps=None, padding="same"):
 
 
 # --- the ops themselves -----------------------------------------------------------------------------
+
+
+def test_the_route_is_the_custom_op_on_every_torch_that_has_it():
+    """torch.library.custom_op (2.4 on) carries the fused route. Before, on 2.4-2.6 the schema
+    inferred from list[float] annotations was refused, and on 2.7-2.12 a meta kernel beside the
+    fake one; the failure was caught and the autograd.Function taken, saying nothing."""
+    assert _op.route() == ("custom op", f"torch {torch.__version__} has torch.library.custom_op")
+    assert _route.CUSTOM_OP and _custom_op.AVAILABLE
+
+
+def test_the_route_says_what_torch_lacks(monkeypatch):
+    """Decided by feature detection, and said: what a torch lacks for the custom op."""
+    monkeypatch.delattr(torch.library, "register_autograd")
+    assert _route._missing() == f"torch {torch.__version__} has no torch.library.register_autograd"
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.library, "custom_op", lambda name, fn=None, *, mutates_args: None)
+    assert _route._missing() == f"torch {torch.__version__}'s torch.library.custom_op takes no schema"
+
+
+def test_plain_meta_tensors_run_the_backend(monkeypatch):
+    """Tensors on device "meta" (no fake mode) go through the op and run the backend itself, as
+    on a device (launches and bytes are counted there); fake tensors get shapes only."""
+    ran = _spy_backends(monkeypatch)
+    x = torch.empty(2, 3, 16, 17, device="meta", requires_grad=True)
+    with _Ops() as ops:
+        value = ssim_patch.ssim(x, x.detach(), data_range=1.0)
+        value.backward()
+    assert value.device.type == "meta" and x.grad.shape == x.shape
+    assert FORWARD in ops.names and BACKWARD in ops.names
+    assert ran == ["conv"]
 
 
 def test_ops_are_registered_once_per_process():
@@ -340,7 +370,7 @@ TRITON_CHILD = textwrap.dedent(
     import torch
     from tests.helpers import reference_torch as ref
     import ssim_patch
-    from ssim_patch.backends import _custom_op
+    from ssim_patch.backends import _custom_op, _op, _route
     loss = lambda a, b: 1 - ssim_patch.ssim(a, b, data_range=1.0, sigma=1.0)
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=True, dynamic=True)
     g = torch.Generator().manual_seed(0)
