@@ -69,8 +69,9 @@ def leaving() -> bool:
     process, and must hold standard (aten) ops only."""
     if torch._C._get_tracing_state() is not None:
         return True
-    exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)
-    return bool(exporting is not None and exporting())
+    # The flag torch.export sets, strict or not (torch.compiler.is_exporting() itself answers True
+    # under torch.compile on torch 2.11); absent before torch.compiler.is_exporting was added.
+    return bool(getattr(getattr(torch, "compiler", None), "_is_exporting_flag", False))
 
 
 def use_traced() -> bool:
