@@ -302,7 +302,8 @@ def _segments(loss: bool) -> dict[str, Fn]:
 
     from ssim_patch import backends, engine
     from ssim_patch.backends import _op
-    from ssim_patch.backends._protocol import Needs, constants
+    from ssim_patch.backends._dtypes import constants
+    from ssim_patch.backends._protocol import Needs
 
     x, y = _images(TINY)
     c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
@@ -411,7 +412,8 @@ def dispatch(rounds: int, clock: str) -> list[str]:
     """Section 3: one backend behind the custom op, the autograd.Function and a direct call."""
     from ssim_patch import backends, engine
     from ssim_patch.backends import _custom_op, _op
-    from ssim_patch.backends._protocol import Needs, constants
+    from ssim_patch.backends._dtypes import constants
+    from ssim_patch.backends._protocol import Needs
 
     x, y = _images(TINY)
     c1, c2 = 1e-4, 9e-4
@@ -441,7 +443,13 @@ def dispatch(rounds: int, clock: str) -> list[str]:
         "autograd.Function": lambda a: _op._fused(a, y, c1, c2, plan, backend)[0],
     }
     if _custom_op.AVAILABLE:
-        routes["custom op"] = lambda a: _custom_op.similarity(a, y, c1, c2, plan)[0]
+
+        def op(a: Tensor) -> Tensor:
+            grad = torch.is_grad_enabled()
+            keep = Needs.of(a, y, c1, c2) if grad else Needs(False, False, False, False)
+            return _custom_op.similarity(_custom_op.args(a, y, c1, c2, plan, "auto", keep))[0]
+
+        routes["custom op"] = op
     rows = []
     for loss in (False, True):
         calls = {"direct": direct(loss), **{name: through(r, loss) for name, r in routes.items()}}

@@ -59,7 +59,8 @@ from triton.runtime import driver  # noqa: E402
 from ssim_patch import _filters  # noqa: E402
 from ssim_patch.backends import _triton_kernels as kernels  # noqa: E402
 from ssim_patch.backends import triton as tb  # noqa: E402
-from ssim_patch.backends._protocol import Needs, Plan, constants  # noqa: E402
+from ssim_patch.backends._dtypes import constants  # noqa: E402
+from ssim_patch.backends._protocol import Needs, Plan  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
