@@ -1,17 +1,19 @@
 """The route a fused call must take on the torch installed (``ssim_patch.backends.route``), found
-here from torch itself: the custom op where ``torch.library.custom_op`` exists, unless registering
-it failed (and then the reason ``_custom_op`` recorded); else ``autograd.Function``."""
+here from torch itself: the custom op where ``torch.library`` has ``custom_op`` (taking a schema),
+``register_fake`` and ``register_autograd``; else ``autograd.Function``, naming what is missing."""
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
 
 def expected_route() -> tuple[str, str]:
-    if not hasattr(torch.library, "custom_op"):
-        return "autograd.Function", "this torch has no torch.library.custom_op (torch 2.4 added it)"
-    from ssim_patch.backends import _custom_op
-
-    if _custom_op.UNAVAILABLE is not None:
-        return "autograd.Function", _custom_op.UNAVAILABLE
-    return "custom op", "torch.library.custom_op registered ssim_patch::similarity"
+    version = torch.__version__
+    for name in ("custom_op", "register_fake", "register_autograd"):
+        if not hasattr(torch.library, name):
+            return "autograd.Function", f"torch {version} has no torch.library.{name}"
+    if "schema" not in inspect.signature(torch.library.custom_op).parameters:
+        return "autograd.Function", f"torch {version}'s torch.library.custom_op takes no schema"
+    return "custom op", f"torch {version} has torch.library.custom_op"

@@ -146,18 +146,14 @@ UNDECIDED = ("undecided", "torch is not imported yet")
 
 def route() -> tuple[str, str]:
     """The route of a fused call and why: ``("custom op", ...)`` where ``torch.library.custom_op``
-    registers ``ssim_patch::similarity``, else ``("autograd.Function", why not)``. Found by
-    feature detection when :mod:`._custom_op` is first imported; :data:`UNDECIDED` until torch is
+    has what ``ssim_patch::similarity`` needs, else ``("autograd.Function", what it lacks)``, by
+    feature detection (:func:`ssim_patch.backends._route.route`); :data:`UNDECIDED` until torch is
     imported (this never imports torch)."""
     if "torch" not in sys.modules:
         return UNDECIDED
-    from ssim_patch.backends import _custom_op
+    from ssim_patch.backends import _route
 
-    if _custom_op.AVAILABLE:
-        return "custom op", "torch.library.custom_op registered ssim_patch::similarity"
-    if _custom_op.UNAVAILABLE is not None:
-        return "autograd.Function", _custom_op.UNAVAILABLE
-    return "autograd.Function", "this torch has no torch.library.custom_op (torch 2.4 added it)"
+    return _route.route()
 
 
 def route_summary(name: str, why: str) -> str:
