@@ -314,6 +314,7 @@ def ssim_backward_kernel(
     gyw,
     taps_h_ptr,
     taps_w_ptr,
+    edge_w_ptr,  # [2 (PAD_H + 1), KH_P2]: the weights of the rows near the edges (row_weights)
     P,
     C,
     H,
@@ -368,10 +369,10 @@ def ssim_backward_kernel(
         r0 = band * BLOCK_H
         r1 = tl.minimum(r0 + BLOCK_H, H)
         plane64 = tl.cast(plane, tl.int64)
-        acc_x = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        acc_y = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        acc_q = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        acc_c = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        ring_x = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        ring_y = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        ring_q = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        ring_c = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
         # adjoint row o reaches image rows [o - PAD_H, o - PAD_H + KH - 1]; row r is complete after o = r + PAD_H
         for o in range(r0 + PAD_H - (KH - 1), r1 + PAD_H):
             h_x = tl.zeros([BLOCK_W], dtype=tl.float32)
@@ -408,37 +409,36 @@ def ssim_backward_kernel(
                 h_c = _spread_row(
                     adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, EDGE, MASKS, KW, PAD_W, BLOCK_W
                 )
-            # image row r of each slot, and the weight of row o on it (summed over r's preimages)
-            # slot (r mod KH) holds image row r = low + ((slot - low) mod KH); its weight is
-            # taps_h[r - low], read from the doubled taps at KH - (low mod KH) + slot (no modulo)
-            low = o - PAD_H
-            lq = ((low % KH) + KH) % KH
-            wv = tl.load(taps_h_ptr + (KH - lq) + slots, mask=slot_ok, other=0.0)
-            if (low <= PAD_H) | (low + KH - 1 >= H - 1 - PAD_H):  # rows reached through the pads
-                i = slots + (KH - lq)
-                r = low + tl.where(i >= KH, i - KH, i)
-                wv += _reflected(taps_h_ptr, r, slot_ok, PAD_H - o, H, PAD_H, KH)
-            wv = wv[:, None]
+            # the ring keeps the last KH filtered adjoint rows (0 outside [0, OH)): row o in slot o mod KH
+            oq = ((o % KH) + KH) % KH
+            put = (slots == oq)[:, None]
             if NEED_X:
-                acc_x += wv * h_x[None, :]
+                ring_x = tl.where(put, h_x[None, :], ring_x)
             if NEED_Y:
-                acc_y += wv * h_y[None, :]
-            acc_q += wv * h_q[None, :]
-            acc_c += wv * h_c[None, :]
-            # image row low is complete
-            sel = (slots == lq)[:, None]
-            b_q = tl.sum(tl.where(sel, acc_q, 0.0), axis=0)
-            acc_q = tl.where(sel, 0.0, acc_q)
-            b_c = tl.sum(tl.where(sel, acc_c, 0.0), axis=0)
-            acc_c = tl.where(sel, 0.0, acc_c)
+                ring_y = tl.where(put, h_y[None, :], ring_y)
+            ring_q = tl.where(put, h_q[None, :], ring_q)
+            ring_c = tl.where(put, h_c[None, :], ring_c)
+            # image row low = o - PAD_H is complete: slot s holds adjoint row o - ((o - s) mod KH), of
+            # weight taps_h[(o - s) mod KH], read from the doubled taps at KH + (o mod KH) - s (no modulo)
+            low = o - PAD_H
+            if (low <= PAD_H) | (low >= H - 1 - PAD_H):
+                # a row reached through the pads (or an unstored one above the image): its weights,
+                # reflections summed, from the launcher's table (rows 0..PAD_H, then H-1-PAD_H..H-1)
+                e = tl.maximum(low, 0)
+                if low > PAD_H:
+                    e = low + (2 * PAD_H + 2 - H)
+                wv = tl.load(edge_w_ptr + e * KH_P2 + slots)
+            else:
+                wv = tl.load(taps_h_ptr + (KH + oq) - slots, mask=slot_ok, other=0.0)
+            wv = wv[:, None]
+            b_q = tl.sum(wv * ring_q, axis=0)
+            b_c = tl.sum(wv * ring_c, axis=0)
             b_x = b_q
             b_y = b_q
             if NEED_X:
-                b_x = tl.sum(tl.where(sel, acc_x, 0.0), axis=0)
-                acc_x = tl.where(sel, 0.0, acc_x)
+                b_x = tl.sum(wv * ring_x, axis=0)
             if NEED_Y:
-                b_y = tl.sum(tl.where(sel, acc_y, 0.0), axis=0)
-                acc_y = tl.where(sel, 0.0, acc_y)
+                b_y = tl.sum(wv * ring_y, axis=0)
             if low >= r0:
                 rr = tl.cast(low, tl.int64)
                 xs = tl.load(xb + rr * sxh + cols * sxw, mask=cmask, other=0.0).to(tl.float32) - a_x

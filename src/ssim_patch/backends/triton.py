@@ -364,6 +364,7 @@ def _backward_launch(
     out_y = gy if gy is not None else gx
     assert out_x is not None and out_y is not None
     bands = math.ceil(h / launch.block_h)
+    edge_rows = _taps(_edge_rows(blur.taps[0], h, blur.pads[0]), x.device)
     for strip0, strips, skip, gap, edge in _strip_launches(w, block_w, blur.pads[1]):
         kernels.ssim_backward_kernel[(_programs(n * channels * bands * strips, x.device, config),)](
             stack,
@@ -379,6 +380,7 @@ def _backward_launch(
             *out_y.stride(),
             _taps(blur.taps[0] * 2, x.device),  # doubled: the kernels index it with no modulo
             _taps(blur.taps[1], x.device),
+            edge_rows,
             n * channels,
             channels,
             h,
@@ -401,6 +403,31 @@ def _backward_launch(
             BLOCK_W=block_w,
             **_options(launch, config),
         )
+
+
+def _edge_rows(taps: tuple[float, ...], height: int, pad: int) -> tuple[float, ...]:
+    """The backward's vertical weights of the image rows ``0..pad`` and ``height-1-pad..height-1``
+    (``2 (pad + 1)`` rows of ``_pow2(len(taps))`` slots, in that order): row ``r``, completed at
+    adjoint row ``o = r + pad``, takes from slot ``s`` (adjoint row ``o - ((o - s) mod k)``) the sum
+    of its taps over the row's preimages: itself and, through the reflected pads, ``-r`` and
+    ``2 (height - 1) - r``."""
+    k = len(taps)
+    slots = _pow2(k)
+    rows = [*range(pad + 1), *range(height - 1 - pad, height)]
+    table: list[float] = []
+    for r in rows:
+        o = r + pad
+        for s in range(slots):
+            weight = 0.0
+            if s < k:
+                src = o - (o - s) % k
+                weight = taps[r + pad - src]
+                for image in (-r, 2 * (height - 1) - r):
+                    j = image + pad - src
+                    if image != r and 0 <= image + pad < height + 2 * pad and 0 <= j < k and pad > 0:
+                        weight += taps[j]
+            table.append(weight)
+    return tuple(table)
 
 
 def _strip_launches(width: int, block_w: int, pad: int) -> list[tuple[int, int, int, int, bool]]:
