@@ -415,6 +415,31 @@ def test_module_imports_without_triton() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.parametrize(("taps", "n"), [(11, 16), (11, 6), (5, 7), (3, 2), (7, 40)])
+def test_edge_weights_are_the_padded_window_transposed(taps: int, n: int) -> None:
+    """The backward's table (``_edge_weights``): position ``c`` of a reflect-padded axis takes
+    ``w[c][t]`` of the adjoint at ``c + pad - t``: the Jacobian of the reflect-padded correlation
+    (float64, ``F.pad``), read there. Random taps, so that no symmetry hides an index error."""
+    import torch
+    import torch.nn.functional as F
+
+    from ssim_patch.backends import triton as tb
+
+    generator = torch.Generator().manual_seed(taps * 100 + n)
+    window = tuple(float(v) for v in torch.rand(taps, dtype=torch.float64, generator=generator))
+    pad = taps // 2
+    padded = F.pad(torch.eye(n, dtype=torch.float64)[:, None, :], (pad, pad), mode="reflect")[:, 0]
+    jacobian = sum(window[t] * padded[:, t : t + n] for t in range(taps))  # [input c, output o]
+    positions = [*range(pad + 1), *range(n - 1 - pad, n)]
+    weights = tb._edge_weights(window, n, pad)
+    assert len(weights) == len(positions)
+    for c, row in zip(positions, weights):
+        for t in range(taps):
+            o = c + pad - t
+            if 0 <= o < n:
+                assert row[t] == pytest.approx(float(jacobian[c, o]), abs=1e-15), (c, t)
+
+
 @pytest.mark.slow
 def test_kernels_compile_for_sm90() -> None:
     """Every kernel specialization compiles to a cubin for sm_90 (H100/H200) on this machine, no
@@ -776,8 +801,8 @@ _FORWARD = {
     "WRITE_CSUMS": False,
 }
 _LOSS_X = {"WRITE_ADJ": True, "NEED_X": True, "Y_AT": 1, "SQ_AT": 1}
-_EDGE = {"EDGE": True, "MASKS": True}
-_INTERIOR = {"EDGE": False, "MASKS": False}
+_EDGE = {"EDGE": True, "MASKS": True, "EDGE_AT": 192}
+_INTERIOR = {"EDGE": False, "MASKS": False, "EDGE_AT": 192}
 _COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "forward, metric, fp32": ("forward", "fp32", {**_WINDOW, **_FORWARD}, 4),
     "forward, loss for x, fp32": ("forward", "fp32", {**_WINDOW, **_FORWARD, **_LOSS_X}, 4),

@@ -8,13 +8,15 @@ being one plane's band of ``BLOCK_H`` rows by a strip of ``BLOCK_W`` columns, so
 planes runs with any grid. Each tile sweeps its rows top to bottom:
 
 - forward: for each input row of the band's window, the horizontal pass is ``KW`` shifted,
-  reflect-indexed loads of x and y giving the 4 moment rows; the vertical pass keeps the ``KH``
-  output rows still open in a register accumulator ``[KH_P2, BLOCK_W]`` per moment (output row o in
-  slot ``o mod KH``); each input row adds its weight to every open row, and the row it completes
-  is taken out (a masked sum over the slots) and its slot reset. The formula then runs on that row.
-- backward: the same sweep over adjoint rows: the horizontal transpose is a gather (up to three
-  preimages per tap where the strip touches an edge: p, -p and 2(n-1)-p), the vertical transpose
-  the sliding accumulator with each row's weight summed over its reflected preimages.
+  reflect-indexed loads of x and y giving the 4 moment rows; the vertical pass keeps the last
+  ``KH`` of them in a register ring ``[KH_P2, BLOCK_W]`` per moment (row p in slot ``p mod KH``),
+  and each output row is the ring's weighted sum (weights read from the doubled taps at constant
+  offsets). The formula then runs on that row.
+- backward: the same sweep over adjoint rows: the horizontal transpose is ``KW`` shifted loads of
+  each adjoint row, the vertical transpose the same ring of transposed rows, each image row its
+  weighted sum. Rows and (in the edge launch) columns within a window of the border take their
+  weights, the taps summed over their reflected preimages (p, -p and 2(n-1)-p), from a table the
+  launcher builds: no gathers through the pads.
 
 Per-tile sums go to a buffer ``[planes, tiles per plane]`` that the launcher reduces in a fixed order:
 no atomics, two runs bit-identical. All offsets into images and maps are int64.
@@ -240,29 +242,13 @@ def ssim_forward_kernel(
 
 
 @triton.jit
-def _reflected(ptr, pos, ok, at, n, PAD: tl.constexpr, bound):
-    """What a reflect-padded axis of length ``n`` (``PAD`` each side) adds at positions ``pos``
-    through its pads: the entries of ``ptr`` at ``at - pos`` (reflected about 0, for
-    ``1 <= pos <= PAD``) and at ``2 (n - 1) + at - pos`` (about ``n - 1``, for
-    ``n - 1 - PAD <= pos <= n - 2``), each where its index lies in ``[0, bound)``. A position near
-    a short axis's both ends takes both."""
-    i = at - pos
-    m = ok & (pos >= 1) & (pos <= PAD) & (i >= 0) & (i < bound)
-    v = tl.load(ptr + i, mask=m, other=0.0)
-    i = (2 * (n - 1) + at) - pos
-    m = ok & (pos >= n - 1 - PAD) & (pos <= n - 2) & (i >= 0) & (i < bound)
-    return v + tl.load(ptr + i, mask=m, other=0.0)
-
-
-@triton.jit
 def _spread_row(
     base,
     cols,
     cmask,
     OW,
-    W,
     taps_w_ptr,
-    edge,
+    col_w,
     EDGE: tl.constexpr,
     MASKS: tl.constexpr,
     KW: tl.constexpr,
@@ -270,19 +256,20 @@ def _spread_row(
     BLOCK_W: tl.constexpr,
 ):
     """The horizontal transpose of one adjoint row at the strip's image columns ``cols``. ``EDGE``:
-    the launch's strips may reach the reflected pads (gathered where ``edge``, the strip's);
-    ``MASKS``: loads are bounded (an interior strip of "same" padding reads inside the row)."""
+    the strips may reach the reflected pads, each column's weights read at ``col_w`` (the
+    launcher's table: its taps with the reflections summed); ``MASKS``: loads are bounded (an
+    interior strip of "same" padding reads inside the row)."""
     out = tl.zeros([BLOCK_W], dtype=tl.float32)
     for j in tl.static_range(KW):
-        w = tl.load(taps_w_ptr + j)
+        if EDGE:  # noqa: SIM108 (a compile-time branch)
+            w = tl.load(col_w + j)
+        else:
+            w = tl.load(taps_w_ptr + j)
         q = cols + (PAD_W - j)
         if MASKS:  # noqa: SIM108 (a compile-time branch)
             g = tl.load(base + q, mask=cmask & (q >= 0) & (q < OW), other=0.0)
         else:
             g = tl.load(base + q)
-        if EDGE:  # noqa: SIM102 (a compile-time branch, then a run-time one)
-            if edge:  # columns reached through the reflected pads: -c and 2(W-1)-c
-                g += _reflected(base, cols, cmask, PAD_W - j, W, PAD_W, OW)
         out += w * g
     return out
 
@@ -314,7 +301,7 @@ def ssim_backward_kernel(
     gyw,
     taps_h_ptr,
     taps_w_ptr,
-    edge_w_ptr,  # [2 (PAD_H + 1), KH_P2]: the weights of the rows near the edges (row_weights)
+    edge_w_ptr,  # the weights of the rows near the edges, then (EDGE) those of the columns
     P,
     C,
     H,
@@ -335,7 +322,8 @@ def ssim_backward_kernel(
     Y_AT: tl.constexpr,
     SQ_AT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
-    EDGE: tl.constexpr,  # the strips may reach the reflected pads (else: no gathers through them)
+    EDGE: tl.constexpr,  # the strips may reach the reflected pads (each column's weights from the table)
+    EDGE_AT: tl.constexpr,  # where the columns' weights start in edge_w_ptr
     MASKS: tl.constexpr,  # bounded loads of the adjoint rows (not needed inside a "same" interior)
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
@@ -365,7 +353,12 @@ def ssim_backward_kernel(
             scale = tl.load(scale_ptr + n * scale_stride).to(tl.float32)
         cols = strip * BLOCK_W + lanes
         cmask = cols < W
-        edge = (strip * BLOCK_W <= PAD_W) | (strip * BLOCK_W + BLOCK_W >= W - 1 - PAD_W)
+        col_w = edge_w_ptr
+        if EDGE:  # each column's row of the table: 0..PAD_W, W-1-PAD_W..W-1, then the plain taps
+            ce = tl.where(cols >= W - 1 - PAD_W, cols + (2 * PAD_W + 2 - W), 2 * PAD_W + 2)
+            ce = tl.where(cols <= PAD_W, cols, ce)
+            ce = tl.where(cmask, ce, 2 * PAD_W + 2)
+            col_w = edge_w_ptr + EDGE_AT + ce * KW
         r0 = band * BLOCK_H
         r1 = tl.minimum(r0 + BLOCK_H, H)
         plane64 = tl.cast(plane, tl.int64)
@@ -387,9 +380,8 @@ def ssim_backward_kernel(
                         cols,
                         cmask,
                         OW,
-                        W,
                         taps_w_ptr,
-                        edge,
+                        col_w,
                         EDGE,
                         MASKS,
                         KW,
@@ -399,15 +391,15 @@ def ssim_backward_kernel(
                 if NEED_Y:
                     at = (Y_AT * P + plane64) * plane_size + row
                     h_y = _spread_row(
-                        adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, EDGE, MASKS, KW, PAD_W, BLOCK_W
+                        adj_ptr + at, cols, cmask, OW, taps_w_ptr, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
                     )
                 at = (SQ_AT * P + plane64) * plane_size + row
                 h_q = _spread_row(
-                    adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, EDGE, MASKS, KW, PAD_W, BLOCK_W
+                    adj_ptr + at, cols, cmask, OW, taps_w_ptr, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
                 )
                 at = ((SQ_AT + 1) * P + plane64) * plane_size + row
                 h_c = _spread_row(
-                    adj_ptr + at, cols, cmask, OW, W, taps_w_ptr, edge, EDGE, MASKS, KW, PAD_W, BLOCK_W
+                    adj_ptr + at, cols, cmask, OW, taps_w_ptr, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
                 )
             # the ring keeps the last KH filtered adjoint rows (0 outside [0, OH)): row o in slot o mod KH
             oq = ((o % KH) + KH) % KH

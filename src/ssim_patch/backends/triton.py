@@ -22,6 +22,7 @@ before the first use, the kernels run on CPU tensors (the tests do that).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -364,7 +365,6 @@ def _backward_launch(
     out_y = gy if gy is not None else gx
     assert out_x is not None and out_y is not None
     bands = math.ceil(h / launch.block_h)
-    edge_rows = _taps(_edge_rows(blur.taps[0], h, blur.pads[0]), x.device)
     for strip0, strips, skip, gap, edge in _strip_launches(w, block_w, blur.pads[1]):
         kernels.ssim_backward_kernel[(_programs(n * channels * bands * strips, x.device, config),)](
             stack,
@@ -380,7 +380,7 @@ def _backward_launch(
             *out_y.stride(),
             _taps(blur.taps[0] * 2, x.device),  # doubled: the kernels index it with no modulo
             _taps(blur.taps[1], x.device),
-            edge_rows,
+            _taps(_edge_table(blur, h, w, edge), x.device),
             n * channels,
             channels,
             h,
@@ -398,6 +398,7 @@ def _backward_launch(
             SQ_AT=int(gx is not None) + int(gy is not None),
             HAS_SCALE=scale is not None,
             EDGE=edge,
+            EDGE_AT=_edge_at(blur),
             MASKS=edge or blur.pads[1] == 0,
             BLOCK_H=launch.block_h,
             BLOCK_W=block_w,
@@ -405,29 +406,48 @@ def _backward_launch(
         )
 
 
-def _edge_rows(taps: tuple[float, ...], height: int, pad: int) -> tuple[float, ...]:
-    """The backward's vertical weights of the image rows ``0..pad`` and ``height-1-pad..height-1``
-    (``2 (pad + 1)`` rows of ``_pow2(len(taps))`` slots, in that order): row ``r``, completed at
-    adjoint row ``o = r + pad``, takes from slot ``s`` (adjoint row ``o - ((o - s) mod k)``) the sum
-    of its taps over the row's preimages: itself and, through the reflected pads, ``-r`` and
-    ``2 (height - 1) - r``."""
+def _edge_weights(taps: tuple[float, ...], n: int, pad: int) -> list[list[float]]:
+    """The transposed window's weights at the positions ``0..pad`` and ``n-1-pad..n-1`` of a
+    reflect-padded axis of length ``n``: position ``c`` takes ``sum_t w[c][t] g[c + pad - t]`` of
+    the adjoint ``g``, ``w[c][t]`` the taps summed over ``c``'s preimages (itself and, through
+    the pads, ``-c`` and ``2 (n - 1) - c``)."""
     k = len(taps)
-    slots = _pow2(k)
-    rows = [*range(pad + 1), *range(height - 1 - pad, height)]
+    weights = []
+    for c in [*range(pad + 1), *range(n - 1 - pad, n)]:
+        row = list(taps)
+        for image in (-c, 2 * (n - 1) - c):
+            if image != c and -pad <= image < n + pad:
+                for t in range(k):
+                    j = image - c + t
+                    if 0 <= j < k:
+                        row[t] += taps[j]
+        weights.append(row)
+    return weights
+
+
+@functools.lru_cache(maxsize=64)
+def _edge_table(blur: _filters.Blur, height: int, width: int, edge: bool) -> tuple[float, ...]:
+    """The backward's table of the rows and (``edge``) columns near the edges. Rows: ``2 (pad + 1)``
+    of ``_pow2(k)`` slots, row ``r`` (completed at adjoint row ``o = r + pad``) taking from slot
+    ``s``, which holds adjoint row ``o - t`` for ``t = (o - s) mod k``, the weight ``w[r][t]`` of
+    :func:`_edge_weights`. Columns (from ``_edge_at``): ``2 (pad + 1)`` rows of ``k`` weights,
+    then the plain taps."""
+    (taps_h, taps_w), (pad_h, pad_w) = blur.taps, blur.pads
+    k, slots = len(taps_h), _pow2(len(taps_h))
     table: list[float] = []
-    for r in rows:
-        o = r + pad
-        for s in range(slots):
-            weight = 0.0
-            if s < k:
-                src = o - (o - s) % k
-                weight = taps[r + pad - src]
-                for image in (-r, 2 * (height - 1) - r):
-                    j = image + pad - src
-                    if image != r and 0 <= image + pad < height + 2 * pad and 0 <= j < k and pad > 0:
-                        weight += taps[j]
-            table.append(weight)
+    rows = [*range(pad_h + 1), *range(height - 1 - pad_h, height)]
+    for r, weights in zip(rows, _edge_weights(taps_h, height, pad_h)):
+        table += [weights[(r + pad_h - s) % k] if s < k else 0.0 for s in range(slots)]
+    if edge:
+        for weights in _edge_weights(taps_w, width, pad_w):
+            table += weights
+        table += taps_w
     return tuple(table)
+
+
+def _edge_at(blur: _filters.Blur) -> int:
+    """Where the columns' weights start in :func:`_edge_table`."""
+    return 2 * (blur.pads[0] + 1) * _pow2(len(blur.taps[0]))
 
 
 def _strip_launches(width: int, block_w: int, pad: int) -> list[tuple[int, int, int, int, bool]]:
