@@ -300,14 +300,14 @@ def _segments(loss: bool) -> dict[str, Fn]:
     """The patched functional SSIM and the nested calls inside it, each on its own."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    from ssim_patch import backends, engine
+    from ssim_patch import _arguments, backends, engine
     from ssim_patch.backends import _op
     from ssim_patch.backends._dtypes import constants
     from ssim_patch.backends._protocol import Needs
 
     x, y = _images(TINY)
     c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
-    _, plan = engine._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
+    _, plan = _arguments._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
     backend = backends.choose(x, plan)
     leaf = x.clone().requires_grad_()
     unit = torch.full((1,), -1.0)
@@ -331,11 +331,11 @@ def _segments(loss: bool) -> dict[str, Fn]:
         return backend.backward(x, y, k, kept, unit, None, plan, needs)
 
     def plan_cached() -> object:
-        return engine._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
+        return _arguments._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
 
     def plan_built() -> object:
-        engine._PLANS.clear()
-        return engine._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
+        _arguments._PLANS.clear()
+        return _arguments._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
 
     calls: dict[str, Fn] = {"total": total, "engine": in_engine, "op": in_op, "backend": in_backend}
     if loss:
@@ -410,14 +410,14 @@ def breakdown(rounds: int, clock: str) -> list[str]:
 
 def dispatch(rounds: int, clock: str) -> list[str]:
     """Section 3: one backend behind the custom op, the autograd.Function and a direct call."""
-    from ssim_patch import backends, engine
+    from ssim_patch import _arguments, backends
     from ssim_patch.backends import _custom_op, _op
     from ssim_patch.backends._dtypes import constants
     from ssim_patch.backends._protocol import Needs
 
     x, y = _images(TINY)
     c1, c2 = 1e-4, 9e-4
-    _, plan = engine._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
+    _, plan = _arguments._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
     backend = backends.choose(x, plan)
     leaf = x.clone().requires_grad_()
     unit = torch.full((1,), -1.0)

@@ -1,7 +1,7 @@
-"""The engine's plan cache (``engine._PLANS``): a call that follows another gives exactly what it
+"""The engine's plan cache (``_arguments._PLANS``): a call that follows another gives exactly what it
 gives after a fresh start, whichever argument that decides the plan differs between the two.
 
-Each pair below differs in one field of the key (``engine._plan_key``); dropping that field from
+Each pair below differs in one field of the key (``_arguments._plan_key``); dropping that field from
 the key makes the second call reuse the first's plan, and its pair fails.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from ssim_patch import engine
+from ssim_patch import _arguments, engine
 
 Call = Callable[[], Any]
 
@@ -79,9 +79,9 @@ def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 
 @pytest.mark.parametrize("first, second", [p[1:] for p in PAIRS], ids=[p[0] for p in PAIRS])
 def test_a_call_after_another_gives_what_it_gives_alone(first: Call, second: Call) -> None:
-    engine._PLANS.clear()
+    _arguments._PLANS.clear()
     alone = _outcome(second)
-    engine._PLANS.clear()
+    _arguments._PLANS.clear()
     _outcome(first)
     after = _outcome(second)
     assert _same(after, alone), (after[:1], alone[:1])
@@ -89,10 +89,10 @@ def test_a_call_after_another_gives_what_it_gives_alone(first: Call, second: Cal
 
 
 def test_a_repeated_call_reuses_its_plan() -> None:
-    engine._PLANS.clear()
+    _arguments._PLANS.clear()
     first = _outcome(ssim())
-    assert len(engine._PLANS) == 1
-    assert _same(_outcome(ssim()), first) and len(engine._PLANS) == 1
+    assert len(_arguments._PLANS) == 1
+    assert _same(_outcome(ssim()), first) and len(_arguments._PLANS) == 1
 
 
 @pytest.mark.parametrize(
@@ -105,20 +105,20 @@ def test_a_repeated_call_reuses_its_plan() -> None:
     ids=["tensor", "bool", "tensor flag"],
 )
 def test_other_argument_types_are_not_cached(kwargs: dict[str, Any]) -> None:
-    engine._PLANS.clear()
+    _arguments._PLANS.clear()
     _outcome(ssim(**kwargs))
-    assert engine._PLANS == {}
+    assert _arguments._PLANS == {}
 
 
 def test_an_argument_error_is_raised_at_each_call() -> None:
-    engine._PLANS.clear()
+    _arguments._PLANS.clear()
     for _ in range(2):
         with pytest.raises(ValueError, match="kernel_size"):
             engine.ssim(X2, Y2, gaussian_kernel=False, kernel_size=4)
-    assert engine._PLANS == {}
+    assert _arguments._PLANS == {}
 
 
 def test_nothing_is_cached_while_a_transform_runs() -> None:
-    engine._PLANS.clear()
+    _arguments._PLANS.clear()
     torch.func.grad(lambda x: engine.ssim(x, Y2, data_range=1.0))(X2)
-    assert engine._PLANS == {}
+    assert _arguments._PLANS == {}
