@@ -302,15 +302,12 @@ def _segments(loss: bool) -> dict[str, Fn]:
 
     from ssim_patch import _arguments, backends, engine
     from ssim_patch.backends import _op
-    from ssim_patch.backends._dtypes import constants
-    from ssim_patch.backends._protocol import Needs
 
     x, y = _images(TINY)
     c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
     _, plan = _arguments._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
     backend = backends.choose(x, plan)
     leaf = x.clone().requires_grad_()
-    unit = torch.full((1,), -1.0)
 
     def total() -> object:
         return structural_similarity_index_measure(leaf if loss else x, y, data_range=1.0)
@@ -321,14 +318,7 @@ def _segments(loss: bool) -> dict[str, Fn]:
     def in_op() -> object:
         return _op.similarity(leaf if loss else x, y, c1, c2, plan)[0].mean()
 
-    def in_backend() -> object:
-        k = constants(c1, c2, plan, x)
-        if not loss:
-            return backend.forward(x, y, k, plan, None)
-        needs = Needs(True, False, False, False)
-        _, _, kept = backend.forward(x, y, k, plan, needs)
-        assert kept is not None
-        return backend.backward(x, y, k, kept, unit, None, plan, needs)
+    in_backend = _backend_alone(backend, x, y, c1, c2, plan, loss)
 
     def plan_cached() -> object:
         return _arguments._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
@@ -405,6 +395,28 @@ def breakdown(rounds: int, clock: str) -> list[str]:
     return _table(["pass", "part", "us", "share", "aten ops", "Python calls"], rows)
 
 
+def _backend_alone(
+    backend: Any, x: torch.Tensor, y: torch.Tensor, c1: float, c2: float, plan: Any, loss: bool
+) -> Fn:
+    """The backend's own work for one call, no op around it: its forward, and for a loss its
+    backward from what the forward kept (the gradient of x only)."""
+    from ssim_patch.backends._dtypes import constants
+    from ssim_patch.backends._protocol import Needs
+
+    unit = torch.full((1,), -1.0)
+
+    def run() -> object:
+        k = constants(c1, c2, plan, x)
+        if not loss:
+            return backend.forward(x, y, k, plan, None)
+        needs = Needs(True, False, False, False)
+        _, _, kept = backend.forward(x, y, k, plan, needs)
+        assert kept is not None
+        return backend.backward(x, y, k, kept, unit, None, plan, needs)
+
+    return run
+
+
 # --- 3. dispatch --------------------------------------------------------------------------------
 
 
@@ -412,7 +424,6 @@ def dispatch(rounds: int, clock: str) -> list[str]:
     """Section 3: one backend behind the custom op, the autograd.Function and a direct call."""
     from ssim_patch import _arguments, backends
     from ssim_patch.backends import _custom_op, _op
-    from ssim_patch.backends._dtypes import constants
     from ssim_patch.backends._protocol import Needs
 
     x, y = _images(TINY)
@@ -420,19 +431,9 @@ def dispatch(rounds: int, clock: str) -> list[str]:
     _, plan = _arguments._ssim_plan(True, 1.5, 11, 2, "same", "ssim")
     backend = backends.choose(x, plan)
     leaf = x.clone().requires_grad_()
-    unit = torch.full((1,), -1.0)
 
     def direct(loss: bool) -> Fn:
-        def run() -> object:
-            k = constants(c1, c2, plan, x)
-            if not loss:
-                return backend.forward(x, y, k, plan, None)
-            needs = Needs(True, False, False, False)
-            _, _, kept = backend.forward(x, y, k, plan, needs)
-            assert kept is not None
-            return backend.backward(x, y, k, kept, unit, None, plan, needs)
-
-        return run
+        return _backend_alone(backend, x, y, c1, c2, plan, loss)
 
     def through(route: Callable[[Tensor], Tensor], loss: bool) -> Fn:
         if not loss:

@@ -47,3 +47,13 @@ def patch_reverted() -> Iterator[None]:
 
     with patch_state.reverted():
         yield
+
+
+@pytest.fixture
+def dynamo():
+    """torch._dynamo, reset before and after the test (compiled graphs and guards of one test
+    never reach another)."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo.reset()
+    yield dynamo
+    dynamo.reset()

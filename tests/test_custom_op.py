@@ -36,14 +36,6 @@ FORWARD = "ssim_patch.similarity.default"
 BACKWARD = "ssim_patch.similarity_backward.default"
 
 
-@pytest.fixture
-def dynamo():
-    dynamo = pytest.importorskip("torch._dynamo")
-    dynamo.reset()
-    yield dynamo
-    dynamo.reset()
-
-
 def _pair(shape, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     target = torch.rand(shape, generator=g, dtype=torch.float64)

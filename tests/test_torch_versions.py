@@ -28,14 +28,6 @@ COMPILES = not (Version("2.1") > TORCH and sys.version_info >= (3, 11))
 needs_compile = pytest.mark.skipif(not COMPILES, reason=f"torch {TORCH} cannot compile on this Python")
 
 
-@pytest.fixture
-def dynamo():
-    dynamo = pytest.importorskip("torch._dynamo")
-    dynamo.reset()
-    yield dynamo
-    dynamo.reset()
-
-
 # --- what the installed torch offers ---------------------------------------------------------------
 
 

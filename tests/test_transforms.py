@@ -255,14 +255,6 @@ def test_the_function_under_vmap_jvp_and_grad(output):
 # --- torch.compile ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def dynamo():
-    dynamo = pytest.importorskip("torch._dynamo")
-    dynamo.reset()
-    yield dynamo
-    dynamo.reset()
-
-
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_compile_fullgraph_dynamic_forward_and_backward(case, api, dynamo):
