@@ -73,6 +73,19 @@ def _layout(version: str, cache: pathlib.Path) -> pathlib.Path:
     return target
 
 
+#: What the matrix suite needs beside torch and torchmetrics: pytest with pyproject's options
+#: (pytest-xdist's -n), hypothesis, and pkg_resources for torchmetrics 0.8-0.11.
+_SUITE_NEEDS = [
+    "pytest>=7",
+    "pytest-xdist>=3",
+    "hypothesis>=6.80",
+    "pyyaml>=6",
+    "wrapt>=1.14",
+    "packaging>=20",
+    "setuptools<80",
+]
+
+
 def _torch_python(version: str, cache: pathlib.Path, requires: list[str]) -> pathlib.Path:
     """The interpreter of a venv with torch ``version`` (from the registry, with numpy<2 for torch
     before 2.3, which was built for numpy 1) and the matrix suite's requirements, made once in
@@ -82,7 +95,7 @@ def _torch_python(version: str, cache: pathlib.Path, requires: list[str]) -> pat
     if not (venv / ".complete").is_file():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         numpy = "numpy<2" if Version(version) < Version("2.3") else "numpy"
-        wanted = [f"torch=={version}", numpy, "pytest>=7", "pyyaml>=6", "wrapt>=1.14", *requires]
+        wanted = [f"torch=={version}", numpy, *_SUITE_NEEDS, *requires]
         subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted], check=True)
         (venv / ".complete").write_text(version + "\n")
     return python
