@@ -281,7 +281,8 @@ def _register(hook: _releases.HookPoint) -> None:
     pending apply() (after torchmetrics was dropped from sys.modules) registers it again."""
     if hook.module not in _registered:
         _registered.add(hook.module)
-        wrapt.register_post_import_hook(_on_import, hook.module)
+        # wrapt's stubs declare their API for Python >= 3.10 only (scripts/mypy-py39.ini checks 3.9)
+        wrapt.register_post_import_hook(_on_import, hook.module)  # type: ignore[attr-defined, unused-ignore]
 
 
 def _on_import(module: types.ModuleType) -> None:
