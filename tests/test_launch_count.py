@@ -75,6 +75,11 @@ def _top(counts: OpCounts) -> str:
     return ", ".join(f"{name} x{n}" for name, n in counts.writes_by_op.most_common(8))
 
 
+@pytest.mark.skipif(
+    not torch._C._dispatch_has_kernel_for_dispatch_key("aten::reflection_pad2d.out", "Meta"),
+    reason=f"torch {torch.__version__} has no meta kernel for reflection_pad2d.out, which the CUDA route "
+    "writes its padding with: on meta the patch pads out of place, so meta's counts are not the CUDA route's",
+)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", COUNT_SHAPES, ids=shape_text)
 def test_patched_dispatches_and_writes_no_more_than_unpatched(

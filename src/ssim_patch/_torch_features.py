@@ -7,6 +7,8 @@ the few torch internals the engine reads that moved between torch 2.0 and the ne
 - :func:`fake_mode_active`: ``torch._guards.detect_fake_mode`` (2.1 on); on 2.0 a look at the
   dispatch-mode stack.
 - :func:`constant_under_old_dynamo`: ``torch._dynamo.assume_constant_result`` on torch 2.0-2.2.
+- :data:`META_REFLECT_PAD2D_OUT`: whether ``aten::reflection_pad2d.out`` has a ``meta`` kernel
+  (torch 2.1 on; 2.0 has one for the functional form only).
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def fake_mode_active(like: Tensor) -> bool:
     stack = _dispatch._get_current_dispatch_mode_stack()  # torch 2.0
     return is_fake(like) or any(isinstance(mode, _fake.FakeTensorMode) for mode in stack)
 
+
+#: torch 2.0 has a ``meta`` kernel for ``reflection_pad2d`` but not for its ``out=`` form.
+META_REFLECT_PAD2D_OUT: bool = torch._C._dispatch_has_kernel_for_dispatch_key(
+    "aten::reflection_pad2d.out", "Meta"
+)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssim_patch import _filters, _formula
-from ssim_patch._torch_features import fake_mode_active
+from ssim_patch._torch_features import META_REFLECT_PAD2D_OUT, fake_mode_active
 from ssim_patch.backends import _algebra
 from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 
@@ -130,6 +130,8 @@ def reflect_pad_into(src: Tensor, pads: tuple[int, ...], out: Tensor) -> None:
         flat += [pad, pad]
     if not any(pads):
         out.copy_(src)
+    elif len(pads) == 2 and src.device.type == "meta" and not META_REFLECT_PAD2D_OUT:
+        out.copy_(torch.ops.aten.reflection_pad2d(src, flat))  # torch 2.0 on meta: no out= kernel
     elif len(pads) == 2:
         torch.ops.aten.reflection_pad2d.out(src, flat, out=out)
     else:
