@@ -35,7 +35,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_flatten
 
 #: Ops that only allocate: no kernel, nothing written.
 ALLOCATIONS = frozenset(
@@ -64,7 +64,7 @@ class OpCounts:
 
 
 def _tensors(value: Any) -> list[Tensor]:
-    return [t for t in tree_leaves(value) if isinstance(t, Tensor)]
+    return [t for t in tree_flatten(value)[0] if isinstance(t, Tensor)]
 
 
 def _storage_key(t: Tensor) -> Optional[int]:

@@ -14,6 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import ssim_patch
 from ssim_patch.backends import conv
+from tests.helpers.torch_support import fake_cuda_unsupported
 
 F = importlib.import_module("torchmetrics.functional.image.ssim")
 
@@ -105,11 +106,10 @@ def test_no_value_is_read_under_fake_tensor_mode(data_range, backend, patch_appl
             call().backward()
 
 
-@pytest.mark.skipif(
-    not torch.backends.cuda.is_built(), reason="fake CUDA convolutions need a CUDA build of torch"
-)
 def test_fake_cuda_tensors_take_the_conv_backend_without_a_read(patch_applied, monkeypatch):
     """Fake CUDA tensors (no GPU needed): the conv backend and its TF32 guard."""
+    if fake_cuda_unsupported():
+        pytest.skip(fake_cuda_unsupported())
     monkeypatch.setenv("SSIM_PATCH_BACKEND", "conv")
     with FakeTensorMode():
         x = torch.empty(2, 3, 32, 32, device="cuda")

@@ -32,6 +32,7 @@ from tests.helpers.bad_inputs import BAD_INPUTS, table_rows
 from tests.helpers.fresh_interpreter import assert_scenarios_pass, unpatched_environ
 from tests.helpers.hook_bindings import hook_bindings as _hook_bindings
 from tests.helpers.reference import ssim_reference
+from tests.helpers.torch_support import requires_compile
 
 MODULE = _releases.MODULE
 F = importlib.import_module(MODULE)
@@ -305,6 +306,7 @@ def test_metric_pickled_while_patched_loads_after_revert():
 # --- torch.compile ------------------------------------------------------------------------------
 
 
+@requires_compile
 def test_compile_traces_the_patched_functional_in_one_graph():
     """Dynamo captures the patched functional without a graph break (no host sync, even with
     data_range=None), AOT autograd runs it, and a compiled function follows revert()."""

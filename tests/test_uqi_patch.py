@@ -27,6 +27,7 @@ from ssim_patch import PatchError, _adapters, _patcher, _releases
 from tests.helpers.fresh_interpreter import assert_scenarios_pass
 from tests.helpers.hook_bindings import hook_bindings
 from tests.helpers.reference import uqi_reference
+from tests.helpers.torch_support import requires_compile
 
 U = importlib.import_module(_releases.UQI_MODULE)
 METRICS = importlib.import_module(_releases.UQI_METRIC_MODULE)
@@ -408,6 +409,7 @@ def test_faults_in_a_fresh_interpreter():
     assert_scenarios_pass(CHILD, "1" if SWAPS_UPDATE else "0", count=4 + SWAPS_UPDATE)
 
 
+@requires_compile
 def test_compile_traces_the_patched_uqi_sum_in_one_graph():
     """The patched ``_uqi_compute`` with ``reduction="sum"`` (what the Metric class sums) traces in
     one graph: it depends on its arguments only, not on who calls it."""
@@ -429,6 +431,7 @@ def _before_apply_expected(x, y, kw):
     return uqi_reference(x.numpy(), y.numpy(), eps=float(torch.finfo(torch.float64).eps), **kw).mean()
 
 
+@requires_compile
 @pytest.mark.parametrize("compile_backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_metric_created_before_apply_compiled(compile_backend):
     """The issue's case: created before apply(), then run through torch.compile. The release's own
@@ -452,6 +455,7 @@ def test_metric_created_before_apply_compiled(compile_backend):
     assert abs(value.item() - expected) < 1e-10 and abs(metric.compute().item() - expected) < 1e-10
 
 
+@requires_compile
 def test_a_metric_compiled_and_run_before_apply_follows_apply_and_revert():
     """A compiled metric run unpatched, then patched (both paddings), then reverted: torch.compile
     retraces when the hook points change, and each call gets the state's value."""
