@@ -26,6 +26,8 @@ _KEEP_BYTES = 16 << 20
 _Key = tuple[str, torch.dtype, torch.device, type, bool]
 #: A workspace keeps at most this many plans (views of its buffers; ``cpu.BandBlur``'s).
 _PLANS = 64
+#: ... and at most this many views of its buffers (:meth:`Workspace.take`'s).
+_VIEWS = 256
 #: Tensor types whose scratch is a plain tensor, kept from call to call.
 _PLAIN = (Tensor, torch.nn.Parameter)
 
@@ -43,6 +45,9 @@ class Workspace:
         self._buffers: dict[_Key, Tensor] = {}
         self._taken: set[_Key] = set()
         self._nbytes = 0
+        #: The views :meth:`take` returned, by key and shape (a view costs microseconds to make,
+        #: and a call takes dozens); cleared with the plans.
+        self._views: dict[tuple[_Key, tuple[int, ...]], Tensor] = {}
         #: What the backend made of these buffers (views, index tensors), by what it is for;
         #: cleared whenever a buffer is made anew, so that nothing here views a dropped one.
         self.plans: dict[tuple[object, ...], Any] = {}
@@ -52,14 +57,20 @@ class Workspace:
         kind = Tensor if type(like) in _PLAIN else type(like)
         key = (name, like.dtype, like.device, kind, torch.is_inference_mode_enabled())
         self._taken.add(key)
+        view = self._views.get((key, shape))
+        if view is not None:
+            return view
         buf = self._buffers.get(key)
         if buf is None or buf.numel() < size:
             self._nbytes -= 0 if buf is None else _nbytes(buf)
-            self.plans.clear()
+            self._forget()
             buf = like.new_empty(size)
             self._nbytes += _nbytes(buf)
             self._buffers[key] = buf
-        return buf[:size].view(shape)
+        if len(self._views) >= _VIEWS:
+            self._views.clear()
+        view = self._views[(key, shape)] = buf[:size].view(shape)
+        return view
 
     def remember(self, key: tuple[object, ...], plan: Any) -> None:
         """Keeps ``plan`` in :attr:`plans` (which holds at most ``_PLANS``: shapes that vary from
@@ -67,6 +78,11 @@ class Workspace:
         if len(self.plans) >= _PLANS:
             self.plans.clear()
         self.plans[key] = plan
+
+    def _forget(self) -> None:
+        """Drops every view of the buffers (before one is made anew or dropped)."""
+        self.plans.clear()
+        self._views.clear()
 
     def formula(self, name: str, like: Tensor) -> Tensor:
         """A :data:`ssim_patch._formula.Buffers` of this workspace."""
@@ -89,7 +105,7 @@ class Workspace:
     def _keep_only(self, wanted: Callable[[_Key], bool]) -> None:
         self._buffers = {key: buf for key, buf in self._buffers.items() if wanted(key)}
         self._nbytes = sum(_nbytes(buf) for buf in self._buffers.values())
-        self.plans.clear()
+        self._forget()
 
 
 #: Each thread's workspace between calls (``free``): see :func:`workspace`.
