@@ -3,13 +3,20 @@ float32 and float64.
 
 A piece is a few whole planes (``N * C`` planes in all), or a band of rows of one plane with the
 window's halo, about ``_CHUNK`` samples. For each piece the forward writes the four shifted maps
-``s', d', s'^2, d'^2`` into a reused buffer, blurs them in place (:class:`BandBlur`: shifted
-multiply-adds over views made once per window and shape), applies the formula (its temporaries
-in reused buffers too) and adds the piece's sums to the per-image sums; for a per-image SSIM (a
-loss) it also forms the adjoint maps for a unit upstream gradient while the piece is in cache,
-for the map and cs outputs it keeps the terms. The backward goes plane by plane: ``W^T`` of the
+``s', d', s'^2, d'^2`` into a reused buffer and blurs them (:class:`BandBlur`), applies the
+formula (its temporaries in reused buffers too) and adds the piece's sums to the per-image sums;
+for a per-image SSIM (a loss) it also forms the adjoint maps for a unit upstream gradient while
+the piece is in cache, for the map and cs outputs it keeps the terms. The backward goes by pieces
+of whole planes (a plane larger than a piece of a loss: by bands of its rows): ``W^T`` of the
 stacked adjoint maps in reused buffers (the reflect pads folded back by ``index_add_``),
 recombined straight into the gradient (``_algebra.combine``).
+
+The blur, 2-D, is a few matrix products with band matrices per piece where the thread's ops run
+single-threaded (a worker's, or a caller's with one thread): along the rows, every row of every
+map at once in blocks of 16; down the columns, 32 rows of every map at once. Each output is a
+sum of ``16 + h`` (``32 + h``) products of which only the window's are not 0, yet a product
+runs several times faster than the window's shifted multiply-adds (memory passes over the whole
+piece), which are the blur in 3-D and where a product would open a parallel region.
 
 The pieces are the unit of parallel work: where the caller has several torch threads and a call
 several pieces, the library's own workers (:mod:`ssim_patch.backends._pool`) take them one at a
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -39,9 +46,19 @@ from ssim_patch.backends._workspace import Workspace, workspace
 #: Tensor types the library's workers may compute on (others keep their handling in the caller's thread).
 _PLAIN = (Tensor, torch.nn.Parameter)
 
+#: :meth:`BandBlur._banded`'s smallest block along the rows, and its block of rows.
+_BLOCK, _ROWS = 16, 32
+
 #: The work is cut into pieces of about this many samples (whole planes, or bands of rows of one
 #: plane), so that the moment maps and their filtered copies stay in cache.
 _CHUNK = 1 << 16
+
+
+def _products_here() -> bool:
+    """Whether this thread's matrix products run single-threaded (a worker's, or a caller with
+    one thread): a product opens a parallel region where an elementwise op of a piece's size
+    opens none, and a region per product is what the workers are there to avoid."""
+    return torch.get_num_threads() == 1
 
 
 def source_rows(n: int, k: int, mode: _filters.Mode, lo: int, hi: int) -> Tensor:
@@ -65,7 +82,9 @@ _Fold = tuple[Tensor, int, Tensor, Tensor]
 class BandBlur:
     """``W`` and ``W^T`` on CPU, without autograd, in the buffers of a :class:`Workspace`.
 
-    ``filter`` blurs a stack ``(S, P, *padded)`` of gathered rows (the first spatial axis with its
+    :meth:`moments` blurs the four maps of a piece, :meth:`adjoint` and :meth:`adjoint_rows` give
+    ``W^T``: by matrix products with band matrices in 2-D where :func:`_products_here`, else
+    by shifted multiply-adds. ``filter`` blurs a stack ``(S, P, *padded)`` of gathered rows (the first spatial axis with its
     halo, from :meth:`rows`; the others padded by :meth:`pad_rest`). The views each pass reads and
     writes are made once per window and shape and kept in the workspace's ``plans``: a call runs
     the same few shapes many times, a training loop the same call, and each view made costs as
@@ -84,6 +103,258 @@ class BandBlur:
     def pad_rest(self, t: Tensor) -> Tensor:
         """Reflect-pad every spatial axis but the first (already gathered with its halo)."""
         return _filters.reflect_pad(t, self.blur.pads[1:])
+
+    def moments(self, xb: Tensor, yb: Tensor, shift: Tensor) -> Tensor:
+        """``W`` of the four shifted maps ``s', d', s'^2, d'^2`` of gathered, padded rows ``xb``,
+        ``yb`` ``(P, *padded)``, ``shift`` ``(2, P, 1, ..)``: a view ``(4, P, *out)`` of a buffer.
+
+        2-D, where this thread's ops run single-threaded: :meth:`_banded` (matrix products);
+        else the shifted multiply-adds of :meth:`filter`, which open no parallel region of their
+        own where a piece is small."""
+        if len(self.spatial) == 2 and _products_here():
+            return self._banded(xb, yb, shift)
+        stack = self.work.take("stack", (4, *xb.shape), xb)
+        sd, squares = stack.tensor_split(2)
+        torch.add(xb, yb, out=stack[0])
+        torch.sub(xb, yb, out=stack[1])
+        torch.mul(sd.sub_(shift), sd, out=squares)
+        return self.filter(stack)
+
+    def _banded(self, xb: Tensor, yb: Tensor, shift: Tensor) -> Tensor:
+        """:meth:`moments` in 2-D by matrix products with band matrices (:func:`_band`).
+
+        The maps are laid out ``(rows, 4, P, wide)``, each row padded to ``wide``, a multiple of
+        the block ``b``. Along the rows (the last axis) all rows are one flat signal cut into
+        blocks of ``b``: a block's outputs are its ``b`` inputs times ``B`` plus the next block's
+        first ``h`` inputs times ``C`` (added to its last ``h`` outputs only, which at a row's
+        end lie past the row's outputs: no output reads another row). Down the columns, each
+        block of rows of every map and plane at once is one product. A product's zero
+        weights spread a NaN or inf through its block, never outside the plane it is in.
+        """
+        planes = xb.shape[0]
+        plan = self._banded_plan(xb)
+        xt, yt = xb.transpose(0, 1), yb.transpose(0, 1)
+        torch.add(xt, yt, out=plan.s)
+        torch.sub(xt, yt, out=plan.d)
+        if plan.margin is not None:  # read with weight 0: finite
+            plan.margin.zero_()
+        torch.mul(plan.sd.sub_(shift.reshape(2, planes, 1)), plan.sd, out=plan.squares)
+        torch.mm(plan.blocks, plan.along, out=plan.across)
+        if plan.next_blocks is not None:
+            plan.ends.addmm_(plan.next_blocks, plan.tail)
+        for down, source, dest in plan.down:
+            torch.mm(down, source, out=dest)
+        return plan.moments
+
+    def _banded_plan(self, xb: Tensor) -> _BandedPlan:
+        """:meth:`_banded`'s views of its buffers for gathered rows of ``xb``'s shape (kept in the
+        workspace's plans, but for a fake tensor)."""
+        hv, hh = (len(t) - 1 for t in self.blur.taps)
+        planes, rows_in, width = xb.shape
+        rows_out, width_out = rows_in - hv, width - hh
+        b = max(_BLOCK, -(-hh // 8) * 8)
+        wide = -(-width // b) * b
+        size = rows_in * 4 * planes * wide
+        flat = self.work.take("banded in", (size + b,), xb)  # b more: the last block's next one
+        across = self.work.take("banded across", (size,), xb)
+        moments = self.work.take("banded out", (rows_out, 4, planes, wide), xb)
+        fake = is_fake(xb)
+        key = ("banded", self.blur, tuple(xb.shape), xb.dtype, xb.device, torch.is_inference_mode_enabled())
+        plan: Optional[_BandedPlan] = None if fake else self.work.plans.get(key)
+        if plan is not None:
+            return plan
+        along, tail, down = self._bands(b, xb)
+        stack = flat[:size].view(rows_in, 4, planes, wide)
+        count = size // b
+        out = across.view(count, b)
+        source = across.view(rows_in, 4 * planes * wide)
+        dest = moments.view(rows_out, 4 * planes * wide)
+        products = []
+        for r0 in range(0, rows_out, _ROWS):
+            r1 = min(r0 + _ROWS, rows_out)
+            products.append((down[: r1 - r0, : r1 - r0 + hv], source[r0 : r1 + hv], dest[r0:r1]))
+        plan = _BandedPlan(
+            s=stack[:, 0, :, :width],
+            d=stack[:, 1, :, :width],
+            margin=stack[..., width:] if wide > width else None,
+            sd=stack[:, :2],
+            squares=stack[:, 2:],
+            blocks=flat[:size].view(count, b),
+            along=along,
+            across=out,
+            next_blocks=flat[b : b + size].view(count, b)[:, :hh] if hh else None,
+            tail=tail,
+            ends=out[:, b - hh :],
+            down=products,
+            moments=moments[..., :width_out].permute(1, 2, 0, 3),
+        )
+        if not fake:
+            self.work.remember(key, plan)
+        return plan
+
+    def _banded_adjoint(self, g: Tensor, slot: str) -> Tensor:
+        """:meth:`adjoint` of ``(S, P, *out)`` by the transposed products of :meth:`_banded`,
+        in the same layout (rows first, each padded to a multiple of the block)."""
+        plan = self._adjoint_plan(g, slot)
+        plan.grad.copy_(g.movedim(-2, 0))
+        for zero in plan.zeros:  # past g's edges; the outputs past a row's end have no gradient
+            zero.zero_()
+        for flipped, source, dest in plan.down:
+            torch.mm(flipped, source, out=dest)
+        torch.mm(plan.blocks, plan.along, out=plan.back)
+        if plan.ends is not None:
+            plan.next_blocks.addmm_(plan.ends, plan.tail)
+        for inner, dim, index, pad_part in plan.folds:
+            inner.index_add_(dim, index, pad_part)
+        return plan.core
+
+    def adjoint_rows(self, g: Tensor, i0: int, i1: int) -> Tensor:
+        """Rows ``i0:i1`` of ``W^T g`` for the stacked maps of one plane ``(S, *out)``, 2-D, by
+        matrix products: a view ``(S, i1 - i0, width)`` of a buffer.
+
+        The rows are those of the padded spread that land on them (``i + pad``, and the pad
+        rows that fold onto rows near an edge), each the flipped window times the rows of ``g``
+        it reaches (zero past ``g``'s edges); then along the rows as :meth:`_banded_adjoint`."""
+        hv, hh = (len(t) - 1 for t in self.blur.taps)
+        stacked, rows_out, width_out = g.shape
+        n, width_in = self.spatial[0], width_out + hh
+        pad = self.blur.pads[0]
+        padded = rows_out + hv
+        q0 = 0 if i0 <= pad else i0 + pad
+        q1 = padded if pad and i1 - 1 >= n - 1 - pad else i1 + pad
+        count_q = q1 - q0
+        b = max(_BLOCK, -(-hh // 8) * 8)
+        wide = -(-width_in // b) * b
+        cols = stacked * wide
+        size = count_q * cols
+        reach = self.work.take("rows adjoint in", (count_q + hv, stacked, wide), g)
+        spread = self.work.take("rows adjoint down", (size,), g)
+        back = self.work.take("rows adjoint out", (size + b,), g)
+        along, tail, _ = self._bands(b, g)
+        flipped = self._flipped(g)
+        # g's rows q0 - hv .. q1 - 1, zero past its edges and past each row's outputs
+        lo, hi = max(0, q0 - hv), min(rows_out, q1)
+        reach.zero_()
+        if hi > lo:
+            reach[lo - (q0 - hv) : hi - (q0 - hv), :, :width_out].copy_(g[:, lo:hi].transpose(0, 1))
+        source, dest = reach.view(count_q + hv, cols), spread.view(count_q, cols)
+        for r0 in range(0, count_q, _ROWS):
+            r1 = min(r0 + _ROWS, count_q)
+            torch.mm(flipped[: r1 - r0, : r1 - r0 + hv], source[r0 : r1 + hv], out=dest[r0:r1])
+        count = size // b
+        blocks = spread.view(count, b)
+        torch.mm(blocks, along.t(), out=back[:size].view(count, b))
+        if hh:
+            back[b : b + size].view(count, b)[:, :hh].addmm_(blocks[:, b - hh :], tail.t())
+        core = back[:size].view(count_q, stacked, wide)[..., :width_in]
+        folds, core = self._folds(core, [-1, 2], axes=(1,))
+        for inner, dim, index, pad_part in folds:
+            inner.index_add_(dim, index, pad_part)
+        rows = core[i0 + pad - q0 : i1 + pad - q0]
+        if pad:
+            # padded row j < pad is image row pad - j; padded row n + pad + j is n - 2 - j
+            into = [i for i in range(i0, i1) if 1 <= i <= pad or n - 1 - pad <= i <= n - 2]
+            sources = [pad - i if i <= pad else 2 * n + pad - 2 - i for i in into]
+            if into:
+                reflected = core.index_select(0, torch.tensor(sources) - q0)
+                rows.index_add_(0, torch.tensor(into) - i0, reflected)
+        return rows.transpose(0, 1)
+
+    def _flipped(self, like: Tensor) -> Tensor:
+        """``(_ROWS, _ROWS + h)``: row ``i`` holds the flipped taps of the first axis at ``i``
+        to ``i + h`` (the adjoint of the products down the columns, as a correlation)."""
+        key = ("flipped", self.blur, like.dtype, like.device, torch.is_inference_mode_enabled())
+        fake = is_fake(like)
+        found: Optional[Tensor] = None if fake else self.work.plans.get(key)
+        if found is None:
+            found = _band(self.blur.taps[0][::-1], _ROWS, like).t().contiguous()
+            if not fake:
+                self.work.remember(key, found)
+        return found
+
+    def _adjoint_plan(self, g: Tensor, slot: str) -> _AdjointPlan:
+        hv, hh = (len(t) - 1 for t in self.blur.taps)
+        stacked, planes, rows_out, width_out = g.shape
+        rows_in, width = rows_out + hv, width_out + hh
+        b = max(_BLOCK, -(-hh // 8) * 8)
+        wide = -(-width // b) * b
+        cols = stacked * planes * wide
+        size = rows_in * cols
+        grad = self.work.take(f"banded adjoint in{slot}", (rows_out + 2 * hv, stacked, planes, wide), g)
+        spread = self.work.take(f"banded adjoint down{slot}", (size,), g)
+        back = self.work.take(f"banded adjoint out{slot}", (size + b,), g)  # b more: the last block's next
+        fake = is_fake(g)
+        inference = torch.is_inference_mode_enabled()
+        key = ("banded adjoint", self.blur, self.spatial, slot, tuple(g.shape), g.dtype, g.device, inference)
+        plan: Optional[_AdjointPlan] = None if fake else self.work.plans.get(key)
+        if plan is not None:
+            return plan
+        along, tail, _ = self._bands(b, g)
+        flipped = self._flipped(g)
+        # spread row q is the flipped window times g's rows q - h .. q: rows of grad q .. q + h
+        source = grad.view(rows_out + 2 * hv, cols)
+        dest = spread.view(rows_in, cols)
+        products = []
+        for q0 in range(0, rows_in, _ROWS):
+            q1 = min(q0 + _ROWS, rows_in)
+            products.append((flipped[: q1 - q0, : q1 - q0 + hv], source[q0 : q1 + hv], dest[q0:q1]))
+        zeros = [grad[:hv], grad[hv + rows_out :]] if hv else []
+        if wide > width_out:
+            zeros.append(grad[hv : hv + rows_out, ..., width_out:])
+        count = size // b
+        blocks = spread.view(count, b)
+        full = back[:size].view(rows_in, stacked, planes, wide)[..., :width]
+        folds, core = self._folds(full, [0, 3])
+        plan = _AdjointPlan(
+            grad=grad[hv : hv + rows_out, ..., :width_out],
+            zeros=zeros,
+            down=products,
+            blocks=blocks,
+            along=along.t(),
+            back=back[:size].view(count, b),
+            ends=blocks[:, b - hh :] if hh else None,
+            tail=tail.t(),
+            next_blocks=back[b : b + size].view(count, b)[:, :hh],
+            folds=folds,
+            core=core.permute(1, 2, 0, 3),
+        )
+        if not fake:
+            self.work.remember(key, plan)
+        return plan
+
+    def _folds(
+        self, core: Tensor, dims: list[int], axes: Optional[tuple[int, ...]] = None
+    ) -> tuple[list[_Fold], Tensor]:
+        """The folds of the reflect pads of a padded ``core`` (of spatial ``axes``, all unless
+        given), axis ``i`` on ``dims[i]``, and the image inside the pads they fold onto."""
+        folds: list[_Fold] = []
+        for i, pad in enumerate(self.blur.pads):
+            if pad and (axes is None or i in axes):
+                dim, n = dims[i], self.spatial[i]
+                inner = core.narrow(dim, pad, n)
+                # padded sample j < pad is image sample pad - j; padded n + pad + j is n - 2 - j
+                folds.append((inner, dim, torch.arange(pad, 0, -1), core.narrow(dim, 0, pad)))
+                folds.append(
+                    (inner, dim, torch.arange(n - 2, n - 2 - pad, -1), core.narrow(dim, n + pad, pad))
+                )
+                core = inner
+        return folds, core
+
+    def _bands(self, b: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The band matrices of :meth:`_banded`: along the rows ``B`` ``(b, b)`` and ``C``
+        ``(h, h)``; down the columns ``(_ROWS, _ROWS + h)``. Kept in the workspace's plans."""
+        key = ("bands", self.blur, b, like.dtype, like.device, torch.is_inference_mode_enabled())
+        fake = is_fake(like)
+        found: Optional[tuple[Tensor, Tensor, Tensor]] = None if fake else self.work.plans.get(key)
+        if found is None:
+            taps_v, taps_h = self.blur.taps
+            hh = len(taps_h) - 1
+            along = _band(taps_h, b, like)
+            down = _band(taps_v, _ROWS, like).t().contiguous()
+            found = (along[:b].contiguous(), along[b:, b - hh :].contiguous(), down)
+            if not fake:
+                self.work.remember(key, found)
+        return found
 
     def filter(self, stack: Tensor) -> Tensor:
         """Correlate every axis of a gathered, padded stack ``(S, P, *padded)``; a buffer view.
@@ -116,7 +387,11 @@ class BandBlur:
     def adjoint(self, g: Tensor, slot: str = "") -> Tensor:
         """``W^T g`` for whole planes ``(..., *out)``: a view of a buffer ``(..., *spatial)`` that
         stays valid until the next call with the same ``slot``. The plan is kept by everything
-        its buffers were taken for: window, shape, dtype, device and inference mode."""
+        its buffers were taken for: window, shape, dtype, device and inference mode.
+
+        2-D, where this thread's ops run single-threaded: :meth:`_banded_adjoint`."""
+        if len(self.spatial) == 2 and g.ndim == 4 and _products_here():
+            return self._banded_adjoint(g, slot)
         key = (
             "adjoint",
             self.blur,
@@ -138,18 +413,7 @@ class BandBlur:
                 spread = self.work.take(f"adjoint{slot}-{i % 2}", tuple(shape), g)
                 taps = self.blur.taps[i]
                 spreads.append((spread, [spread.narrow(dim, j, n) for j in range(len(taps))], taps))
-            folds: list[_Fold] = []
-            core = spreads[-1][0]
-            for i, pad in enumerate(self.blur.pads):
-                if pad:
-                    dim, n = g.ndim - nd + i, self.spatial[i]
-                    inner = core.narrow(dim, pad, n)
-                    # padded sample j < pad is image sample pad - j; padded n + pad + j is n - 2 - j
-                    folds.append((inner, dim, torch.arange(pad, 0, -1), core.narrow(dim, 0, pad)))
-                    folds.append(
-                        (inner, dim, torch.arange(n - 2, n - 2 - pad, -1), core.narrow(dim, n + pad, pad))
-                    )
-                    core = inner
+            folds, core = self._folds(spreads[-1][0], [g.ndim - nd + i for i in range(nd)])
             plan = (spreads, folds, core)
             self.work.remember(key, plan)
         spreads, folds, core = plan
@@ -162,6 +426,55 @@ class BandBlur:
         for inner, dim, index, pad_part in folds:
             inner.index_add_(dim, index, pad_part)
         return core
+
+
+class _BandedPlan(NamedTuple):
+    """:meth:`BandBlur._banded`'s views: where ``s``, ``d`` go, the margin past the rows (zeroed),
+    the products along the rows (blocks times ``along``; the next blocks' starts times ``tail``
+    added to the blocks' ``ends``), those down the columns, and the moments ``(4, P, *out)``."""
+
+    s: Tensor
+    d: Tensor
+    margin: Optional[Tensor]
+    sd: Tensor
+    squares: Tensor
+    blocks: Tensor
+    along: Tensor
+    across: Tensor
+    next_blocks: Optional[Tensor]
+    tail: Tensor
+    ends: Tensor
+    down: list[tuple[Tensor, Tensor, Tensor]]
+    moments: Tensor
+
+
+def _band(taps: tuple[float, ...], b: int, like: Tensor) -> Tensor:
+    """``(b + h, b)`` in ``like``'s dtype and device: column ``i`` holds the taps at rows ``i`` to
+    ``i + h``, so that a row of ``b + h`` inputs times it is ``b`` outputs of the window."""
+    band = torch.zeros(b + len(taps) - 1, b, dtype=torch.float64)
+    for j, w in enumerate(taps):
+        band.diagonal(-j).fill_(w)
+    return band.to(dtype=like.dtype, device=like.device)
+
+
+class _AdjointPlan(NamedTuple):
+    """:meth:`BandBlur._banded_adjoint`'s views: where ``g`` goes (rows first, ``h`` rows of
+    zeros above and below it) and what is zeroed; the products down the columns (the flipped
+    window times ``h + 32`` rows), those along the rows (the blocks times ``along^T``; the
+    blocks' ends times ``tail^T`` added to the next blocks' starts), the folds of the reflect
+    pads and the result ``(S, P, *spatial)``."""
+
+    grad: Tensor
+    zeros: list[Tensor]
+    down: list[tuple[Tensor, Tensor, Tensor]]
+    blocks: Tensor
+    along: Tensor
+    back: Tensor
+    ends: Optional[Tensor]
+    tail: Tensor
+    next_blocks: Tensor
+    folds: list[_Fold]
+    core: Tensor
 
 
 def _pieces(
@@ -242,12 +555,7 @@ class CpuBackend:
                 rows_in = band.rows(r0, r1)
                 xb = band.pad_rest(xp[p0:p1].index_select(1, rows_in))
                 yb = band.pad_rest(yp[p0:p1].index_select(1, rows_in))
-            stack = work.take("stack", (4, *xb.shape), xb)
-            sd, squares = stack.tensor_split(2)
-            torch.add(xb, yb, out=stack[0])
-            torch.sub(xb, yb, out=stack[1])
-            torch.mul(sd.sub_(sh), sd, out=squares)
-            t = _formula.terms(band.filter(stack), sh, k, buffers=work.formula)
+            t = _formula.terms(band.moments(xb, yb, sh), sh, k, buffers=work.formula)
             made = _formula.similarity_map(t, k, work.formula)
             maps = made.s
             torch.sum(maps, dims, out=sums[b, p0:p1])
@@ -357,7 +665,40 @@ class CpuBackend:
                         if g is not None:
                             g.mul_(scale_p[p0:p1])
 
-        _run(piece, list(enumerate(starts)), x, alone=planes * math.prod(spatial) >= _CHUNK)
+        def rows(work: Workspace, p: int, i0: int, i1: int) -> None:
+            band = BandBlur(plan.blur, spatial, work).adjoint_rows(adj_p[:, p], i0, i1)
+            back = _algebra.unstack(band[:, None], needs.x, needs.y)
+            targets = (
+                None if gx is None else gx[p : p + 1, i0:i1],
+                None if gy is None else gy[p : p + 1, i0:i1],
+            )
+            xs, ys = (
+                torch.sub(
+                    v[p : p + 1, i0:i1],
+                    a[p : p + 1],
+                    out=work.take(f"centred {j}", (1, i1 - i0, *spatial[1:]), v),
+                )
+                for j, (v, a) in enumerate(((xp, own[0]), (yp, own[1])))
+            )
+            _algebra.combine(back, xs, ys, targets, in_place=True)
+            if scale_p is not None:
+                for g in targets:
+                    if g is not None:
+                        g.mul_(scale_p[p : p + 1])
+
+        large = held.adjoints is not None and nd == 2 and math.prod(out) > _CHUNK and (needs.x or needs.y)
+        if large and (_products_here() or _pool.width(2) > 0):
+            # one plane is more than a piece: bands of its rows, each from the rows of the
+            # adjoint maps that reach it
+            band = max(8, _CHUNK // spatial[1])
+            tasks = [
+                (p, i0, min(i0 + band, spatial[0]))
+                for p in range(planes)
+                for i0 in range(0, spatial[0], band)
+            ]
+            _run(rows, tasks, x)
+        else:
+            _run(piece, list(enumerate(starts)), x, alone=planes * math.prod(spatial) >= _CHUNK)
         if c_parts is not None:
             c_sums = _in_order(c_parts)
         assert c_sums is not None
