@@ -60,6 +60,11 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "uniform 5 1x1x12x12": {"shape": (1, 1, 12, 12), "uniform": (5, 5)},
     "anisotropic uniform 3x7 1x1x10x13": {"shape": (1, 1, 10, 13), "uniform": (3, 7)},
+    "31-row window, uniform 31x3 1x1x40x9, blocks 8x8 (30 partial sums carried)": {
+        "shape": (1, 1, 40, 9),
+        "uniform": (31, 3),
+        "blocks": (8, 8),
+    },
     "anisotropic gaussian sigma (1.0, 0.5) 1x1x11x10": {"shape": (1, 1, 11, 10), "sigma": (1.0, 0.5)},
     "valid 5x5 1x1x13x21, ragged blocks": {
         "shape": (1, 1, 13, 21),

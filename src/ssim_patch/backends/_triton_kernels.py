@@ -8,10 +8,10 @@ being one plane's band of ``BLOCK_H`` rows by a strip of ``BLOCK_W`` columns, so
 planes runs with any grid. Each tile sweeps its rows top to bottom:
 
 - forward: for each input row of the band's window, the horizontal pass is ``KW`` shifted,
-  reflect-indexed loads of x and y giving the 4 moment rows; the vertical pass keeps the last
-  ``KH`` of them in a register ring ``[KH_P2, BLOCK_W]`` per moment (row p in slot ``p mod KH``),
-  and each output row is the ring's weighted sum (weights read from the doubled taps at constant
-  offsets). The formula then runs on that row.
+  reflect-indexed loads of x and y giving the 4 moment rows; the vertical pass is transposed: a
+  tuple of ``KH - 1`` partial sums (the output rows still open, each with its rows so far) that
+  each new row completes (the oldest) or adds one term to (the others), the taps loaded once per
+  program. The formula then runs on the completed row.
 - backward: the same sweep over adjoint rows: the horizontal transpose is ``KW`` shifted loads of
   each adjoint row, the vertical transpose the same ring of transposed rows, each image row its
   weighted sum. Rows and (in the edge launch) columns within a window of the border take their
@@ -39,6 +39,13 @@ def _plane_shift(base, stride_h, stride_w, H, W):
             col = tl.cast((W * (2 * j + 1)) // 8, tl.int64) * stride_w
             total += tl.load(base + row + col).to(tl.float32)
     return total * 0.125
+
+
+@triton.jit
+def _zeros4(BLOCK_W: tl.constexpr):
+    """Four zero rows: one output row's partial sums of the 4 moments."""
+    z = tl.zeros([BLOCK_W], dtype=tl.float32)
+    return z, z, z, z
 
 
 @triton.jit
@@ -98,8 +105,6 @@ def ssim_forward_kernel(
     per_plane = strips * tl.cdiv(OH, BLOCK_H)
     total = P * per_plane
     lanes = tl.arange(0, BLOCK_W)
-    slots = tl.arange(0, KH_P2)
-    slot_ok = slots < KH
     two_c1 = tl.load(c1_ptr).to(tl.float32)
     two_c2 = tl.load(c2_ptr).to(tl.float32)
     four_eps = 0.0
@@ -109,6 +114,9 @@ def ssim_forward_kernel(
     if HAS_FLAT:
         flat = tl.load(flat_ptr).to(tl.float32)
     plane_size = OH * OW
+    wts = ()  # the vertical taps, loaded once
+    for t in tl.static_range(KH):
+        wts = wts + (tl.load(taps_h_ptr + t),)  # noqa: RUF005 (Triton's JIT: no starred tuples)
     for tile in range(pid, total, programs):
         plane = tile // per_plane
         rest = tile % per_plane
@@ -127,10 +135,12 @@ def ssim_forward_kernel(
         o0 = band * BLOCK_H
         o1 = tl.minimum(o0 + BLOCK_H, OH)
         plane64 = tl.cast(plane, tl.int64)
-        ring0 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        ring1 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        ring2 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        ring3 = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        # the vertical pass, transposed: part[i] holds the partial sums of the 4 moments of the
+        # output row i + 1 - (KH - 1) rows below the current one (its rows so far); each new
+        # row completes the oldest and adds one weighted term to each of the others
+        part = ()
+        for _i in tl.static_range(KH - 1):
+            part = part + (_zeros4(BLOCK_W),)  # noqa: RUF005
         sum_s = tl.zeros([BLOCK_W], dtype=tl.float32)
         sum_cs = tl.zeros([BLOCK_W], dtype=tl.float32)
         sum_c1 = tl.zeros([BLOCK_W], dtype=tl.float32)
@@ -157,21 +167,24 @@ def ssim_forward_kernel(
                 h1 += w * d
                 h2 += w * (s * s)
                 h3 += w * (d * d)
-            # the ring keeps the window's last KH filtered rows: row p in slot p mod KH
-            put = (slots == p % KH)[:, None]
-            ring0 = tl.where(put, h0[None, :], ring0)
-            ring1 = tl.where(put, h1[None, :], ring1)
-            ring2 = tl.where(put, h2[None, :], ring2)
-            ring3 = tl.where(put, h3[None, :], ring3)
+            # output row o = p - (KH - 1) is complete: its partial sums plus row p's term
+            wl = wts[KH - 1]
+            if KH == 1:
+                m0, m1, m2, m3 = wl * h0, wl * h1, wl * h2, wl * h3
+            else:
+                m0 = part[0][0] + wl * h0
+                m1 = part[0][1] + wl * h1
+                m2 = part[0][2] + wl * h2
+                m3 = part[0][3] + wl * h3
+                moved = ()
+                for i in tl.static_range(KH - 2):
+                    wi = wts[KH - 2 - i]
+                    q = part[i + 1]
+                    moved = moved + ((q[0] + wi * h0, q[1] + wi * h1, q[2] + wi * h2, q[3] + wi * h3),)  # noqa: RUF005
+                w0 = wts[0]
+                part = moved + ((w0 * h0, w0 * h1, w0 * h2, w0 * h3),)  # noqa: RUF005
             o = p - (KH - 1)
             if o >= o0:
-                # output row o: slot s holds row o + ((s - o) mod KH), of weight taps_h[(s - o) mod KH],
-                # read from the doubled taps at KH - (o mod KH) + s: constant offsets, no modulo
-                wv = tl.load(taps_h_ptr + (KH - o % KH) + slots, mask=slot_ok, other=0.0)[:, None]
-                m0 = tl.sum(wv * ring0, axis=0)
-                m1 = tl.sum(wv * ring1, axis=0)
-                m2 = tl.sum(wv * ring2, axis=0)
-                m3 = tl.sum(wv * ring3, axis=0)
                 # _formula.terms: variances clamped at 0 (NaN kept), contrast factors
                 v_s = m2 - m0 * m0
                 v_d = m3 - m1 * m1
