@@ -60,6 +60,7 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "uniform 5 1x1x12x12": {"shape": (1, 1, 12, 12), "uniform": (5, 5)},
     "anisotropic uniform 3x7 1x1x10x13": {"shape": (1, 1, 10, 13), "uniform": (3, 7)},
+    "one-row window, uniform 1x5 1x1x7x12": {"shape": (1, 1, 7, 12), "uniform": (1, 5)},
     "31-row window, uniform 31x3 1x1x40x9, blocks 8x8 (30 partial sums carried)": {
         "shape": (1, 1, 40, 9),
         "uniform": (31, 3),
@@ -791,7 +792,7 @@ def _determinism() -> dict[str, Any]:
 
 
 #: Kernel specializations compiled for sm_90: (kernel, image dtype, constexprs, num_warps).
-_WINDOW = {"KH": 11, "KW": 11, "PAD_H": 5, "PAD_W": 5, "KH_P2": 16, "BLOCK_H": 64, "BLOCK_W": 128}
+_WINDOW = {"KH": 11, "KW": 11, "PAD_H": 5, "PAD_W": 5, "BLOCK_H": 64, "BLOCK_W": 128}
 _FORWARD = {
     "HAS_EPS": False,
     "HAS_FLAT": False,
@@ -806,8 +807,8 @@ _FORWARD = {
     "WRITE_CSUMS": False,
 }
 _LOSS_X = {"WRITE_ADJ": True, "NEED_X": True, "Y_AT": 1, "SQ_AT": 1}
-_EDGE = {"EDGE": True, "MASKS": True, "EDGE_AT": 192}
-_INTERIOR = {"EDGE": False, "MASKS": False, "EDGE_AT": 192}
+_EDGE = {"EDGE": True, "MASKS": True, "EDGE_AT": 352}
+_INTERIOR = {"EDGE": False, "MASKS": False, "EDGE_AT": 352}
 _COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "forward, metric, fp32": ("forward", "fp32", {**_WINDOW, **_FORWARD}, 4),
     "forward, loss for x, fp32": ("forward", "fp32", {**_WINDOW, **_FORWARD, **_LOSS_X}, 4),
@@ -832,7 +833,6 @@ _COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
             "KW": 1,
             "PAD_H": 0,
             "PAD_W": 0,
-            "KH_P2": 2,
             "BLOCK_H": 16,
             "BLOCK_W": 32,
             "WRITE_CS": True,

@@ -42,10 +42,46 @@ def _plane_shift(base, stride_h, stride_w, H, W):
 
 
 @triton.jit
-def _zeros4(BLOCK_W: tl.constexpr):
-    """Four zero rows: one output row's partial sums of the 4 moments."""
+def _zeros(count: tl.constexpr, BLOCK_W: tl.constexpr):
+    """``count`` zero rows: the partial sums of one open row."""
     z = tl.zeros([BLOCK_W], dtype=tl.float32)
-    return z, z, z, z
+    out = ()
+    for _k in tl.static_range(count):
+        out = out + (z,)  # noqa: RUF005 (Triton's JIT: no starred tuples)
+    return out
+
+
+@triton.jit
+def _axpy(acc, w, h):
+    """``acc[k] + w * h[k]`` for each row ``k`` of the tuples ``acc`` and ``h``."""
+    out = ()
+    for k in tl.static_range(len(h)):
+        out = out + (acc[k] + w * h[k],)  # noqa: RUF005
+    return out
+
+
+@triton.jit
+def _scaled(w, h):
+    """``w * h[k]`` for each row ``k`` of ``h``."""
+    out = ()
+    for k in tl.static_range(len(h)):
+        out = out + (w * h[k],)  # noqa: RUF005
+    return out
+
+
+@triton.jit
+def _fir_step(part, wt, h, KH: tl.constexpr):
+    """One step of a ``KH``-tap filter along the sweep, in transposed form: ``part`` holds the
+    partial sums of the ``KH - 1`` open rows, oldest first; the new rows ``h`` (a tuple) add
+    ``wt[t] * h`` to the row ``t`` steps from completion. Returns the completed row and the new
+    ``part``."""
+    done = _axpy(part[0], wt[0], h) if KH > 1 else _scaled(wt[0], h)
+    moved = ()
+    for i in tl.static_range(KH - 2):
+        moved = moved + (_axpy(part[i + 1], wt[i + 1], h),)  # noqa: RUF005
+    if KH > 1:
+        moved = moved + (_scaled(wt[KH - 1], h),)  # noqa: RUF005
+    return done, moved
 
 
 @triton.jit
@@ -84,7 +120,6 @@ def ssim_forward_kernel(
     KW: tl.constexpr,
     PAD_H: tl.constexpr,
     PAD_W: tl.constexpr,
-    KH_P2: tl.constexpr,
     HAS_EPS: tl.constexpr,
     HAS_FLAT: tl.constexpr,
     WRITE_MAP: tl.constexpr,
@@ -114,9 +149,9 @@ def ssim_forward_kernel(
     if HAS_FLAT:
         flat = tl.load(flat_ptr).to(tl.float32)
     plane_size = OH * OW
-    wts = ()  # the vertical taps, loaded once
+    wts = ()  # the vertical taps, last first (the weight of a row t steps before its output's last)
     for t in tl.static_range(KH):
-        wts = wts + (tl.load(taps_h_ptr + t),)  # noqa: RUF005 (Triton's JIT: no starred tuples)
+        wts = wts + (tl.load(taps_h_ptr + (KH - 1 - t)),)  # noqa: RUF005 (t steps from completion)
     for tile in range(pid, total, programs):
         plane = tile // per_plane
         rest = tile % per_plane
@@ -140,7 +175,7 @@ def ssim_forward_kernel(
         # row completes the oldest and adds one weighted term to each of the others
         part = ()
         for _i in tl.static_range(KH - 1):
-            part = part + (_zeros4(BLOCK_W),)  # noqa: RUF005
+            part = part + (_zeros(4, BLOCK_W),)  # noqa: RUF005
         sum_s = tl.zeros([BLOCK_W], dtype=tl.float32)
         sum_cs = tl.zeros([BLOCK_W], dtype=tl.float32)
         sum_c1 = tl.zeros([BLOCK_W], dtype=tl.float32)
@@ -168,21 +203,8 @@ def ssim_forward_kernel(
                 h2 += w * (s * s)
                 h3 += w * (d * d)
             # output row o = p - (KH - 1) is complete: its partial sums plus row p's term
-            wl = wts[KH - 1]
-            if KH == 1:
-                m0, m1, m2, m3 = wl * h0, wl * h1, wl * h2, wl * h3
-            else:
-                m0 = part[0][0] + wl * h0
-                m1 = part[0][1] + wl * h1
-                m2 = part[0][2] + wl * h2
-                m3 = part[0][3] + wl * h3
-                moved = ()
-                for i in tl.static_range(KH - 2):
-                    wi = wts[KH - 2 - i]
-                    q = part[i + 1]
-                    moved = moved + ((q[0] + wi * h0, q[1] + wi * h1, q[2] + wi * h2, q[3] + wi * h3),)  # noqa: RUF005
-                w0 = wts[0]
-                part = moved + ((w0 * h0, w0 * h1, w0 * h2, w0 * h3),)  # noqa: RUF005
+            done, part = _fir_step(part, wts, (h0, h1, h2, h3), KH)
+            m0, m1, m2, m3 = done
             o = p - (KH - 1)
             if o >= o0:
                 # _formula.terms: variances clamped at 0 (NaN kept), contrast factors
@@ -329,7 +351,6 @@ def ssim_backward_kernel(
     KW: tl.constexpr,
     PAD_H: tl.constexpr,
     PAD_W: tl.constexpr,
-    KH_P2: tl.constexpr,
     NEED_X: tl.constexpr,
     NEED_Y: tl.constexpr,
     Y_AT: tl.constexpr,
@@ -346,9 +367,11 @@ def ssim_backward_kernel(
     per_plane = strips * tl.cdiv(H, BLOCK_H)
     total = P * per_plane
     lanes = tl.arange(0, BLOCK_W)
-    slots = tl.arange(0, KH_P2)
-    slot_ok = slots < KH
     plane_size = OH * OW
+    taps = ()  # the vertical taps, loaded once
+    for t in tl.static_range(KH):
+        taps = taps + (tl.load(taps_h_ptr + t),)  # noqa: RUF005
+    bottom = tl.maximum(H - KH - PAD_H, PAD_H + 1)  # the first step whose rows reach the bottom's
     for tile in range(pid, total, programs):
         plane = tile // per_plane
         rest = tile % per_plane
@@ -375,10 +398,12 @@ def ssim_backward_kernel(
         r0 = band * BLOCK_H
         r1 = tl.minimum(r0 + BLOCK_H, H)
         plane64 = tl.cast(plane, tl.int64)
-        ring_x = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        ring_y = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        ring_q = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
-        ring_c = tl.zeros([KH_P2, BLOCK_W], dtype=tl.float32)
+        # the vertical transpose, transposed back: part[i] holds the partial sums of image row
+        # low + 1 + i (the adjoint rows so far); each adjoint row completes image row low and
+        # adds one weighted term to each of the others
+        part = ()
+        for _i in tl.static_range(KH - 1):
+            part = part + (_zeros(2 + NEED_X + NEED_Y, BLOCK_W),)  # noqa: RUF005
         # adjoint row o reaches image rows [o - PAD_H, o - PAD_H + KH - 1]; row r is complete after o = r + PAD_H
         for o in range(r0 + PAD_H - (KH - 1), r1 + PAD_H):
             h_x = tl.zeros([BLOCK_W], dtype=tl.float32)
@@ -414,36 +439,31 @@ def ssim_backward_kernel(
                 h_c = _spread_row(
                     adj_ptr + at, cols, cmask, OW, taps_w_ptr, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
                 )
-            # the ring keeps the last KH filtered adjoint rows (0 outside [0, OH)): row o in slot o mod KH
-            oq = ((o % KH) + KH) % KH
-            put = (slots == oq)[:, None]
-            if NEED_X:
-                ring_x = tl.where(put, h_x[None, :], ring_x)
-            if NEED_Y:
-                ring_y = tl.where(put, h_y[None, :], ring_y)
-            ring_q = tl.where(put, h_q[None, :], ring_q)
-            ring_c = tl.where(put, h_c[None, :], ring_c)
-            # image row low = o - PAD_H is complete: slot s holds adjoint row o - ((o - s) mod KH), of
-            # weight taps_h[(o - s) mod KH], read from the doubled taps at KH + (o mod KH) - s (no modulo)
+            # wt[t]: the weight of adjoint row o in image row low + t (tap t); rows within a
+            # window of the top or bottom take theirs, reflections summed, from the launcher's table
             low = o - PAD_H
-            if (low <= PAD_H) | (low >= H - 1 - PAD_H):
-                # a row reached through the pads (or an unstored one above the image): its weights,
-                # reflections summed, from the launcher's table (rows 0..PAD_H, then H-1-PAD_H..H-1)
-                e = tl.maximum(low, 0)
+            wt = taps
+            if (low <= PAD_H) | (low >= bottom):
+                e = low + (KH - 1)
                 if low > PAD_H:
-                    e = low + (2 * PAD_H + 2 - H)
-                wv = tl.load(edge_w_ptr + e * KH_P2 + slots)
-            else:
-                wv = tl.load(taps_h_ptr + (KH + oq) - slots, mask=slot_ok, other=0.0)
-            wv = wv[:, None]
-            b_q = tl.sum(wv * ring_q, axis=0)
-            b_c = tl.sum(wv * ring_c, axis=0)
+                    e = low + (KH + PAD_H) - bottom
+                wt = ()
+                for t in tl.static_range(KH):
+                    wt = wt + (tl.load(edge_w_ptr + e * KH + t),)  # noqa: RUF005
+            rows = (h_q, h_c)
+            if NEED_X:
+                rows = rows + (h_x,)  # noqa: RUF005
+            if NEED_Y:
+                rows = rows + (h_y,)  # noqa: RUF005
+            done, part = _fir_step(part, wt, rows, KH)
+            b_q = done[0]
+            b_c = done[1]
             b_x = b_q
             b_y = b_q
             if NEED_X:
-                b_x = tl.sum(wv * ring_x, axis=0)
+                b_x = done[2]
             if NEED_Y:
-                b_y = tl.sum(wv * ring_y, axis=0)
+                b_y = done[2 + NEED_X]
             if low >= r0:
                 rr = tl.cast(low, tl.int64)
                 xs = tl.load(xb + rr * sxh + cols * sxw, mask=cmask, other=0.0).to(tl.float32) - a_x

@@ -173,10 +173,9 @@ def _scalar(t: Optional[Tensor], like: Tensor) -> Tensor:
 
 
 def _window(blur: _filters.Blur) -> dict[str, int]:
-    """The window's constexprs: sizes, pads, and the accumulator's slots (a power of 2, >= 2)."""
+    """The window's constexprs: sizes and pads."""
     (taps_h, taps_w), (pad_h, pad_w) = blur.taps, blur.pads
-    slots = max(2, _pow2(len(taps_h)))
-    return {"KH": len(taps_h), "KW": len(taps_w), "PAD_H": pad_h, "PAD_W": pad_w, "KH_P2": slots}
+    return {"KH": len(taps_h), "KW": len(taps_w), "PAD_H": pad_h, "PAD_W": pad_w}
 
 
 def _empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -427,17 +426,29 @@ def _edge_weights(taps: tuple[float, ...], n: int, pad: int) -> list[list[float]
 
 @functools.lru_cache(maxsize=64)
 def _edge_table(blur: _filters.Blur, height: int, width: int, edge: bool) -> tuple[float, ...]:
-    """The backward's table of the rows and (``edge``) columns near the edges. Rows: ``2 (pad + 1)``
-    of ``_pow2(k)`` slots, row ``r`` (completed at adjoint row ``o = r + pad``) taking from slot
-    ``s``, which holds adjoint row ``o - t`` for ``t = (o - s) mod k``, the weight ``w[r][t]`` of
-    :func:`_edge_weights`. Columns (from ``_edge_at``): ``2 (pad + 1)`` rows of ``k`` weights,
-    then the plain taps."""
+    """The backward's table of the steps near the top and bottom and (``edge``) of the columns
+    near the edges. Steps: ``2 (k + pad)`` rows of ``k`` weights, the step completing image row
+    ``low`` giving row ``low + t`` the weight ``w[low + t][t]`` of :func:`_edge_weights` (the
+    plain taps for an interior row, 0 outside the image): steps ``low`` from ``-(k - 1)`` to
+    ``pad``, then from ``bottom = max(n - k - pad, pad + 1)`` to ``n - 1`` (unused rows 0).
+    Columns (from ``_edge_at``): ``2 (pad + 1)`` rows of ``k`` weights, then the plain taps."""
     (taps_h, taps_w), (pad_h, pad_w) = blur.taps, blur.pads
-    k, slots = len(taps_h), _pow2(len(taps_h))
+    k = len(taps_h)
+    near = dict(
+        zip([*range(pad_h + 1), *range(height - 1 - pad_h, height)], _edge_weights(taps_h, height, pad_h))
+    )
+
+    def weight(r: int, t: int) -> float:
+        if r < 0 or r >= height:
+            return 0.0
+        return near[r][t] if r in near else taps_h[t]
+
+    bottom = max(height - k - pad_h, pad_h + 1)
     table: list[float] = []
-    rows = [*range(pad_h + 1), *range(height - 1 - pad_h, height)]
-    for r, weights in zip(rows, _edge_weights(taps_h, height, pad_h)):
-        table += [weights[(r + pad_h - s) % k] if s < k else 0.0 for s in range(slots)]
+    for steps in (range(-(k - 1), pad_h + 1), range(bottom, height)):
+        for low in steps:
+            table += [weight(low + t, t) for t in range(k)]
+        table += [0.0] * (k * (k + pad_h - len(steps)))
     if edge:
         for weights in _edge_weights(taps_w, width, pad_w):
             table += weights
@@ -447,7 +458,8 @@ def _edge_table(blur: _filters.Blur, height: int, width: int, edge: bool) -> tup
 
 def _edge_at(blur: _filters.Blur) -> int:
     """Where the columns' weights start in :func:`_edge_table`."""
-    return 2 * (blur.pads[0] + 1) * _pow2(len(blur.taps[0]))
+    k = len(blur.taps[0])
+    return 2 * (k + blur.pads[0]) * k
 
 
 def _strip_launches(width: int, block_w: int, pad: int) -> list[tuple[int, int, int, int, bool]]:
