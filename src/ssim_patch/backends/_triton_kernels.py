@@ -295,16 +295,17 @@ def _spread_row(
     launcher's table: its taps with the reflections summed); ``MASKS``: loads are bounded (an
     interior strip of "same" padding reads inside the row)."""
     out = tl.zeros([BLOCK_W], dtype=tl.float32)
+    at = base + cols  # each tap at a constant offset from it
     for j in tl.static_range(KW):
         if EDGE:  # noqa: SIM108 (a compile-time branch)
             w = tl.load(col_w + j)
         else:
             w = tl.load(taps_w_ptr + j)
-        q = cols + (PAD_W - j)
-        if MASKS:  # noqa: SIM108 (a compile-time branch)
-            g = tl.load(base + q, mask=cmask & (q >= 0) & (q < OW), other=0.0)
+        if MASKS:
+            q = cols + (PAD_W - j)
+            g = tl.load(at + (PAD_W - j), mask=cmask & (q >= 0) & (q < OW), other=0.0)
         else:
-            g = tl.load(base + q)
+            g = tl.load(at + (PAD_W - j))
         out += w * g
     return out
 
