@@ -63,7 +63,8 @@ class Config:
     gradient of exactly 0; a flat plane: variances exactly 0) hold either way."""
 
     forward: Launch = field(default_factory=Launch)
-    backward: Launch = field(default_factory=Launch)
+    #: two columns a thread: each adjoint row's tap loads and weights serve both
+    backward: Launch = field(default_factory=lambda: Launch(block_w=256))
     max_programs: Optional[int] = None
     programs_per_sm: int = 8
     fp_fusion: Optional[bool] = True
