@@ -149,6 +149,9 @@ def ssim_forward_kernel(
     if HAS_FLAT:
         flat = tl.load(flat_ptr).to(tl.float32)
     plane_size = OH * OW
+    taps_w = ()  # the row's taps, loaded once (a load in the row loop is redone each row)
+    for j in tl.static_range(KW):
+        taps_w = taps_w + (tl.load(taps_w_ptr + j),)  # noqa: RUF005
     wts = ()  # the vertical taps, last first (the weight of a row t steps before its output's last)
     for t in tl.static_range(KH):
         wts = wts + (tl.load(taps_h_ptr + (KH - 1 - t)),)  # noqa: RUF005 (t steps from completion)
@@ -197,7 +200,7 @@ def ssim_forward_kernel(
                 yv = tl.load(yr + c * syw, mask=cmask, other=0.0).to(tl.float32)
                 s = (xv + yv) - a_s
                 d = (xv - yv) - a_d
-                w = tl.load(taps_w_ptr + j)
+                w = taps_w[j]
                 h0 += w * s
                 h1 += w * d
                 h2 += w * (s * s)
@@ -282,7 +285,7 @@ def _spread_row(
     cols,
     cmask,
     OW,
-    taps_w_ptr,
+    taps_w,
     col_w,
     EDGE: tl.constexpr,
     MASKS: tl.constexpr,
@@ -292,7 +295,7 @@ def _spread_row(
 ):
     """The horizontal transpose of one adjoint row at the strip's image columns ``cols``. ``EDGE``:
     the strips may reach the reflected pads, each column's weights read at ``col_w`` (the
-    launcher's table: its taps with the reflections summed); ``MASKS``: loads are bounded (an
+    launcher's table: its taps with the reflections summed), else the taps ``taps_w`` (a tuple); ``MASKS``: loads are bounded (an
     interior strip of "same" padding reads inside the row)."""
     out = tl.zeros([BLOCK_W], dtype=tl.float32)
     at = base + cols  # each tap at a constant offset from it
@@ -300,7 +303,7 @@ def _spread_row(
         if EDGE:  # noqa: SIM108 (a compile-time branch)
             w = tl.load(col_w + j)
         else:
-            w = tl.load(taps_w_ptr + j)
+            w = taps_w[j]
         if MASKS:
             q = cols + (PAD_W - j)
             g = tl.load(at + (PAD_W - j), mask=cmask & (q >= 0) & (q < OW), other=0.0)
@@ -369,6 +372,9 @@ def ssim_backward_kernel(
     total = P * per_plane
     lanes = tl.arange(0, BLOCK_W)
     plane_size = OH * OW
+    taps_w = ()  # the row's taps (interior columns), loaded once
+    for j in tl.static_range(KW):
+        taps_w = taps_w + (tl.load(taps_w_ptr + j),)  # noqa: RUF005
     taps = ()  # the vertical taps, loaded once
     for t in tl.static_range(KH):
         taps = taps + (tl.load(taps_h_ptr + t),)  # noqa: RUF005
@@ -419,7 +425,7 @@ def ssim_backward_kernel(
                         cols,
                         cmask,
                         OW,
-                        taps_w_ptr,
+                        taps_w,
                         col_w,
                         EDGE,
                         MASKS,
@@ -430,15 +436,15 @@ def ssim_backward_kernel(
                 if NEED_Y:
                     at = (Y_AT * P + plane64) * plane_size + row
                     h_y = _spread_row(
-                        adj_ptr + at, cols, cmask, OW, taps_w_ptr, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
+                        adj_ptr + at, cols, cmask, OW, taps_w, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
                     )
                 at = (SQ_AT * P + plane64) * plane_size + row
                 h_q = _spread_row(
-                    adj_ptr + at, cols, cmask, OW, taps_w_ptr, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
+                    adj_ptr + at, cols, cmask, OW, taps_w, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
                 )
                 at = ((SQ_AT + 1) * P + plane64) * plane_size + row
                 h_c = _spread_row(
-                    adj_ptr + at, cols, cmask, OW, taps_w_ptr, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
+                    adj_ptr + at, cols, cmask, OW, taps_w, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
                 )
             # wt[t]: the weight of adjoint row o in image row low + t (tap t); rows within a
             # window of the top or bottom take theirs, reflections summed, from the launcher's table
