@@ -140,6 +140,7 @@ QUICK = (
     "gaussian 5-tap 1x1x5x32, blocks 4x8: edge and interior strips (two backward launches)",
     "gaussian 11-tap, smallest image 1x1x6x6 (both edges reflect onto the same pixels)",
     "valid, smallest image 1x1x5x7 (window 5x7)",
+    "one-row window, uniform 1x5 1x1x7x12",
     "UQI 5x5 gaussian",
     "bfloat16 images",
     "through the op (SSIM_PATCH_BACKEND=triton, ssim_patch.ssim)",

@@ -12,9 +12,10 @@ planes runs with any grid. Each tile sweeps its rows top to bottom:
   tuple of ``KH - 1`` partial sums (the output rows still open, each with its rows so far) that
   each new row completes (the oldest) or adds one term to (the others), the taps loaded once per
   program. The formula then runs on the completed row.
-- backward: the same sweep over adjoint rows: the horizontal transpose is ``KW`` shifted loads of
-  each adjoint row, the vertical transpose the same ring of transposed rows, each image row its
-  weighted sum. Rows and (in the edge launch) columns within a window of the border take their
+- backward: the same sweep over adjoint rows: the horizontal transpose is ``KW`` loads of each
+  adjoint row at constant offsets from one pointer, the vertical transpose the forward's
+  transposed form (the ``KH - 1`` image rows still open carry their partial sums; each adjoint row
+  completes one). Rows and (in the edge launch) columns within a window of the border take their
   weights, the taps summed over their reflected preimages (p, -p and 2(n-1)-p), from a table the
   launcher builds: no gathers through the pads.
 
