@@ -7,6 +7,8 @@ CI runs this file on the floor torch and on the newest besides the default one (
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import pathlib
 import re
 import sys
@@ -18,7 +20,7 @@ from packaging.version import Version
 
 import ssim_patch
 from ssim_patch import _patcher, _releases, _torch_features
-from ssim_patch._torch_features import fake_mode_active, is_compiling, is_fake
+from ssim_patch._torch_features import exporting, fake_mode_active, is_compiling, is_fake, transforms_active
 from tests.helpers.reference import ms_ssim_reference, ssim_reference, uqi_reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +43,8 @@ def test_fake_tensors_are_told_apart():
         assert is_fake(fake) and fake_mode_active(fake)
 
 
-def test_constant_under_old_dynamo_marks_as_assume_constant_result_does(monkeypatch):
+@pytest.mark.parametrize("mark", ["dynamo_constant", "constant_under_old_dynamo"])
+def test_dynamo_constants_are_marked_as_assume_constant_result_does(monkeypatch, mark):
     dynamo = pytest.importorskip("torch._dynamo")
     monkeypatch.setattr(_torch_features, "OLD_DYNAMO", True)
 
@@ -51,7 +54,7 @@ def test_constant_under_old_dynamo_marks_as_assume_constant_result_does(monkeypa
     def theirs() -> int:
         return 1
 
-    _torch_features.constant_under_old_dynamo(mine)
+    getattr(_torch_features, mark)(mine)
     dynamo.assume_constant_result(theirs)
     marks = {name for name in vars(theirs) if name.startswith("_dynamo")}
     assert marks and {name: vars(mine).get(name) for name in marks} == {
@@ -67,6 +70,56 @@ def test_is_compiling_is_true_while_dynamo_traces(dynamo):
         return x + 1 if is_compiling() else x - 1
 
     assert torch.compile(probe, backend="eager", fullgraph=True)(torch.zeros(1)).item() == 1.0
+
+
+def _plus_one_if(flag):
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return x + 1 if flag() else x - 1
+
+    return probe
+
+
+@needs_compile
+def test_transforms_active_is_read_while_dynamo_traces(dynamo):
+    """Dynamo before torch 2.5 could not trace ``torch._C._are_functorch_transforms_active``
+    (fullgraph and strict export stopped there); it reads it as a constant."""
+    probe = _plus_one_if(transforms_active)
+    assert probe(torch.zeros(1)).item() == -1.0
+    assert torch.func.vmap(probe)(torch.zeros(2)).tolist() == [1.0, 1.0]
+    assert torch.compile(probe, backend="eager", fullgraph=True)(torch.zeros(1)).item() == -1.0
+
+
+class _Exporting(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _plus_one_if(exporting)(x)
+
+
+def _export_modes() -> list[dict[str, bool]]:
+    """The modes of torch.export this torch has and :func:`exporting` tells: strict where dynamo
+    keeps the translator it runs (``symbolic_convert.tls``: torch 2.4 has it, 2.1 not; there
+    every dynamo trace takes the traced route anyway), non-strict where export takes strict=False."""
+    export = pytest.importorskip("torch.export", reason=f"torch {TORCH} has no torch.export")
+    convert = importlib.import_module("torch._dynamo.symbolic_convert")
+    modes = [{"strict": True}] if hasattr(convert, "tls") else []
+    if "strict" in inspect.signature(export.export).parameters:
+        modes.append({"strict": False})
+    if not modes:
+        pytest.skip(f"torch {TORCH}: neither export mode is told from a compile")
+    return modes
+
+
+@needs_compile
+def test_exporting_is_told_from_compiling(dynamo):
+    """``exporting()``: False eagerly and while ``torch.compile`` traces, True while
+    ``torch.export`` records, strict (dynamo traces) or not (on torch 2.4, before
+    ``torch.compiler.is_exporting``, nothing told a strict export from a compile)."""
+    assert _Exporting()(torch.zeros(1)).item() == -1.0
+    assert torch.compile(_Exporting(), backend="eager", fullgraph=True)(torch.zeros(1)).item() == -1.0
+    for mode in _export_modes():
+        exported = torch.export.export(_Exporting(), (torch.zeros(1),), **mode)
+        assert exported.module()(torch.zeros(1)).item() == 1.0, mode
+    dynamo.reset()
+    assert torch.compile(_Exporting(), backend="eager", fullgraph=True)(torch.zeros(1)).item() == -1.0
 
 
 # --- torchmetrics' APIs, compiled ------------------------------------------------------------------

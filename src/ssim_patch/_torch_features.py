@@ -9,11 +9,17 @@ the few torch internals the engine reads that moved between torch 2.0 and the ne
 - :func:`constant_under_old_dynamo`: ``torch._dynamo.assume_constant_result`` on torch 2.0-2.2.
 - :data:`META_REFLECT_PAD2D_OUT`: whether ``aten::reflection_pad2d.out`` has a ``meta`` kernel
   (torch 2.1 on; 2.0 has one for the functional form only).
+- :func:`transforms_active`: ``torch._C._are_functorch_transforms_active``, which dynamo of
+  torch 2.1-2.4 cannot trace: read as a constant while dynamo traces.
+- :func:`exporting`: ``torch.export`` records, strict or not: torch's own flag where it has one
+  (``torch.compiler.is_exporting``: 2.11 has it, 2.4 not), else the flag that only torch.export
+  sets (2.4: non-strict), and dynamo's own export mode (strict), read while dynamo traces.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+import sys
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch._guards
@@ -70,12 +76,71 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 OLD_DYNAMO = getattr(getattr(torch, "compiler", None), "is_compiling", None) is None
 
 
+def dynamo_constant(fn: _F) -> _F:
+    """Mark ``fn`` as ``torch._dynamo.assume_constant_result`` does (the same attribute; a test
+    checks): while dynamo traces, it calls ``fn`` and puts what it returns in the graph as a
+    constant, instead of tracing it. For functions of no argument that read what dynamo cannot
+    trace. Importing dynamo here would cost every program that imports the engine."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
 def constant_under_old_dynamo(fn: _F) -> _F:
     """On :data:`OLD_DYNAMO`, mark ``fn`` as ``torch._dynamo.assume_constant_result`` does (the
     same attribute; a test checks): dynamo calls it on the constants it is given and puts what it
     returns in the graph as a constant, instead of tracing it. A newer dynamo traces ``fn`` (it
     builds dataclasses, and its arguments may be symbolic under ``dynamic=True``, which a constant
     result cannot take). Importing dynamo here would cost every program that imports the engine."""
-    if OLD_DYNAMO:
-        fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
-    return fn
+    return dynamo_constant(fn) if OLD_DYNAMO else fn
+
+
+_are_transforms_active: Any = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+@dynamo_constant
+def transforms_active() -> bool:
+    """True while a ``torch.func`` transform (vmap, grad, jvp, ...) is active. Dynamo of torch
+    2.11 on reads the C function as a constant itself; that of 2.1-2.4 cannot trace it (fullgraph
+    and strict export failed), so dynamo calls this function as a constant (:func:`dynamo_constant`:
+    the same value, read when it traces)."""
+    return bool(_are_transforms_active is not None and _are_transforms_active())
+
+
+def _export_flag() -> Optional[str]:
+    """The ``torch.compiler`` flag that is True while ``torch.export`` records and never under
+    ``torch.compile``: ``_is_exporting_flag`` (``torch.compiler.is_exporting``), strict or not;
+    else ``_is_compiling_flag`` (2.4 has it), set by torch.export alone around its aten tracing
+    (the whole non-strict export; strict's second step only: dynamo traces without it; torch
+    2.14 sets it under torch.compile too, but has the first). None on a torch that has neither
+    (2.1: no non-strict export either)."""
+    compiler = getattr(torch, "compiler", None)
+    for name in ("_is_exporting_flag", "_is_compiling_flag"):
+        if hasattr(compiler, name):
+            return name
+    return None
+
+
+#: See :func:`_export_flag`.
+EXPORT_FLAG = _export_flag()
+
+
+@dynamo_constant
+def _dynamo_exports() -> bool:
+    """True when dynamo calls this while it traces for an export (strict ``torch.export``,
+    ``torch._dynamo.export``): the translator dynamo runs holds ``export``. Called as a constant
+    while dynamo traces (:func:`dynamo_constant`), where nothing else tells a strict export from
+    ``torch.compile`` on torch before ``torch.compiler.is_exporting``; False elsewhere, and on a
+    dynamo that keeps no ``symbolic_convert.tls`` (2.1, where every dynamo trace takes the traced
+    route anyway)."""
+    convert = sys.modules.get("torch._dynamo.symbolic_convert")
+    translator = getattr(getattr(convert, "tls", None), "current_tx", None)
+    return bool(getattr(translator, "export", False))
+
+
+def exporting() -> bool:
+    """True while ``torch.export`` records, strict or not (and while ``torch._dynamo.export``
+    traces); False under ``torch.compile`` and eagerly. Dynamo reads the flag as a global (and
+    guards on it) and :func:`_dynamo_exports` as a constant."""
+    if EXPORT_FLAG is not None and getattr(torch.compiler, EXPORT_FLAG):
+        return True
+    return is_compiling() and _dynamo_exports()

@@ -12,7 +12,8 @@ from typing import Optional
 
 import torch
 
-from ssim_patch._torch_features import is_compiling
+from ssim_patch import _torch_features
+from ssim_patch._torch_features import exporting, is_compiling
 from ssim_patch.backends._protocol import Needs
 
 
@@ -47,10 +48,8 @@ def tracing() -> bool:
     return compiling() or transforms_active() or forward_ad()
 
 
-def transforms_active() -> bool:
-    """True while a torch.func transform (vmap, grad, jvp, ...) is active."""
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active is not None and active())
+#: True while a torch.func transform (vmap, grad, jvp, ...) is active.
+transforms_active = _torch_features.transforms_active
 
 
 def compiling() -> bool:
@@ -67,11 +66,7 @@ def forward_ad() -> bool:
 def leaving() -> bool:
     """True while ``torch.jit.trace`` or ``torch.export`` records: what they write leaves the
     process, and must hold standard (aten) ops only."""
-    if torch._C._get_tracing_state() is not None:
-        return True
-    # The flag torch.export sets, strict or not (torch.compiler.is_exporting() itself answers True
-    # under torch.compile on torch 2.11); absent before torch.compiler.is_exporting was added.
-    return bool(getattr(getattr(torch, "compiler", None), "_is_exporting_flag", False))
+    return torch._C._get_tracing_state() is not None or exporting()
 
 
 def use_traced() -> bool:
@@ -80,9 +75,9 @@ def use_traced() -> bool:
     records; on a torch without the custom op, also while ``torch.compile`` traces. Else the
     chosen backend runs in the custom op (eagerly and compiled, one opaque op in the graph) or in
     the ``autograd.Function``."""
-    if transforms_active() or forward_ad() or leaving():
-        return True
-    return not CUSTOM_OP and compiling()
+    if not CUSTOM_OP and compiling():
+        return True  # first: dynamo of torch 2.1-2.3 reads nothing else here
+    return transforms_active() or forward_ad() or leaving()
 
 
 def flags(needs: Needs) -> tuple[bool, bool, bool, bool]:
