@@ -380,43 +380,48 @@ LOADER = textwrap.dedent(
     assert "ssim_patch" not in sys.modules
     sys.modules["ssim_patch"] = None  # importing it would fail: the artifacts need nothing of it
     import torch
-    x, y = torch.load(sys.argv[1] + "/images.pt")
-    exported = torch.export.load(sys.argv[1] + "/exported.pt2").module()
-    traced = torch.jit.load(sys.argv[1] + "/traced.pt")
-    print(json.dumps({"export": exported(x, y).item(), "jit": traced(x, y).item()}))
+    folder, modes = sys.argv[1], sys.argv[2:]
+    x, y = torch.load(folder + "/images.pt")
+    values = {mode: torch.export.load(f"{folder}/{mode}.pt2").module()(x, y).item() for mode in modes}
+    values["jit"] = torch.jit.load(folder + "/traced.pt")(x, y).item()
+    print(json.dumps(values))
     """
 )
 
 
-#: torch.export (torch 2.1 on), and whether it takes strict=False (non-strict: no dynamo).
-EXPORT = importlib.util.find_spec("torch.export") is not None
-NON_STRICT = (
-    EXPORT and "strict" in inspect.signature(importlib.import_module("torch.export").export).parameters
-)
+def _export_modes() -> dict[str, dict[str, bool]]:
+    """torch.export's modes on this torch: strict (dynamo traces; torch 2.1 on), and non-strict
+    (the Python runs on fake tensors) where ``export`` takes ``strict=False``."""
+    if importlib.util.find_spec("torch.export") is None:
+        return {}
+    export = importlib.import_module("torch.export").export
+    modes = {"strict": {}}
+    if "strict" in inspect.signature(export).parameters:
+        modes["non-strict"] = {"strict": False}
+    return modes
 
 
-@pytest.mark.skipif(not EXPORT, reason=f"torch {torch.__version__} has no torch.export")
-@pytest.mark.parametrize("strict", [True, False], ids=["strict", "non-strict"])
-def test_exported_and_traced_programs_load_where_ssim_patch_is_not(tmp_path, strict):
-    """Under ``torch.export`` (strict: dynamo traces; non-strict: the Python runs on fake
-    tensors) and ``torch.jit.trace`` the computation is recorded as aten ops (the traced route):
-    the saved programs load and run in a process that cannot import ssim_patch, with the corrected
-    value. (The exported program held ``ssim_patch::similarity`` and did not load there; on torch
-    2.4, which has no ``torch.compiler.is_exporting``, the export held it, strict export failed
-    on a graph break, and this test skipped.)"""
-    if not strict and not NON_STRICT:
-        pytest.skip(f"torch {torch.__version__}'s torch.export.export takes no strict=False")
+@pytest.mark.skipif(not _export_modes(), reason=f"torch {torch.__version__} has no torch.export")
+def test_exported_and_traced_programs_load_where_ssim_patch_is_not(tmp_path):
+    """Under ``torch.export`` (strict and, where torch has it, non-strict) and ``torch.jit.trace``
+    the computation is recorded as aten ops (the traced route): the saved programs load and run in
+    a process that cannot import ssim_patch, with the corrected value. (The exported program held
+    ``ssim_patch::similarity`` and did not load there; on torch 2.4, which has no
+    ``torch.compiler.is_exporting``, non-strict export held it, strict export failed on a graph
+    break, and this test skipped.)"""
     x, y = (t.float() for t in _images((2, 3, 24, 25)))
-    exported = torch.export.export(_Loss(), (x, y), **({} if strict else {"strict": False}))
-    targets = {node.target for node in exported.graph.nodes if node.op == "call_function"}
-    others = {t for t in targets if t is not operator.getitem and getattr(t, "namespace", None) != "aten"}
-    assert not others, sorted(map(str, others))
-    torch.export.save(exported, str(tmp_path / "exported.pt2"))
+    modes = _export_modes()
+    for mode, options in modes.items():
+        exported = torch.export.export(_Loss(), (x, y), **options)
+        targets = {node.target for node in exported.graph.nodes if node.op == "call_function"}
+        others = {t for t in targets if t is not operator.getitem and getattr(t, "namespace", None) != "aten"}
+        assert not others, (mode, sorted(map(str, others)))
+        torch.export.save(exported, str(tmp_path / f"{mode}.pt2"))
     torch.jit.trace(_Loss(), (x, y)).save(str(tmp_path / "traced.pt"))
     a, b = x.flip(-1).contiguous(), y
     torch.save((a, b), str(tmp_path / "images.pt"))
     out = subprocess.run(
-        [sys.executable, "-c", LOADER, str(tmp_path)],
+        [sys.executable, "-c", LOADER, str(tmp_path), *modes],
         capture_output=True,
         text=True,
         timeout=240,
@@ -425,7 +430,5 @@ def test_exported_and_traced_programs_load_where_ssim_patch_is_not(tmp_path, str
     assert out.returncode == 0, out.stderr[-4000:]
     values = json.loads(out.stdout.strip().splitlines()[-1])
     expected = _reference_value(a, b).item()
-    assert abs(values["export"] - expected) < 2e-6 and abs(values["jit"] - expected) < 2e-6, (
-        values,
-        expected,
-    )
+    assert set(values) == {*modes, "jit"}
+    assert all(abs(v - expected) < 2e-6 for v in values.values()), (values, expected)
