@@ -13,10 +13,11 @@ Routes (chosen in :func:`use_traced`, the only place):
   operations.
 - **fused**: the chosen backend's forward and backward, no autograd inside (for
   ``SSIM_PATCH_BACKEND=traced``, plain ops and their written-out derivative). Where torch has
-  the custom op (:func:`route`) this is ``ssim_patch::similarity``
-  (:mod:`ssim_patch.backends._custom_op`), eagerly and under ``torch.compile``; else
-  :func:`_fused`, inside :class:`_Similarity` when a gradient is needed. Either way the backward is
-  the backend's, unless :func:`recomputes` sends it through
+  the custom op (:func:`route`) and a call needs it (:func:`_route.through_custom_op`: under
+  ``torch.compile``, a dispatch mode, fake or other subclassed images) this is
+  ``ssim_patch::similarity`` (:mod:`ssim_patch.backends._custom_op`); else, and for every plain
+  eager call, :func:`_fused`, inside :class:`_Similarity` when a gradient is needed. Either way the
+  backward is the backend's, unless :func:`recomputes` sends it through
   :func:`ssim_patch.backends.traced.recompute`.
 
 ``SSIM_PATCH_BACKEND`` is read here, outside the op, and given to it: a compiled graph holds the
@@ -52,7 +53,7 @@ def similarity(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan) -> tupl
     if _route.use_traced():
         a, b = cast(x, y, traced.BACKEND)
         return traced.similarity(a, b, c1, c2, plan)
-    if _custom_op.AVAILABLE:  # the op chooses the backend and casts, eagerly and when compiled
+    if _route.through_custom_op(x):  # the op chooses the backend and casts
         keep = Needs.of(x, y, c1, c2) if torch.is_grad_enabled() else Needs(False, False, False, False)
         out = _custom_op.similarity(_custom_op.args(x, y, c1, c2, plan, backends.requested(), keep))
         return out[0], (out[1] if plan.output != "ssim" else None)

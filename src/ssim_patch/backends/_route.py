@@ -1,16 +1,18 @@
 """Which route a call takes, decided here only: the fused route this torch has (:func:`route`:
 the custom op, or an ``autograd.Function`` where torch lacks what the op needs, by feature
-detection), whether a call takes the traced route (:func:`use_traced`), and whether a backward
-recomputes (:func:`recomputes`). Read by :mod:`ssim_patch.backends._op` and
+detection), whether a fused call goes through the custom op or the ``autograd.Function``
+(:func:`through_custom_op`), whether a call takes the traced route (:func:`use_traced`), and
+whether a backward recomputes (:func:`recomputes`). Read by :mod:`ssim_patch.backends._op` and
 :mod:`ssim_patch.backends._custom_op` alike.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+from torch import Tensor
 
 from ssim_patch import _torch_features
 from ssim_patch._torch_features import exporting, is_compiling
@@ -30,8 +32,15 @@ def _missing() -> Optional[str]:
 
 #: Why this torch takes the ``autograd.Function`` route (None: it has the custom op).
 MISSING = _missing()
-#: True where the fused route is the custom op ``ssim_patch::similarity``.
+#: True where the fused route has the custom op ``ssim_patch::similarity`` (see
+#: :func:`through_custom_op` for the calls that take it).
 CUSTOM_OP = MISSING is None
+#: The number of dispatch modes on (``torch._C._len_torch_dispatch_stack``, infra modes such as
+#: fake tensors' included; torch 2.0 on), or None where torch does not say: every call then takes
+#: the custom op.
+_dispatch_modes: Optional[Callable[[], int]] = getattr(torch._C, "_len_torch_dispatch_stack", None)
+#: Image types a plain eager call has (any other: a tensor subclass, fake, functional, DTensor ...).
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def route() -> tuple[str, str]:
@@ -39,8 +48,26 @@ def route() -> tuple[str, str]:
     ``("autograd.Function", reason)``; for ``status()``, ``ssim-patch check`` and the pytest
     header."""
     if MISSING is None:
-        return "custom op", f"torch {torch.__version__} has torch.library.custom_op"
+        return "custom op", (
+            f"torch {torch.__version__} has torch.library.custom_op; "
+            "plain eager calls take the autograd.Function"
+        )
     return "autograd.Function", MISSING
+
+
+def through_custom_op(x: Tensor) -> bool:
+    """True when a fused call goes through the custom op: where torch has it, while
+    ``torch.compile`` traces, under a dispatch mode (fake tensors, ``make_fx`` and AOT tracing,
+    functionalization, a mode that counts ops) and for images of a tensor subclass (fake,
+    functional, DTensor ...). A plain eager call takes the ``autograd.Function`` instead: the same
+    backend forward and backward from the same kept tensors, without the op's dispatch (its
+    schema, its fake implementation's bookkeeping, the autograd wrapper of ``register_autograd``),
+    which cost a 16x16 call more host time than the backend's own work."""
+    if not CUSTOM_OP:
+        return False
+    if _dispatch_modes is None or compiling():
+        return True
+    return type(x) not in _PLAIN or _dispatch_modes() > 0
 
 
 def tracing() -> bool:
@@ -73,8 +100,8 @@ def use_traced() -> bool:
     """True when a call takes the traced route (autograd through plain ops, no backend chosen):
     while a transform is active, forward AD is on, or ``torch.jit.trace`` or ``torch.export``
     records; on a torch without the custom op, also while ``torch.compile`` traces. Else the
-    chosen backend runs in the custom op (eagerly and compiled, one opaque op in the graph) or in
-    the ``autograd.Function``."""
+    chosen backend runs in the custom op (compiled: one opaque op in the graph; see
+    :func:`through_custom_op`) or in the ``autograd.Function``."""
     if not CUSTOM_OP and compiling():
         return True  # first: dynamo of torch 2.1-2.3 reads nothing else here
     return transforms_active() or forward_ad() or leaving()
