@@ -1,7 +1,8 @@
-"""The backends (``ssim_patch.backends``): every backend that runs on CPU tensors (cpu, conv
-forced on CPU, traced) against the float64 autograd reference in reference_torch.py, values and
-gradients of every output, 2-D and 3-D; identical images give a gradient of exactly 0 on each;
-``SSIM_PATCH_BACKEND`` and its errors; what auto picks."""
+"""The backends (``ssim_patch.backends``): every backend that runs on CPU tensors (cpu, its dense
+path and its pieces each forced; conv forced on CPU; traced) against the float64 autograd
+reference in reference_torch.py, values and gradients of every output, 2-D and 3-D; identical
+images give a gradient of exactly 0 on each; ``SSIM_PATCH_BACKEND`` and its errors; what auto
+picks."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import ssim_patch
 from ssim_patch import _filters, backends
-from ssim_patch.backends import _custom_op
+from ssim_patch.backends import _custom_op, _dense, _route
 from ssim_patch.backends._protocol import Needs, Plan
 from tests.helpers import reference_torch as ref
 
@@ -32,18 +33,30 @@ OUTPUTS = {"ssim": {}, "map": {"return_full_image": True}, "cs": {"return_contra
 
 @pytest.fixture(params=["custom-op", "function"])
 def route(request, monkeypatch):
-    """The torch.library custom op (torch >= 2.4), and the autograd.Function an older torch uses."""
+    """The torch.library custom op (torch >= 2.4; forced for eager calls too), and the
+    autograd.Function that plain eager calls and an older torch take."""
     if request.param == "function":
-        monkeypatch.setattr(_custom_op, "AVAILABLE", False)
+        monkeypatch.setattr(_route, "CUSTOM_OP", False)
     elif not _custom_op.AVAILABLE:
         pytest.skip("this torch has no torch.library.custom_op")
+    else:
+        monkeypatch.setattr(_route, "through_custom_op", lambda x: True)
     return request.param
 
 
-@pytest.fixture(params=CPU_BACKENDS)
+#: The cpu backend's two paths, each forced on every call: the dense matrices of small calls
+#: (``_dense.MAX_WORK`` unbounded) and the pieces (0).
+CPU_PATHS = {"cpu-dense": 1 << 62, "cpu-pieces": 0}
+
+
+@pytest.fixture(params=[*CPU_PATHS, *CPU_BACKENDS[1:]])
 def backend(request, route, monkeypatch):
-    monkeypatch.setenv(backends.ENV, request.param)
-    return request.param
+    name = request.param
+    if name in CPU_PATHS:
+        monkeypatch.setattr(_dense, "MAX_WORK", CPU_PATHS[name])
+        name = "cpu"
+    monkeypatch.setenv(backends.ENV, name)
+    return name
 
 
 def _pair(shape, seed=0, dtype=torch.float64):
@@ -177,8 +190,10 @@ def test_a_forced_backend_runs_every_call(name, monkeypatch):
     assert backends.choose(torch.empty(2, 3, 16, 16), _plan()).name == name
 
 
-def test_every_backend_keeps_what_kept_like_says():
+@pytest.mark.parametrize("cpu_path", list(CPU_PATHS))
+def test_every_backend_keeps_what_kept_like_says(cpu_path, monkeypatch):
     """The shapes and dtypes a fake implementation gets from ``kept_like`` are those kept."""
+    monkeypatch.setattr(_dense, "MAX_WORK", CPU_PATHS[cpu_path])
     x, y = _pair((2, 3, 12, 10), dtype=torch.float32)
     k = ssim_patch.backends._dtypes.constants(1e-4, 9e-4, _plan(), x)
     for name in CPU_BACKENDS:

@@ -26,6 +26,9 @@ rows that are added in band order after, the order one thread would add them in.
 
 The reused buffers are each thread's workspace (:mod:`ssim_patch.backends._workspace`), kept
 from call to call: a call allocates only what it returns and keeps for the backward.
+
+Small calls (:func:`ssim_patch.backends._dense.takes`) take the dense-matrix path of
+:mod:`ssim_patch.backends._dense` instead: a third of the ops, which is what such a call costs.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from torch import Tensor
 
 from ssim_patch import _filters, _formula
 from ssim_patch._torch_features import is_fake
-from ssim_patch.backends import _algebra, _pool
+from ssim_patch.backends import _algebra, _dense, _pool
 from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 from ssim_patch.backends._workspace import Workspace, workspace
 
@@ -506,6 +509,8 @@ class CpuBackend:
     def forward(
         self, x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs]
     ) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
+        if _dense.takes(x, plan):
+            return _dense.forward(x, y, k, plan, keep)
         n, channels, *spatial_list = x.shape
         spatial = tuple(spatial_list)
         planes, nd = n * channels, len(spatial)
@@ -606,6 +611,8 @@ class CpuBackend:
         needs: Needs,
     ) -> Grads:
         """Plane by plane: ``W^T`` in reused buffers, recombined straight into the gradients."""
+        if _dense.takes(x, plan):
+            return _dense.backward(x, y, k, kept, g_image, g_extra, plan, needs)
         held = _algebra.TermsKept.of(plan, kept)
         up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
         n, channels, *spatial_list = x.shape

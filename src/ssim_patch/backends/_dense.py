@@ -1,0 +1,165 @@
+"""The CPU backend's path for small images: the window as one dense matrix per spatial axis.
+
+For an axis of ``n`` samples the matrix ``A`` (``out x n``) holds the window's taps with the
+reflect padding folded in (a tap that reads a padded sample adds to the image sample it mirrors;
+"valid": the plain band), so ``W`` is one product per axis and ``W^T`` the same with ``A``
+transposed: no padding, no per-tap ops, no folding back. A product is a broadcast multiply and a
+sum over the axis, in the working precision (not a BLAS product, which
+``torch.set_float32_matmul_precision`` may send through bfloat16 on CPUs that have it). Its work
+grows as ``n`` times a shifted multiply-add's, so it is for small planes only (:func:`takes`):
+there a call's cost is the number of ops it dispatches, and this path dispatches about a third of
+the pieces' (16x16: 37 ops forward instead of 107).
+
+The whole batch at once, in fresh tensors (a small call allocates little); the same formula
+(``_formula``), the same kept tensors (``_algebra.TermsKept``) as the pieces, so the forward of
+one path and the backward of the other fit together.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ssim_patch import _filters, _formula
+from ssim_patch._torch_features import fake_mode_active
+from ssim_patch.backends import _algebra
+from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
+
+#: A call takes this path where its largest product has at most this many elements: the stack of
+#: four maps times the longest axis. Measured against the pieces (torch 2.13, 1 thread, forward /
+#: forward+backward time): 1x1x16x16 (16384) 0.54 / 0.62, 1x1x32x32 0.67 / 0.73, 4x3x16x16 (196608)
+#: 0.94 / 0.85, 1x1x16x16x16 (262144) 1.03 / 1.02, 1x3x32x32 (393216) 0.99 / 1.01, 1x1x64x64 1.9 / 2.2.
+MAX_WORK = 1 << 18
+#: Matrices already made, by everything that decides them (:func:`_matrix`); emptied at this size.
+_MATRICES: dict[tuple[object, ...], Tensor] = {}
+_MAX_MATRICES = 64
+
+
+def takes(x: Tensor, plan: Plan) -> bool:
+    """True when a call on images ``x`` takes this path: its largest product (the four moment
+    maps of every plane times the longest axis, :data:`MAX_WORK`) is small."""
+    del plan
+    spatial = x.shape[2:]
+    return 4 * x.shape[0] * x.shape[1] * math.prod(spatial) * max(spatial) <= MAX_WORK
+
+
+def matrix_values(taps: tuple[float, ...], padding: _filters.Mode, n: int) -> list[list[float]]:
+    """``A`` for one axis of ``n`` samples, as rows of float64 numbers: row ``i`` holds the taps
+    output sample ``i`` reads, a padded sample's added to the image sample it reflects."""
+    size = len(taps)
+    pad = (size - 1) // 2 if padding == "same" else 0
+    out = n if padding == "same" else n - size + 1
+    rows = [[0.0] * n for _ in range(out)]
+    for i in range(out):
+        for j, w in enumerate(taps):
+            src = abs(i - pad + j)  # torch's reflect: the edge sample is not repeated
+            if src > n - 1:
+                src = 2 * (n - 1) - src
+            rows[i][src] += w
+    return rows
+
+
+def _matrix(taps: tuple[float, ...], padding: _filters.Mode, n: int, trailing: int, like: Tensor) -> Tensor:
+    """``A`` shaped ``(out, n, 1, ...)`` (``trailing`` ones) in ``like``'s dtype and device, kept by
+    everything that decides it: taps, padding, ``n``, ``trailing``, dtype and device (made
+    outside inference mode, so that any call may read it). Under a fake-tensor mode it is made
+    fake and not kept."""
+    fake = fake_mode_active(like)
+    key = (taps, padding, n, trailing, like.dtype, like.device)
+    found = None if fake else _MATRICES.get(key)
+    if found is not None:
+        return found
+    with torch.inference_mode(False):
+        values = torch.tensor(matrix_values(taps, padding, n), dtype=torch.float64)
+        made = values.to(dtype=like.dtype, device=like.device).view(*values.shape, *[1] * trailing)
+    if not fake:
+        if len(_MATRICES) >= _MAX_MATRICES:
+            _MATRICES.clear()
+        _MATRICES[key] = made
+    return made
+
+
+def blur(t: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Tensor:
+    """``W t`` for ``t`` ``(..., *spatial)``: one product per axis."""
+    nd = len(spatial)
+    for i, taps in enumerate(blur.taps):
+        trailing = nd - 1 - i
+        a = _matrix(taps, blur.padding, spatial[i], trailing, t)
+        t = torch.mul(t.unsqueeze(-trailing - 2), a).sum(-trailing - 1)
+    return t
+
+
+def blur_adjoint(g: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Tensor:
+    """``W^T g`` for ``g`` ``(..., *out)``: one product per axis with ``A`` transposed."""
+    nd = len(spatial)
+    for i, taps in enumerate(blur.taps):
+        trailing = nd - 1 - i
+        a = _matrix(taps, blur.padding, spatial[i], trailing, g)  # (out, n, 1, ...)
+        g = torch.mul(g.unsqueeze(-trailing - 1), a).sum(-trailing - 2)
+    return g
+
+
+def forward(
+    x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs]
+) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
+    """:meth:`ssim_patch.backends.cpu.CpuBackend.forward` for a call this path :func:`takes`."""
+    spatial = tuple(x.shape[2:])
+    dims = tuple(range(1, x.ndim))
+    shift = _algebra.sd_shift(x, y)
+    sd = torch.stack((x + y, x - y)).sub_(shift)
+    t = _formula.terms(blur(torch.cat((sd, sd * sd)), plan.blur, spatial), shift, k)
+    made = _formula.similarity_map(t, k)
+    per_image = made.s.mean(dims)
+    extra: Optional[Tensor] = None
+    if plan.output == "map":
+        extra = made.s
+    elif plan.output == "cs":
+        extra = _formula.contrast(t).mean(dims)
+    if keep is None:
+        return per_image, extra, None
+    if plan.output != "ssim":
+        held = _algebra.TermsKept(shift, mu=t.mu, contrast=torch.stack((t.c_num, t.c_den)))
+        return per_image, extra, held.tensors(plan)
+    unit = _algebra.unit_gradient(made.s.shape, x)
+    adj = _formula.adjoints(t, shift, k, unit, None, keep.x, keep.y, made)
+    adjoints = torch.stack(_algebra.adjoint_stack(adj))
+    if keep.c1 or keep.c2:
+        c_sums = torch.stack((adj.g_c1.sum(dims[1:]), adj.g_c2.sum(dims[1:])))
+    else:
+        c_sums = x.new_zeros((2, *x.shape[:2]))
+    held = _algebra.TermsKept(shift, adjoints=adjoints, c_sums=c_sums)
+    return per_image, extra, held.tensors(plan)
+
+
+def backward(
+    x: Tensor,
+    y: Tensor,
+    k: _formula.Constants,
+    kept: Kept,
+    g_image: Optional[Tensor],
+    g_extra: Optional[Tensor],
+    plan: Plan,
+    needs: Needs,
+) -> Grads:
+    """:meth:`ssim_patch.backends.cpu.CpuBackend.backward` for a call this path :func:`takes`."""
+    held = _algebra.TermsKept.of(plan, kept)
+    up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
+    if held.adjoints is not None:
+        stacked, c_sums = held.adjoints, up.c_sums
+    else:
+        adj = _formula.adjoints(held.terms, held.shift, k, up.grad_map, up.grad_cs, needs.x, needs.y)
+        stacked = torch.stack(_algebra.adjoint_stack(adj))
+        c_sums = torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
+    assert c_sums is not None
+    gx = gy = None
+    if needs.x or needs.y:
+        back = _algebra.unstack(blur_adjoint(stacked, plan.blur, tuple(x.shape[2:])), needs.x, needs.y)
+        a_x, a_y = _algebra.own_shifts(held.shift)
+        gx, gy = _algebra.combine(back, x - a_x, y - a_y, in_place=True)
+        if up.scale is not None:
+            gx = None if gx is None else gx.mul_(up.scale)
+            gy = None if gy is None else gy.mul_(up.scale)
+    return gx, gy, (c_sums[0] if needs.c1 else None), (c_sums[1] if needs.c2 else None)

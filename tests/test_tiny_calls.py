@@ -1,0 +1,228 @@
+"""Tiny calls (issue 26): a plain eager call takes the ``autograd.Function`` (no custom-op
+dispatch) and the custom op carries every call that needs it; small CPU calls take the cpu
+backend's dense-matrix path (``backends._dense``), a third of the ops, whose matrices equal the
+window with its reflect padding and are kept by everything that decides them.
+
+Values and gradients of both cpu paths against the float64 reference are in test_backends.py
+(each path forced on every case).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ssim_patch
+from benchmarks.dispatch_count import DispatchCounter
+from ssim_patch import _filters
+from ssim_patch.backends import _custom_op, _dense, _route
+from ssim_patch.backends._protocol import Plan
+
+pytestmark = pytest.mark.usefixtures("patch_applied")
+
+
+def _pair(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    return x.to(dtype), (0.7 * x + 0.3 * torch.rand(shape, generator=g, dtype=torch.float64)).to(dtype)
+
+
+# --- the route of an eager call -------------------------------------------------------------------
+
+
+class _Passing(TorchDispatchMode):
+    """A dispatch mode that changes nothing (as a user's counting or debugging mode)."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        return func(*args, **(kwargs or {}))
+
+
+class _Sub(torch.Tensor):
+    """A tensor subclass that changes nothing."""
+
+
+@pytest.mark.skipif(not _route.CUSTOM_OP, reason="this torch has no custom op: every call takes the Function")
+def test_a_plain_eager_call_does_not_dispatch_the_custom_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forward and forward+backward, CPU and meta: the autograd.Function carries the backend."""
+    calls: list[str] = []
+    for name in ("similarity", "similarity_backward"):
+        original = getattr(_custom_op, name)
+
+        def spy(*args: Any, _original: Callable[..., Any] = original, _name: str = name) -> Any:
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(_custom_op, name, spy)
+    for device in ("cpu", "meta"):
+        x, y = (t.to(device) for t in _pair((1, 1, 16, 16)))
+        with torch.no_grad():
+            ssim_patch.ssim(x, y, data_range=1.0)
+        leaf = x.clone().requires_grad_()
+        ssim_patch.ssim(leaf, y, data_range=1.0).backward()
+        assert leaf.grad is not None and leaf.grad.device.type == device
+    assert calls == []
+
+
+@pytest.mark.skipif(not _route.CUSTOM_OP, reason="this torch has no custom op")
+def test_the_custom_op_carries_the_calls_that_need_it() -> None:
+    """Under a dispatch mode (fake tensors, a user's mode) and for a tensor subclass; plain
+    tensors on any device go without it."""
+    x = torch.rand(1, 1, 16, 16)
+    assert not _route.through_custom_op(x)
+    assert not _route.through_custom_op(torch.nn.Parameter(x))
+    assert not _route.through_custom_op(x.to("meta"))
+    assert _route.through_custom_op(x.as_subclass(_Sub))
+    with _Passing():
+        assert _route.through_custom_op(x)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        assert _route.through_custom_op(fake)
+    assert _route.through_custom_op(fake)  # a fake tensor outside its mode: a subclass
+
+
+@pytest.mark.skipif(not _route.CUSTOM_OP, reason="this torch has no custom op")
+def test_a_call_under_a_dispatch_mode_goes_through_the_op() -> None:
+    seen: list[str] = []
+
+    class Recording(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, y = _pair((1, 1, 16, 16))
+    with Recording():
+        ssim_patch.ssim(x, y, data_range=1.0)
+    assert "ssim_patch.similarity.default" in seen
+
+
+# --- the dense path: fewer ops ----------------------------------------------------------------------
+
+
+def _ops(fn: Callable[[], object]) -> int:
+    fn()
+    with DispatchCounter() as counter:
+        fn()
+    return counter.counts.ops
+
+
+def test_a_16x16_call_dispatches_a_third_of_the_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1x1x16x16 on the cpu backend: forward and forward+backward dispatch at most 40 and 95
+    aten ops (the pieces: 107 and 238; torchmetrics 1.9.0 unpatched: 51 and 108)."""
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", "cpu")
+    x, y = _pair((1, 1, 16, 16))
+    assert _dense.takes(x, Plan(_plan(0)))
+
+    def forward() -> object:
+        with torch.no_grad():
+            return ssim_patch.ssim(x, y, data_range=1.0)
+
+    def loss() -> object:
+        leaf = x.clone().requires_grad_()
+        (1 - ssim_patch.ssim(leaf, y, data_range=1.0)).backward()
+        return leaf.grad
+
+    assert _ops(forward) <= 40
+    assert _ops(loss) <= 95
+
+
+def test_which_calls_take_the_dense_path() -> None:
+    """Decided by the size of the call's largest product (its shape): small planes and batches."""
+    plan = Plan(_plan(0))
+    assert _dense.takes(torch.empty(1, 1, 16, 16), plan)
+    assert _dense.takes(torch.empty(4, 3, 16, 16), plan)
+    assert _dense.takes(torch.empty(1, 1, 8, 8, 8), plan)
+    assert not _dense.takes(torch.empty(1, 3, 32, 32), plan)
+    assert not _dense.takes(torch.empty(1, 1, 64, 64), plan)
+
+
+# --- the dense path: its matrices ----------------------------------------------------------------
+
+
+def _plan(index: int, padding: _filters.Mode = "same", nd: int = 2) -> _filters.Blur:
+    taps = (_filters.gaussian_taps(1.5, 11), _filters.gaussian_taps(1.0, 7), _filters.uniform_taps(3))
+    return _filters.Blur((taps[index],) * nd, padding)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("shape", [(2, 3, 11, 16), (1, 2, 8, 9, 13)], ids=["2d", "3d"])
+def test_the_matrices_are_the_window_and_its_padding(shape: tuple[int, ...], padding: str) -> None:
+    """W and W^T against the plain shifted multiply-adds of ``_filters`` (float64)."""
+    nd = len(shape) - 2
+    taps = (_filters.gaussian_taps(1.0, 7), _filters.uniform_taps(5), _filters.gaussian_taps(0.6, 5))
+    blur = _filters.Blur(taps[:nd], padding)  # type: ignore[arg-type]
+    t = torch.rand(shape, dtype=torch.float64)
+    spatial = shape[2:]
+    want = _filters.blur(t, blur)
+    got = _dense.blur(t, blur, spatial)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-15)
+    g = torch.rand(want.shape, dtype=torch.float64)
+    torch.testing.assert_close(
+        _dense.blur_adjoint(g, blur, spatial), _filters.blur_adjoint(g, blur), rtol=1e-14, atol=1e-15
+    )
+
+
+def _blurred(
+    shape: tuple[int, ...], blur: _filters.Blur, dtype: Any = torch.float64, device: str = "cpu"
+) -> Any:
+    t = torch.arange(float(torch.Size(shape).numel()), dtype=dtype).view(shape).remainder(7).to(device)
+    try:
+        return _dense.blur(t, blur, shape[2:])
+    except RuntimeError as exc:
+        return exc
+
+
+def _expected(
+    shape: tuple[int, ...], blur: _filters.Blur, dtype: Any = torch.float64, device: str = "cpu"
+) -> Any:
+    t = torch.arange(float(torch.Size(shape).numel()), dtype=dtype).view(shape).remainder(7).to(device)
+    return _filters.blur(t, blur)
+
+
+#: (what differs, the first call's arguments, the second call's); each pair differs in one field of
+#: ``_dense._matrix``'s key: dropping it from the key makes the second call wrong.
+PAIRS: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]] = [
+    ("taps", ((1, 1, 16, 16), _plan(0)), ((1, 1, 16, 16), _plan(1))),
+    ("padding", ((1, 1, 16, 16), _plan(1, "same")), ((1, 1, 16, 16), _plan(1, "valid"))),
+    ("n", ((1, 1, 16, 16), _plan(1)), ((1, 1, 17, 17), _plan(1))),
+    ("axis (trailing ones)", ((1, 1, 16), _plan(1, nd=1)), ((1, 1, 16, 16), _plan(1))),
+    ("dtype", ((1, 1, 16, 16), _plan(1)), ((1, 1, 16, 16), _plan(1), torch.float32)),
+    ("device", ((1, 1, 16, 16), _plan(1)), ((1, 1, 16, 16), _plan(1), torch.float64, "meta")),
+]
+
+
+@pytest.mark.parametrize("first, second", [p[1:] for p in PAIRS], ids=[p[0] for p in PAIRS])
+def test_a_matrix_is_kept_by_all_that_decides_it(first: tuple[Any, ...], second: tuple[Any, ...]) -> None:
+    _dense._MATRICES.clear()
+    _blurred(*first)
+    got, want = _blurred(*second), _expected(*second)
+    assert isinstance(got, torch.Tensor), got
+    assert (got.shape, got.dtype, got.device) == (want.shape, want.dtype, want.device)
+    if want.device.type != "meta":
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_repeated_call_reuses_its_matrices() -> None:
+    _dense._MATRICES.clear()
+    _blurred((1, 1, 16, 16), _plan(0))
+    kept = dict(_dense._MATRICES)
+    assert len(kept) == 2  # one per axis
+    _blurred((1, 1, 16, 16), _plan(0))
+    assert _dense._MATRICES.keys() == kept.keys()
+    assert all(_dense._MATRICES[k] is v for k, v in kept.items())
+
+
+def test_a_matrix_made_in_inference_mode_serves_a_later_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", "cpu")
+    _dense._MATRICES.clear()
+    x, y = _pair((1, 1, 16, 16), torch.float64)
+    with torch.inference_mode():
+        first = ssim_patch.ssim(x, y, data_range=1.0)
+    leaf = x.clone().requires_grad_()
+    again = ssim_patch.ssim(leaf, y, data_range=1.0)
+    again.backward()
+    assert torch.equal(first, again.detach()) and leaf.grad is not None
