@@ -14,6 +14,8 @@ the few torch internals the engine reads that moved between torch 2.0 and the ne
 - :func:`exporting`: ``torch.export`` records, strict or not: torch's own flag where it has one
   (``torch.compiler.is_exporting``: 2.11 has it, 2.4 not), else the flag that only torch.export
   sets (2.4: non-strict), and dynamo's own export mode (strict), read while dynamo traces.
+- :func:`plain_eager`: no dispatch mode on (``torch._C._len_torch_dispatch_stack``, 2.0 on) and
+  a tensor of no subclass.
 """
 
 from __future__ import annotations
@@ -144,3 +146,17 @@ def exporting() -> bool:
     if EXPORT_FLAG is not None and getattr(torch.compiler, EXPORT_FLAG):
         return True
     return is_compiling() and _dynamo_exports()
+
+
+#: The number of dispatch modes on, infra modes (fake tensors, proxies) included; None where torch
+#: does not say.
+_dispatch_modes: Optional[Callable[[], int]] = getattr(torch._C, "_len_torch_dispatch_stack", None)
+#: Tensor types of a plain eager call (any other: a subclass, fake, functional, DTensor ...).
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def plain_eager(like: Tensor) -> bool:
+    """True when ``like`` is a plain tensor (or Parameter) and no dispatch mode is on: no fake
+    mode, no ``make_fx`` or AOT tracing, no functionalization, no mode of a user's. False where
+    torch cannot tell."""
+    return type(like) in _PLAIN and _dispatch_modes is not None and _dispatch_modes() == 0

@@ -9,13 +9,13 @@ whether a backward recomputes (:func:`recomputes`). Read by :mod:`ssim_patch.bac
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ssim_patch import _torch_features
-from ssim_patch._torch_features import exporting, is_compiling
+from ssim_patch._torch_features import exporting, is_compiling, plain_eager
 from ssim_patch.backends._protocol import Needs
 
 
@@ -35,12 +35,6 @@ MISSING = _missing()
 #: True where the fused route has the custom op ``ssim_patch::similarity`` (see
 #: :func:`through_custom_op` for the calls that take it).
 CUSTOM_OP = MISSING is None
-#: The number of dispatch modes on (``torch._C._len_torch_dispatch_stack``, infra modes such as
-#: fake tensors' included; torch 2.0 on), or None where torch does not say: every call then takes
-#: the custom op.
-_dispatch_modes: Optional[Callable[[], int]] = getattr(torch._C, "_len_torch_dispatch_stack", None)
-#: Image types a plain eager call has (any other: a tensor subclass, fake, functional, DTensor ...).
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def route() -> tuple[str, str]:
@@ -63,11 +57,7 @@ def through_custom_op(x: Tensor) -> bool:
     backend forward and backward from the same kept tensors, without the op's dispatch (its
     schema, its fake implementation's bookkeeping, the autograd wrapper of ``register_autograd``),
     which cost a 16x16 call more host time than the backend's own work."""
-    if not CUSTOM_OP:
-        return False
-    if _dispatch_modes is None or compiling():
-        return True
-    return type(x) not in _PLAIN or _dispatch_modes() > 0
+    return CUSTOM_OP and (compiling() or not plain_eager(x))
 
 
 def tracing() -> bool:
