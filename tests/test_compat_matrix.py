@@ -5,11 +5,12 @@ from __future__ import annotations
 import configparser
 import pathlib
 import re
+from typing import Callable
 
 import pytest
 from packaging.version import Version
 
-from ssim_patch import _releases
+from ssim_patch import _matrix, _releases
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 yaml = pytest.importorskip("yaml")
@@ -88,8 +89,6 @@ def test_hook_points_name_their_modules():
 def test_matrix_table_has_the_uqi_hooks_and_splits_the_bugs():
     """``ssim-patch matrix``'s table (the README's compatibility table): one column per metric's
     hook points and per metric's bugs, from compat_matrix.yaml."""
-    from ssim_patch import _matrix
-
     entry = ENTRIES[-1]
     result = _matrix._Result(
         entry["version"], entry["hook"], entry["upstream_bugs"], entry["uqi_hooks"], passed=3
@@ -105,20 +104,24 @@ def test_matrix_table_has_the_uqi_hooks_and_splits_the_bugs():
 
 
 def _readme_block() -> str:
-    from ssim_patch import _matrix
-
     text = (ROOT / "README.md").read_text()
     begin, end = text.find(_matrix.README_BEGIN), text.find(_matrix.README_END)
     assert 0 <= begin < end, "README.md has lost the compatibility table's markers"
     return text[begin : end + len(_matrix.README_END)]
 
 
+def _assert_written(block: str, pattern: str, write: Callable[[str], str]) -> None:
+    """``block`` is what ``write`` makes of the one line under it that says where, when and how
+    long the table was measured (which matches ``pattern``)."""
+    measured = [line for line in block.splitlines() if line.startswith("Measured with ")]
+    assert len(measured) == 1 and re.fullmatch(pattern, measured[0]), measured
+    assert block == write(measured[0])
+
+
 def test_readme_table_is_the_one_the_matrix_writes():
     """README's compatibility table is written by ``ssim-patch matrix --readme README.md``: between
     its markers is exactly what the runner writes for the counts and times shown, one passing row per
     pinned release in compat_matrix.yaml's order, and the line with the run's total time."""
-    from ssim_patch import _matrix
-
     block = _readme_block()
     rows = [line for line in block.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == len(ENTRIES), rows
@@ -139,18 +142,14 @@ def test_readme_table_is_the_one_the_matrix_writes():
                 seconds=float(seconds[1]),
             )
         )
-    measured = [line for line in block.splitlines() if line.startswith("Measured with ")]
-    assert len(measured) == 1 and re.fullmatch(
+    pattern = (
         rf"Measured with Python [\d.]+ and torch \S+ on \d+ CPU cores, \d{{4}}-\d\d-\d\d: "
-        rf"{len(ENTRIES)} releases in [\d.]+ minutes\.",
-        measured[0],
-    ), measured
-    assert block == _matrix.readme_block(results, measured[0])
+        rf"{len(ENTRIES)} releases in [\d.]+ minutes\."
+    )
+    _assert_written(block, pattern, lambda line: _matrix.readme_block(results, line))
 
 
 def test_matrix_writes_the_readme_between_its_markers(tmp_path, capsys):
-    from ssim_patch import _matrix
-
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n\n{_matrix.README_BEGIN}\nold\n{_matrix.README_END}\n\nafter\n")
     entry = ENTRIES[0]
@@ -173,3 +172,46 @@ def test_torch_axis_names_pinned_releases_from_the_floor():
     assert all(set(map(str, t["releases"])) <= pinned for t in torches)
     versions = [Version(str(t["version"])) for t in torches]
     assert versions == sorted(versions) and versions[0].release[:2] == _releases.TORCH_FLOOR.release[:2]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--default-suite"], "--default-suite goes with --torch"),
+        (["--torch", "2.0.1", "--readme", "R.md"], "--torch all --default-suite"),
+        (["--torch", "all", "--readme", "R.md"], "--torch all --default-suite"),
+    ],
+)
+def test_matrix_torch_arguments_that_cannot_go_together(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _matrix.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_matrix_names_the_torches_it_knows(capsys):
+    with pytest.raises(
+        SystemExit, match=r"torch 1\.13\.1 not in compat_matrix.yaml's torches \(there: 2\.0\.1, "
+    ):
+        _matrix.main(["--root", str(ROOT), "--torch", "1.13.1"])
+
+
+def test_matrix_writes_the_torch_table_between_its_markers(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        f"{_matrix.README_BEGIN}\nkept\n{_matrix.README_END}\n{_matrix.TORCH_BEGIN}\nold\n{_matrix.TORCH_END}\n"
+    )
+    run = _matrix._TorchRun("2.0.1", numpy="1.26.4", seconds=95.0)
+    run.releases = [
+        _matrix._Result("0.11.4", "", [], passed=416),
+        _matrix._Result("1.9.0", "", [], passed=5, failed=1),
+    ]
+    run.suite = _matrix._Result("1.9.0", "", [], passed=1890, skipped=30)
+    block = _matrix.torch_block([run], _matrix.torch_provenance(95.0, 1))
+    _matrix._write_readme(readme, block, (_matrix.TORCH_BEGIN, _matrix.TORCH_END))
+    assert readme.read_text().startswith(f"{_matrix.README_BEGIN}\nkept\n{_matrix.README_END}\n{block}\n")
+    row = block.splitlines()[4]
+    assert row == (
+        "| 2.0.1 | 1.26.4 | 0.11.4: pass: 416 passed; 1.9.0: FAIL: 5 passed, 1 failed "
+        "| pass: 1890 passed, 30 skipped (1.9.0) | 1.6 min |"
+    )
+    assert not run.ok

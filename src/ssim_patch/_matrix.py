@@ -6,9 +6,12 @@ For each release in ``compat_matrix.yaml``: lay it out with ``pip install --no-d
 ``--readme README.md`` writes that table, with the run's total time, between the README's markers
 (its compatibility table); ``--markdown FILE`` writes the table alone.
 
-``--torch VERSION`` runs the releases of that torch's era (``torches`` in ``compat_matrix.yaml``)
-under that torch instead: in a venv made by pip from the registry in the cache (``.matrix/
-torch-VERSION``, kept for later runs), with this checkout's ``src`` on ``PYTHONPATH``.
+``--torch VERSION`` (repeatable; ``all`` for every one) runs the releases of that torch's era
+(``torches`` in ``compat_matrix.yaml``) under that torch instead: in a venv made by pip from the
+registry in the cache (``.matrix/torch-VERSION``, kept for later runs), with this checkout's
+``src`` on ``PYTHONPATH``. ``--default-suite`` then also runs the default test suite there (the
+checkout installed into that venv with its ``test`` extra and the newest pinned torchmetrics).
+``--torch all --default-suite --readme README.md`` writes the README's torch table.
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ class _Result:
     @property
     def ok(self) -> bool:
         return not self.error and self.failed == 0 and self.passed > 0
+
+
+@dataclass
+class _TorchRun:
+    """One torch of the torch axis: its matrix-suite results and, if asked, the default suite's."""
+
+    version: str
+    numpy: str = ""
+    releases: list[_Result] = field(default_factory=list)
+    suite: Optional[_Result] = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.releases) and (self.suite is None or self.suite.ok)
 
 
 def _find_root(start: pathlib.Path) -> pathlib.Path:
@@ -107,6 +125,11 @@ _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?)")
 #: between them (a test checks that the README holds what this module writes).
 README_BEGIN = "<!-- compatibility table: written by `ssim-patch matrix --readme README.md`; do not edit -->"
 README_END = "<!-- end of the compatibility table -->"
+TORCH_BEGIN = (
+    "<!-- torch table: written by `ssim-patch matrix --torch all --default-suite --readme README.md`; "
+    "do not edit -->"
+)
+TORCH_END = "<!-- end of the torch table -->"
 
 
 def _run_one(
@@ -137,6 +160,12 @@ def _run_one(
     cmd += ["-p", "no:ssim_patch", *pytest_args]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     result.seconds = time.perf_counter() - start
+    _count(result, proc)
+    return result
+
+
+def _count(result: _Result, proc: subprocess.CompletedProcess[str]) -> None:
+    """Fill ``result`` from pytest's summary line and exit status (its output shown on failure)."""
     tail = proc.stdout.strip().splitlines()[-1:] or [""]
     for number, word in _COUNT.findall(tail[0]):
         if word == "passed":
@@ -149,7 +178,34 @@ def _run_one(
         result.error = f"pytest exited {proc.returncode}"
     if not result.ok:
         sys.stdout.write(proc.stdout[-4000:] + proc.stderr[-2000:])
+
+
+def _default_suite(root: pathlib.Path, python: str, torchmetrics: str) -> _Result:
+    """The README's ``python -m pytest`` under ``python``'s torch: the checkout installed there
+    (editable, its ``test`` extra, which never changes torch) with torchmetrics ``torchmetrics``."""
+    result = _Result(torchmetrics, "", [])
+    start = time.perf_counter()
+    install = [python, "-m", "pip", "install", "-q", "-e", f"{root}[test]", f"torchmetrics=={torchmetrics}"]
+    try:
+        subprocess.run(install, check=True)
+    except subprocess.CalledProcessError as exc:
+        result.error = f"pip could not install the checkout's test extra ({exc.returncode})"
+        return result
+    env = dict(os.environ)
+    for name in ("PYTHONPATH", "SSIM_PATCH_AUTO", "SSIM_PATCH_BACKEND"):
+        env.pop(name, None)
+    proc = subprocess.run([python, "-m", "pytest"], cwd=root, env=env, capture_output=True, text=True)
+    result.seconds = time.perf_counter() - start
+    _count(result, proc)
     return result
+
+
+def _outcome(r: _Result) -> str:
+    return r.error or (
+        f"{'pass' if r.ok else 'FAIL'}: {r.passed} passed"
+        + (f", {r.failed} failed" if r.failed else "")
+        + (f", {r.skipped} skipped" if r.skipped else "")
+    )
 
 
 def _table(results: list[_Result], markdown: bool) -> str:
@@ -168,11 +224,7 @@ def _table(results: list[_Result], markdown: bool) -> str:
         return ", ".join(f"`{n}`" if markdown else n for n in names)
 
     for r in results:
-        outcome = r.error or (
-            f"{'pass' if r.ok else 'FAIL'}: {r.passed} passed"
-            + (f", {r.failed} failed" if r.failed else "")
-            + (f", {r.skipped} skipped" if r.skipped else "")
-        )
+        outcome = _outcome(r)
         ssim_bugs = [b for b in r.bugs if not b.startswith("uqi-")]
         uqi_bugs = [b for b in r.bugs if b.startswith("uqi-")]
         rows.append(
@@ -209,17 +261,135 @@ def provenance(seconds: float, releases: int) -> str:
     )
 
 
+def _torch_table(runs: list[_TorchRun]) -> str:
+    """The torch x torchmetrics table (Markdown): per torch, its era's releases under the matrix
+    suite, then the default suite."""
+    lines = [
+        "| torch | numpy | matrix suite, per torchmetrics release | default suite (torchmetrics) | time |",
+        "|---|---|---|---|---|",
+    ]
+    for run in runs:
+        releases = "; ".join(f"{r.version}: {_outcome(r)}" for r in run.releases)
+        suite = f"{_outcome(run.suite)} ({run.suite.version})" if run.suite else "not run"
+        lines.append(f"| {run.version} | {run.numpy} | {releases} | {suite} | {run.seconds / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def torch_provenance(seconds: float, torches: int) -> str:
+    """The line under the README's torch table."""
+    return (
+        f"Measured with Python {platform.python_version()} on {os.cpu_count()} CPU cores (CUDA builds of "
+        f"torch from the registry, run on CPU), {datetime.date.today().isoformat()}: {torches} torches in "
+        f"{seconds / 60:.1f} minutes."
+    )
+
+
+def torch_block(runs: list[_TorchRun], provenance_line: str) -> str:
+    """What ``--torch all --default-suite --readme`` puts in the README, its markers included."""
+    return "\n".join([TORCH_BEGIN, "", _torch_table(runs), "", provenance_line, "", TORCH_END])
+
+
 def readme_block(results: list[_Result], provenance_line: str) -> str:
     """What ``--readme`` puts in the README, its markers included."""
     return "\n".join([README_BEGIN, "", _table(results, markdown=True), "", provenance_line, "", README_END])
 
 
-def _write_readme(path: pathlib.Path, block: str) -> None:
+def _write_readme(
+    path: pathlib.Path, block: str, markers: tuple[str, str] = (README_BEGIN, README_END)
+) -> None:
     text = path.read_text()
-    begin, end = text.find(README_BEGIN), text.find(README_END)
+    begin, end = text.find(markers[0]), text.find(markers[1])
     if begin < 0 or end < begin:
-        raise SystemExit(f"ssim-patch matrix: {path} has no {README_BEGIN!r} ... {README_END!r} markers")
-    path.write_text(text[:begin] + block + text[end + len(README_END) :])
+        raise SystemExit(f"ssim-patch matrix: {path} has no {markers[0]!r} ... {markers[1]!r} markers")
+    path.write_text(text[:begin] + block + text[end + len(markers[1]) :])
+
+
+def _run_releases(
+    entries: list[dict[str, Any]],
+    root: pathlib.Path,
+    cache: pathlib.Path,
+    pytest_args: list[str],
+    python: str,
+) -> list[_Result]:
+    results = []
+    for entry in entries:
+        print(f"torchmetrics {entry['version']} ...", flush=True)
+        result = _run_one(entry, root, cache, pytest_args, python)
+        print(f"  {'ok' if result.ok else 'FAILED'} in {result.seconds:.0f}s", flush=True)
+        results.append(result)
+    return results
+
+
+def _numpy_of(python: str) -> str:
+    code = "from importlib import metadata; print(metadata.version('numpy'))"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return proc.stdout.strip() or "none"
+
+
+def _torch_axis(
+    args: argparse.Namespace, matrix: dict[str, Any], root: pathlib.Path, cache: pathlib.Path
+) -> int:
+    """``--torch``: each named torch on its era's releases (and the default suite if asked)."""
+    eras = {str(t["version"]): [str(r) for r in t["releases"]] for t in matrix.get("torches", [])}
+    wanted = list(eras) if args.torch == ["all"] else args.torch
+    unknown = [v for v in wanted if v not in eras]
+    if unknown:
+        raise SystemExit(
+            f"ssim-patch matrix: torch {', '.join(unknown)} not in compat_matrix.yaml's torches "
+            f"(there: {', '.join(eras)}, or all)"
+        )
+    pinned = [str(e["version"]) for e in matrix["releases"]]
+    if args.release and set(args.release) - set(pinned):
+        raise SystemExit(
+            f"ssim-patch matrix: {sorted(set(args.release) - set(pinned))} not in compat_matrix.yaml"
+        )
+    newest = pinned[-1]
+    runs = []
+    start = time.perf_counter()
+    for version in wanted:
+        run = _TorchRun(version)
+        began = time.perf_counter()
+        entries = [e for e in matrix["releases"] if str(e["version"]) in (args.release or eras[version])]
+        print(f"torch {version}: venv in {cache} ...", flush=True)
+        python = str(_torch_python(version, cache, [str(r) for r in matrix.get("requires", [])]))
+        run.numpy = _numpy_of(python)
+        run.releases = _run_releases(entries, root, cache, args.pytest_args, python)
+        if args.default_suite:
+            print(f"torch {version}: the default suite ...", flush=True)
+            run.suite = _default_suite(root, python, newest)
+            print(f"  {_outcome(run.suite)} in {run.suite.seconds:.0f}s", flush=True)
+        run.seconds = time.perf_counter() - began
+        runs.append(run)
+    total = time.perf_counter() - start
+    print()
+    print(_torch_table(runs))
+    failed = [f"torch {r.version}" for r in runs if not r.ok]
+    block = torch_block(runs, torch_provenance(total, len(runs)))
+    return _conclude(
+        args.readme, failed, block, (TORCH_BEGIN, TORCH_END), f"{len(runs)} torches", total, "the torch table"
+    )
+
+
+def _conclude(
+    readme: Optional[pathlib.Path],
+    failed: list[str],
+    block: str,
+    markers: tuple[str, str],
+    what: str,
+    seconds: float,
+    table: str,
+) -> int:
+    """Say how the run went; write ``block`` into ``readme`` only if nothing failed."""
+    if failed:
+        if readme is not None:
+            print(f"\nssim-patch matrix: {readme} left as it was")
+        print(f"\nssim-patch matrix: failed on {', '.join(failed)}")
+        return 1
+    if readme is not None:
+        _write_readme(readme, block, markers)
+        print(f"\nssim-patch matrix: wrote {table} of {readme}")
+    print(f"\nssim-patch matrix: all {what} passed in {seconds / 60:.1f} minutes")
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -232,63 +402,69 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument(
         "--torch",
-        help="run under this torch instead of the current one: a venv made by pip from the registry "
-        "and kept in the cache (default releases: those compat_matrix.yaml's torches entry names)",
+        action="append",
+        help="run under this torch instead of the current one (repeatable; 'all': every one in "
+        "compat_matrix.yaml's torches): a venv made by pip from the registry and kept in the cache "
+        "(default releases: those its torches entry names)",
+    )
+    parser.add_argument(
+        "--default-suite",
+        action="store_true",
+        help="with --torch: also run the default test suite under each torch",
     )
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the table as Markdown here")
     parser.add_argument(
         "--readme",
         type=pathlib.Path,
         help="write the table and the total time between the compatibility-table markers of this "
-        "README (a full run only: every release, no pytest arguments, all passed)",
+        "README (a full run only: every release, no pytest arguments, all passed); with "
+        "--torch all --default-suite, the torch table",
     )
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = parser.parse_args(argv)
     if args.readme is not None and (args.release or args.pytest_args):
         parser.error("--readme takes the full matrix: no --release and no pytest arguments")
+    if args.default_suite and args.torch is None:
+        parser.error(
+            "--default-suite goes with --torch (the current torch's default suite: python -m pytest)"
+        )
+    if (
+        args.torch is not None
+        and args.readme is not None
+        and (args.torch != ["all"] or not args.default_suite)
+    ):
+        parser.error(
+            "--readme with --torch writes the torch table of a full run: --torch all --default-suite"
+        )
     root = (args.root or _find_root(pathlib.Path.cwd())).resolve()
     cache = (args.cache or root / ".matrix").resolve()
     matrix = _load(root)
-    entries = matrix["releases"]
-    python = sys.executable
     if args.torch is not None:
-        if args.readme is not None:
-            parser.error("--readme writes the table of the current torch: no --torch")
-        eras = {str(t["version"]): [str(r) for r in t["releases"]] for t in matrix.get("torches", [])}
-        if args.torch not in eras:
-            raise SystemExit(f"ssim-patch matrix: torch {args.torch} not in compat_matrix.yaml's torches")
-        if not args.release:
-            entries = [e for e in entries if str(e["version"]) in eras[args.torch]]
-        print(f"torch {args.torch}: venv in {cache} ...", flush=True)
-        python = str(_torch_python(args.torch, cache, [str(r) for r in matrix.get("requires", [])]))
+        return _torch_axis(args, matrix, root, cache)
+    entries = matrix["releases"]
     if args.release:
         unknown = sorted(set(args.release) - {str(e["version"]) for e in entries})
         if unknown:
             raise SystemExit(f"ssim-patch matrix: {unknown} not in compat_matrix.yaml")
         entries = [e for e in entries if str(e["version"]) in args.release]
-    results = []
     start = time.perf_counter()
-    for entry in entries:
-        print(f"torchmetrics {entry['version']} ...", flush=True)
-        result = _run_one(entry, root, cache, args.pytest_args, python)
-        print(f"  {'ok' if result.ok else 'FAILED'} in {result.seconds:.0f}s", flush=True)
-        results.append(result)
+    results = _run_releases(entries, root, cache, args.pytest_args, sys.executable)
     total = time.perf_counter() - start
     print()
     print(_table(results, markdown=False))
     if args.markdown:
         args.markdown.write_text(_table(results, markdown=True) + "\n")
     failed = [r.version for r in results if not r.ok]
-    if failed:
-        if args.readme is not None:
-            print(f"\nssim-patch matrix: {args.readme} left as it was")
-        print(f"\nssim-patch matrix: failed on {', '.join(failed)}")
-        return 1
-    if args.readme is not None:
-        _write_readme(args.readme, readme_block(results, provenance(total, len(results))))
-        print(f"\nssim-patch matrix: wrote the compatibility table of {args.readme}")
-    print(f"\nssim-patch matrix: all {len(results)} releases passed in {total / 60:.1f} minutes")
-    return 0
+    block = readme_block(results, provenance(total, len(results)))
+    return _conclude(
+        args.readme,
+        failed,
+        block,
+        (README_BEGIN, README_END),
+        f"{len(results)} releases",
+        total,
+        "the compatibility table",
+    )
 
 
 if __name__ == "__main__":
