@@ -6,6 +6,7 @@ picks."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -17,6 +18,8 @@ from ssim_patch import _filters, backends
 from ssim_patch.backends import _custom_op, _dense, _route
 from ssim_patch.backends._protocol import Needs, Plan
 from tests.helpers import reference_torch as ref
+from tests.helpers.flat_images import image_pair
+from tests.helpers.gradients import within
 
 #: The backends that run on CPU tensors.
 CPU_BACKENDS = ["cpu", "conv", "traced"]
@@ -59,17 +62,8 @@ def backend(request, route, monkeypatch):
     return name
 
 
-def _pair(shape, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=g, dtype=torch.float64)
-    y = 0.6 * x + 0.4 * torch.rand(shape, generator=g, dtype=torch.float64)
-    return x.to(dtype), y.to(dtype)
-
-
-def _close(got, expected):
-    scale = float(expected.abs().max())
-    err = float((got - expected).abs().max())
-    assert err <= REL * scale + 1e-14, f"max error {err:.3g} against a size of {scale:.3g}"
+_pair = image_pair  # a float64 noise image and a correlated copy
+_close = functools.partial(within, rel=REL)
 
 
 @pytest.mark.parametrize("padding", ["same", "valid"])

@@ -7,6 +7,7 @@ through a block); identical images give exactly 1 and a gradient of exactly 0.""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -16,6 +17,8 @@ import ssim_patch
 from ssim_patch import backends
 from ssim_patch.backends import cpu
 from tests.helpers import reference_torch as ref
+from tests.helpers.flat_images import image_pair
+from tests.helpers.gradients import within
 
 REL = 1e-10  # float64, relative to the largest entry of the reference
 
@@ -40,17 +43,8 @@ def way(request, monkeypatch):
     return request.param
 
 
-def _pair(shape, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=g, dtype=torch.float64)
-    y = 0.6 * x + 0.4 * torch.rand(shape, generator=g, dtype=torch.float64)
-    return x.to(dtype), y.to(dtype)
-
-
-def _close(got, expected):
-    scale = float(expected.abs().max())
-    err = float((got - expected).abs().max())
-    assert err <= REL * scale + 1e-14, f"max error {err:.3g} against a size of {scale:.3g}"
+_pair = image_pair  # a float64 noise image and a correlated copy
+_close = functools.partial(within, rel=REL)
 
 
 @pytest.mark.parametrize("padding", ["same", "valid"])

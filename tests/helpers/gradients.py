@@ -34,3 +34,10 @@ def assert_gradient(got: torch.Tensor, expected: torch.Tensor) -> None:
     scale = float(expected.abs().max())
     err = float((got - expected).abs().max())
     assert err <= REL * scale + ROUNDING, f"max error {err:.3g} against a gradient of size {scale:.3g}"
+
+
+def within(got, expected, rel):
+    """``got`` is ``expected`` to ``rel`` of the reference's largest entry (and float64 rounding)."""
+    scale = float(expected.abs().max())
+    err = float((got - expected).abs().max())
+    assert err <= rel * scale + 1e-14, f"max error {err:.3g} against a size of {scale:.3g}"
