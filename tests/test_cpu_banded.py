@@ -43,7 +43,6 @@ def way(request, monkeypatch):
     return request.param
 
 
-_pair = image_pair  # a float64 noise image and a correlated copy
 _close = functools.partial(within, rel=REL)
 
 
@@ -52,7 +51,7 @@ _close = functools.partial(within, rel=REL)
 @pytest.mark.parametrize("case", list(CASES))
 def test_both_ways_give_the_reference(case, output, padding, way):
     shape, kw = CASES[case]
-    x, y = _pair(shape)
+    x, y = image_pair(shape)
     a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
     out = ssim_patch.ssim(a, b, data_range=1.0, padding=padding, reduction="none", **kw, **OUTPUTS[output])
     ra, rb = x.clone().requires_grad_(), y.clone().requires_grad_()
@@ -76,7 +75,7 @@ def test_a_backward_by_bands_of_rows_gives_the_reference(case, padding, way, mon
     rows, each with the pad rows that fold onto it near an edge."""
     monkeypatch.setattr(cpu, "_CHUNK", 150)
     shape, kw = CASES[case]
-    x, y = _pair(shape, seed=7)
+    x, y = image_pair(shape, seed=7)
     a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
     out = ssim_patch.ssim(a, b, data_range=1.0, padding=padding, reduction="none", **kw)
     ra, rb = x.clone().requires_grad_(), y.clone().requires_grad_()
@@ -98,7 +97,7 @@ def test_a_bad_pixel_stays_in_its_image(where, bad, way):
     """Planes lie side by side in a piece, a row's end next to the next plane's row: a bad pixel at
     a corner of image 1 leaves images 0, 2 and 3 (and their gradients) as they are without it."""
     shape = (4, 2, 18, 22)  # rows padded to 32: no margin between a row and the next plane's
-    x, y = _pair(shape, seed=5)
+    x, y = image_pair(shape, seed=5)
     bx = x.clone()
     bx[1, 1, where[0], where[1]] = bad
     a = bx.clone().requires_grad_()
@@ -117,7 +116,7 @@ def test_a_bad_pixel_stays_in_its_image(where, bad, way):
 @pytest.mark.parametrize("case", list(CASES))
 def test_identical_images_give_one_and_a_gradient_of_exactly_zero(case, dtype, way):
     shape, kw = CASES[case]
-    x = _pair(shape, seed=3, dtype=dtype)[0]
+    x = image_pair(shape, seed=3, dtype=dtype)[0]
     for output in OUTPUTS.values():
         a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
         out = ssim_patch.ssim(a, b, data_range=1.0, reduction="none", **kw, **output)

@@ -210,3 +210,18 @@ def scaled_upstream(
         return Upstream(scale, (kept.c_sums * g_image.view(-1, 1)).sum((1, 2)), None, None)
     grad_map, grad_cs = upstream(g_image, g_extra, plan, images)
     return Upstream(None, None, grad_map, grad_cs)
+
+
+def stacked_adjoints(
+    held: TermsKept, up: Upstream, k: _formula.Constants, needs: Needs
+) -> tuple[Tensor, Tensor]:
+    """The whole-batch backward's maps for ``W^T`` (:func:`adjoint_stack`) and the sums of the
+    constants' gradients: kept by the forward, or made now from the kept terms."""
+    if held.adjoints is not None:
+        stacked, c_sums = held.adjoints, up.c_sums
+    else:
+        adj = _formula.adjoints(held.terms, held.shift, k, up.grad_map, up.grad_cs, needs.x, needs.y)
+        stacked = torch.stack(adjoint_stack(adj))
+        c_sums = torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
+    assert c_sums is not None
+    return stacked, c_sums

@@ -139,22 +139,14 @@ def backward(
     x: Tensor,
     y: Tensor,
     k: _formula.Constants,
-    kept: Kept,
-    g_image: Optional[Tensor],
-    g_extra: Optional[Tensor],
+    held: _algebra.TermsKept,
+    up: _algebra.Upstream,
     plan: Plan,
     needs: Needs,
 ) -> Grads:
-    """:meth:`ssim_patch.backends.cpu.CpuBackend.backward` for a call this path :func:`takes`."""
-    held = _algebra.TermsKept.of(plan, kept)
-    up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
-    if held.adjoints is not None:
-        stacked, c_sums = held.adjoints, up.c_sums
-    else:
-        adj = _formula.adjoints(held.terms, held.shift, k, up.grad_map, up.grad_cs, needs.x, needs.y)
-        stacked = torch.stack(_algebra.adjoint_stack(adj))
-        c_sums = torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
-    assert c_sums is not None
+    """:meth:`ssim_patch.backends.cpu.CpuBackend.backward` for a call this path :func:`takes`, from
+    what the forward kept and the scaled upstream gradients."""
+    stacked, c_sums = _algebra.stacked_adjoints(held, up, k, needs)
     gx = gy = None
     if needs.x or needs.y:
         back = _algebra.unstack(blur_adjoint(stacked, plan.blur, tuple(x.shape[2:])), needs.x, needs.y)

@@ -194,14 +194,7 @@ class ConvBackend:
         """The whole batch at once, one transposed convolution per pass."""
         held = _algebra.TermsKept.of(plan, kept)
         up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
-        if held.adjoints is not None:
-            adj_stack = held.adjoints
-            c_sums = up.c_sums
-        else:
-            adj = _formula.adjoints(held.terms, held.shift, k, up.grad_map, up.grad_cs, needs.x, needs.y)
-            adj_stack = torch.stack(_algebra.adjoint_stack(adj))
-            c_sums = torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
-        assert c_sums is not None
+        adj_stack, c_sums = _algebra.stacked_adjoints(held, up, k, needs)
         gx = gy = None
         if needs.x or needs.y:
             back = _algebra.unstack(conv_blur_adjoint(adj_stack, plan.blur, x), needs.x, needs.y)

@@ -611,10 +611,10 @@ class CpuBackend:
         needs: Needs,
     ) -> Grads:
         """Plane by plane: ``W^T`` in reused buffers, recombined straight into the gradients."""
-        if _dense.takes(x, plan):
-            return _dense.backward(x, y, k, kept, g_image, g_extra, plan, needs)
         held = _algebra.TermsKept.of(plan, kept)
         up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
+        if _dense.takes(x, plan):
+            return _dense.backward(x, y, k, held, up, plan, needs)
         n, channels, *spatial_list = x.shape
         spatial = tuple(spatial_list)
         planes, nd = n * channels, len(spatial)
