@@ -332,7 +332,7 @@ def backward(
     gx = torch.empty_like(x) if needs.x else None
     gy = torch.empty_like(y) if needs.y else None
     if (gx is not None or gy is not None) and fall_back:
-        _backward_torch(x, y, stack, scale, gx, gy, plan.blur)
+        _backward_torch(x, y, stack, scale, (gx, gy), plan.blur)
     elif gx is not None or gy is not None:
         _backward_launch(x, y, stack, scale, gx, gy, plan.blur, config or CONFIG)
     gc1 = c_grad[0] if c_grad is not None and needs.c1 else None
@@ -593,16 +593,15 @@ def _forward_torch(
     return per_image, extra, (into, c_sums.expand(2, n, channels).contiguous())
 
 
+_Outs = tuple[Optional[Tensor], Optional[Tensor]]
+
+
 def _backward_torch(
-    x: Tensor,
-    y: Tensor,
-    stack: Tensor,
-    scale: Optional[Tensor],
-    gx: Optional[Tensor],
-    gy: Optional[Tensor],
-    blur: _filters.Blur,
+    x: Tensor, y: Tensor, stack: Tensor, scale: Optional[Tensor], outs: _Outs, blur: _filters.Blur
 ) -> None:
-    """:func:`_backward_launch` by the conv backend's transposed convolutions."""
+    """:func:`_backward_launch` by the conv backend's transposed convolutions, into ``outs``
+    (the gradients of x and y that are needed)."""
+    gx, gy = outs
     xf, yf = x.float(), y.float()
     back = _algebra.unstack(conv.conv_blur_adjoint(stack.float(), blur, xf), gx is not None, gy is not None)
     xs, ys = xf - _plane_shift(xf), yf - _plane_shift(yf)
