@@ -125,3 +125,28 @@ def test_identical_images_give_one_and_a_gradient_of_exactly_zero(case, dtype, w
         loss = sum(v.sum() for v in values)
         ga, gb = torch.autograd.grad(loss, (a, b))
         assert ga.abs().max().item() == 0.0 and gb.abs().max().item() == 0.0, output
+
+
+@pytest.fixture
+def medium_matmul_precision():
+    """torch's "medium" float32 matmul precision, which Lightning suggests for GPUs: oneDNN may
+    then multiply float32 in bfloat16 on CPUs that have it (as this project's CI machine does)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 1, 200, 200)], ids=["pieces", "one-large-plane"])
+def test_float32_stays_float32_under_medium_matmul_precision(shape, medium_matmul_precision):
+    """The band products would have run in bfloat16: SSIM off by 9e-6 and its gradient by 2e-3 of
+    its size on an AMX CPU. Float32 accuracy, as with the default precision."""
+    x, y = image_pair(shape, seed=4)
+    a = x.float().requires_grad_()
+    got = ssim_patch.ssim(a, y.float(), data_range=1.0, reduction="none")
+    got.sum().backward()
+    b = x.clone().requires_grad_()
+    want = ssim_patch.ssim(b, y, data_range=1.0, reduction="none")
+    want.sum().backward()
+    assert float((got.detach().double() - want.detach()).abs().max()) < 1e-6
+    assert float((a.grad.double() - b.grad).abs().max()) < 1e-5 * float(b.grad.abs().max())

@@ -64,6 +64,19 @@ def _products_here() -> bool:
     return torch.get_num_threads() == 1
 
 
+def _exact_products(dtype: torch.dtype) -> bool:
+    """Whether CPU matrix products of ``dtype`` keep its precision: float64 always, float32 only
+    at torch's "highest" float32 matmul precision ("medium", which training scripts set for GPUs,
+    lets oneDNN multiply in bfloat16 on CPUs that have it). The setting is read per call: a
+    script may change it at any time."""
+    if dtype == torch.float64:
+        return True
+    try:
+        return torch.get_float32_matmul_precision() == "highest"
+    except RuntimeError:  # set through torch's newer per-backend API as well: not known to be exact
+        return False
+
+
 def source_rows(n: int, k: int, mode: _filters.Mode, lo: int, hi: int) -> Tensor:
     """Indices of the input rows that output rows ``lo:hi`` of a ``k``-tap window read.
 
@@ -114,7 +127,7 @@ class BandBlur:
         2-D, where this thread's ops run single-threaded: :meth:`_banded` (matrix products);
         else the shifted multiply-adds of :meth:`filter`, which open no parallel region of their
         own where a piece is small."""
-        if len(self.spatial) == 2 and _products_here():
+        if len(self.spatial) == 2 and _products_here() and _exact_products(xb.dtype):
             return self._banded(xb, yb, shift)
         stack = self.work.take("stack", (4, *xb.shape), xb)
         sd, squares = stack.tensor_split(2)
@@ -393,7 +406,7 @@ class BandBlur:
         its buffers were taken for: window, shape, dtype, device and inference mode.
 
         2-D, where this thread's ops run single-threaded: :meth:`_banded_adjoint`."""
-        if len(self.spatial) == 2 and g.ndim == 4 and _products_here():
+        if len(self.spatial) == 2 and g.ndim == 4 and _products_here() and _exact_products(g.dtype):
             return self._banded_adjoint(g, slot)
         key = (
             "adjoint",
@@ -694,7 +707,7 @@ class CpuBackend:
                         g.mul_(scale_p[p : p + 1])
 
         large = held.adjoints is not None and nd == 2 and math.prod(out) > _CHUNK and (needs.x or needs.y)
-        if large and (_products_here() or _pool.width(2) > 0):
+        if large and _exact_products(x.dtype) and (_products_here() or _pool.width(2) > 0):
             # one plane is more than a piece: bands of its rows, each from the rows of the
             # adjoint maps that reach it
             band = max(8, _CHUNK // spatial[1])
