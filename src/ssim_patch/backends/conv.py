@@ -130,7 +130,7 @@ def reflect_pad_into(src: Tensor, pads: tuple[int, ...], out: Tensor) -> None:
         flat += [pad, pad]
     if not any(pads):
         out.copy_(src)
-    elif len(pads) == 2 and src.device.type == "meta" and not META_REFLECT_PAD2D_OUT:
+    elif len(pads) == 2 and not META_REFLECT_PAD2D_OUT and src.device.type == "meta":
         out.copy_(torch.ops.aten.reflection_pad2d(src, flat))  # torch 2.0 on meta: no out= kernel
     elif len(pads) == 2:
         torch.ops.aten.reflection_pad2d.out(src, flat, out=out)
