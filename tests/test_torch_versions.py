@@ -12,6 +12,7 @@ import inspect
 import pathlib
 import re
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,6 +61,16 @@ def test_dynamo_constants_are_marked_as_assume_constant_result_does(monkeypatch,
     assert marks and {name: vars(mine).get(name) for name in marks} == {
         name: vars(theirs)[name] for name in marks
     }
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, 2, 5, 11, 64, 1000, -3, (5, 3), [7, 1], ((2,), [3]), True, 1.5, "same", None]
+)
+def test_specialized_values_are_the_values(value):
+    """Dynamo of 2.1-2.2 traces these comparisons on a symbolic int; eagerly they give every int,
+    in tuples and lists too, and leave the rest (bools included) as it is."""
+    got = _torch_features._specialized(value)
+    assert got == value and type(got) is type(value)
 
 
 @needs_compile
@@ -143,10 +154,10 @@ def _ms_ssim(p, t):
     return multiscale_structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
 
 
-def _uqi(p, t):
+def _uqi(p, t, **kw):
     from torchmetrics.functional.image import universal_image_quality_index
 
-    return universal_image_quality_index(p, t)
+    return universal_image_quality_index(p, t, **kw)
 
 
 #: name: (call, shape, the float64 reference of the result)
@@ -195,6 +206,37 @@ def test_compiled_loss_has_eager_gradients(dynamo):
     torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=0)
     expected = ssim_reference(p.double().numpy(), t.double().numpy(), data_range=1.0).per_image
     np.testing.assert_allclose(compiled.item(), 2 - expected.sum(), atol=2e-5)
+
+
+@needs_compile
+@pytest.mark.parametrize("api", ["ssim", "uqi"])
+def test_compiled_dynamic_reads_the_window_from_its_closure(api, dynamo):
+    """``dynamic=True`` makes symbolic the ints a compiled function reads from its closure: dynamo
+    of torch 2.1-2.2 then stopped at the patched call (``InternalTorchDynamoError: SymNodeVariable()
+    is not a constant``) where unpatched torchmetrics compiles. The corrected value for each
+    window; the function compiled for one window is compiled again for the next."""
+    p, t = _pair((2, 1, 24, 25), seed=2)
+
+    def compiled(kernel_size: tuple[int, int]) -> Any:
+        kw: dict[str, Any] = dict(kernel_size=kernel_size)
+
+        def call(a: torch.Tensor) -> torch.Tensor:
+            if api == "ssim":
+                return _ssim(a, t, data_range=1.0, gaussian_kernel=False, **kw)
+            return _uqi(a, t, sigma=(1.0, 0.7), **kw)
+
+        return torch.compile(call, backend="aot_eager", dynamic=True)
+
+    pd, td = p.double().numpy(), t.double().numpy()
+    with ssim_patch.patched():
+        for kernel_size in ((5, 3), (7, 5)):
+            got = compiled(kernel_size)(p)
+            if api == "ssim":
+                ref = ssim_reference(pd, td, gaussian_kernel=False, kernel_size=kernel_size, data_range=1.0)
+                expected = ref.per_image
+            else:
+                expected = np.asarray(uqi_reference(pd, td, kernel_size=kernel_size, sigma=(1.0, 0.7)).mean())
+            np.testing.assert_allclose(got.double().numpy(), expected, atol=2e-5, rtol=0)
 
 
 # --- the floor -------------------------------------------------------------------------------------

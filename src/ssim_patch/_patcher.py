@@ -194,6 +194,20 @@ def _unpatch_all() -> None:
         if is_replacement(value):
             setattr(owner, attr, value.__wrapped__)
     _redirect.restore_all()
+    _forget_compiled()
+
+
+def _forget_compiled() -> None:
+    """Reset dynamo's caches where dynamo is loaded and is that of torch 2.0-2.2 (before
+    ``torch.compiler.is_compiling``). Its guards on a function that inlined a replacement read
+    the replacement's closure (the padding), and after the originals are back they read the
+    original's, which has none: the next call of that compiled function failed inside the guard
+    (``TypeError: 'NoneType' object is not subscriptable``) where a newer dynamo compiles again.
+    So every function compiled before is compiled again on its next call."""
+    dynamo = sys.modules.get("torch._dynamo")
+    compiler = getattr(sys.modules.get("torch"), "compiler", None)
+    if dynamo is not None and getattr(compiler, "is_compiling", None) is None:
+        dynamo.reset()
 
 
 def _fail(strict: bool, message: str) -> None:
