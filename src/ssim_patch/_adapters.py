@@ -180,7 +180,9 @@ def _padding_of(func: object) -> Optional[str]:
     """The padding of a replacement made here, or None for anything else."""
     if type(func) is not types.FunctionType:
         return None
-    padding = func.__dict__.get("__ssim_patch__")
+    # Not func.__dict__.get: dynamo of torch 2.11 cannot trace it (a function has no class
+    # attribute of that name, so getattr reads the same).
+    padding = getattr(func, "__ssim_patch__", None)
     return padding if isinstance(padding, str) else None
 
 

@@ -92,38 +92,36 @@ def constant_under_old_dynamo(fn: _F) -> _F:
     """On :data:`OLD_DYNAMO`, mark ``fn`` as ``torch._dynamo.assume_constant_result`` does (the
     same attribute; a test checks): dynamo calls it on the constants it is given and puts what it
     returns in the graph as a constant, instead of tracing it. A newer dynamo traces ``fn`` (it
-    builds dataclasses, and its arguments may be symbolic under ``dynamic=True``, which a constant
-    result cannot take). Importing dynamo here would cost every program that imports the engine.
+    builds dataclasses). Importing dynamo here would cost every program that imports the engine.
 
-    There ``fn`` is called through a wrapper that, while dynamo traces, gives it the value of each
-    symbolic int among its arguments (:func:`_specialized`)."""
-    if not OLD_DYNAMO:
-        return fn
-    constant = dynamo_constant(fn)
+    On every torch ``fn`` is called through a wrapper that, while dynamo traces, gives it the
+    value of each symbolic int among its arguments (:func:`_specialized`)."""
+    target = dynamo_constant(fn) if OLD_DYNAMO else fn
 
     @functools.wraps(fn, updated=())  # not __dict__: dynamo traces the wrapper
     def call(*args: Any) -> Any:
         if is_compiling():
             args = _specialized(args)
-        return constant(*args)
+        return target(*args)
 
     return call  # type: ignore[return-value]
 
 
 def _specialized(value: Any) -> Any:
     """``value`` with each int in it (in tuples and lists too) replaced by the int it holds,
-    found by comparisons that dynamo guards on. Dynamo of torch 2.1-2.2 under ``dynamic=True``
-    makes symbolic the ints a compiled function reads from its closure or its arguments (a
-    ``kernel_size``), which a constant function cannot take: it stopped with
-    ``InternalTorchDynamoError: SymNodeVariable() is not a constant`` where unpatched torchmetrics
-    compiles. A compiled function with another value fails a guard and is compiled again."""
+    found by comparisons that dynamo guards on. Under ``dynamic=True`` dynamo makes symbolic the
+    ints a compiled function reads from its closure or its arguments (a ``kernel_size``): a
+    constant function cannot take them (torch 2.1-2.2 stopped with ``InternalTorchDynamoError:
+    SymNodeVariable() is not a constant``), and on torch 2.4 the window's taps became symbolic
+    floats, which the custom op's ``float[]`` plan cannot take; unpatched torchmetrics compiles.
+    A compiled function with another value fails a guard and is compiled again."""
     if isinstance(value, (tuple, list)):
         items = []
         for item in value:
             items.append(_specialized(item))
         return tuple(items) if isinstance(value, tuple) else items
     # Dynamo of 2.1 calls a SymInt an int: every int is searched (a constant one at no cost).
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not isinstance(value, (int, torch.SymInt)) or isinstance(value, bool):
         return value
     if value < 0:
         return -_specialized(-value)

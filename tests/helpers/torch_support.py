@@ -50,3 +50,36 @@ def skip_unless_compiles() -> None:
     reason = compile_unsupported()
     if reason is not None:
         pytest.skip(reason)
+
+
+@functools.cache
+def metric_fullgraph_unsupported() -> Optional[str]:
+    """Why a torchmetrics ``Metric`` (any: its ``forward`` machinery) cannot be compiled with
+    ``fullgraph=True`` here, unpatched, or None (dynamo of torch 2.4 cannot inline the
+    ``contextlib`` context manager of ``Metric.compute``)."""
+    if compile_unsupported() is not None:
+        return compile_unsupported()
+    import torch._dynamo
+    from torchmetrics import Metric
+
+    class Total(Metric):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")
+
+        def update(self, a: torch.Tensor) -> None:
+            self.total += a.sum()
+
+        def compute(self) -> torch.Tensor:
+            return self.total
+
+    metric = Total()
+    torch._dynamo.reset()
+    try:
+        torch.compile(lambda a: metric(a), backend="eager", fullgraph=True)(torch.ones(2))
+    except torch._dynamo.exc.Unsupported as exc:
+        first = str(exc).splitlines()[0]
+        return f"torch {torch.__version__} cannot compile a torchmetrics Metric with fullgraph=True: {first}"
+    finally:
+        torch._dynamo.reset()
+    return None

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 #: The environment variable that forces a backend for the whole process.
 ENV = "SSIM_PATCH_BACKEND"
+#: How ``os.environ`` decodes its values on POSIX (its ``decodevalue``).
+_ENCODING = sys.getfilesystemencoding()
 #: Every name it takes, "auto" first.
 NAMES = ("auto", "triton", "conv", "cpu", "traced")
 
@@ -65,7 +67,11 @@ def _environ_value() -> str:
     if not isinstance(data, dict):
         return os.environ.get(ENV, "")
     value = data.get(os.environ.encodekey(ENV))
-    return "" if value is None else str(os.environ.decodevalue(value))
+    if value is None:
+        return ""
+    # os.environ.decodevalue, but not as bytes.decode: dynamo of torch 2.4 cannot call that on a
+    # constant (a fullgraph compile with the variable set stopped there); it folds str().
+    return value if isinstance(value, str) else str(value, _ENCODING, "surrogateescape")
 
 
 def load(name: str) -> Union[Backend, str]:
