@@ -129,7 +129,29 @@ def _skip_reason() -> Optional[str]:
     found = Version(importlib.metadata.version("triton"))
     if found.release < TRITON_NEEDED.release:
         return f"these tests need triton>={TRITON_NEEDED}; this torch pins triton {found}"
+    if found.release < (3, 8) and _numpy_refuses_one_element_ints():
+        import numpy as np
+
+        return (
+            f"Triton {found}'s interpreter converts 1-element arrays to ints, which numpy {np.__version__} "
+            "refuses (a launch of more than one program fails inside Triton); Triton 3.8+ or numpy<2.4 run them"
+        )
     return None
+
+
+def _numpy_refuses_one_element_ints() -> bool:
+    """numpy 2.4 and later: ``int()`` of a 1-element array is a TypeError (before, a warning)."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            int(np.ones(1))
+        except TypeError:
+            return True
+    return False
 
 
 #: The cases the default run checks (about 10 s of CPU time under the interpreter): the usual
