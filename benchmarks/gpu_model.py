@@ -284,13 +284,12 @@ def bind(
             launches = [("forward", config.forward, fwd_w, fwd_strips)]
             if with_backward:  # the backward's launches: edge strips, then interior ones (where any)
                 bwd_w = tb._block_w(config.backward, shape[3])
-                count = math.ceil(shape[3] / bwd_w)
-                split = getattr(tb, "_strip_launches", None)  # absent before the edge/interior split
-                parts = split(shape[3], bwd_w, blur.pads[1]) if split else [(0, count, count, 0, None)]
-                for first, strips, skip, gap, edge in parts:
-                    kind = "backward" + {True: " (edge strips)", False: " (interior)", None: ""}[edge]
-                    ids = tuple(first + i + (gap if i >= skip else 0) for i in range(strips))
-                    launches.append((kind, config.backward, bwd_w, ids))
+                edge_w = tb._edge_block_w(config, bwd_w)
+                parts = tb._strip_launches(shape[3], bwd_w, edge_w, blur.pads[1])
+                for first, taken, skip, gap, edge, strip_w in parts:
+                    kind = "backward" + (" (edge strips)" if edge else " (interior)")
+                    ids = tuple(first + i + (gap if i >= skip else 0) for i in range(taken))
+                    launches.append((kind, config.backward, strip_w, ids))
             assert len(launches) == len(bound), (launches, len(bound))
             for (kind, launch, block_w, strips), b in zip(launches, bound):
                 kh = len(blur.taps[0])

@@ -52,6 +52,12 @@ CASES: dict[str, dict[str, Any]] = {
         "sigma": 0.5,
         "blocks": (4, 8),
     },
+    "gaussian 5-tap 1x1x5x29, blocks 4x8, edge strips 4 wide (the right edge's last ragged)": {
+        "shape": (1, 1, 5, 29),
+        "sigma": 0.5,
+        "blocks": (4, 8),
+        "edge_w": 4,
+    },
     "valid 5x3 1x1x9x40, blocks 4x8: edge and interior strips": {
         "shape": (1, 1, 9, 40),
         "uniform": (5, 3),
@@ -160,6 +166,7 @@ def _numpy_refuses_one_element_ints() -> bool:
 QUICK = (
     "gaussian 11-tap 1x1x16x16",
     "gaussian 5-tap 1x1x5x32, blocks 4x8: edge and interior strips (two backward launches)",
+    "gaussian 5-tap 1x1x5x29, blocks 4x8, edge strips 4 wide (the right edge's last ragged)",
     "gaussian 11-tap, smallest image 1x1x6x6 (both edges reflect onto the same pixels)",
     "valid, smallest image 1x1x5x7 (window 5x7)",
     "one-row window, uniform 1x5 1x1x7x12",
@@ -444,6 +451,39 @@ def test_module_imports_without_triton() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.parametrize(
+    ("width", "block_w", "edge_w", "pad"),
+    [
+        (1920, 256, 128, 5),
+        (1920, 256, 256, 5),
+        (61, 8, 4, 5),
+        (64, 8, 2, 5),
+        (32, 8, 4, 2),
+        (40, 8, 4, 0),
+        (6, 8, 4, 5),
+        (300, 256, 128, 15),
+        (1000, 128, 32, 3),
+    ],
+)
+def test_strip_launches_cover_each_column_once(width: int, block_w: int, edge_w: int, pad: int) -> None:
+    """The backward's launches (``_strip_launches``) take every column once, no strip wholly past
+    the image; the edge launch's strips are ``edge_w`` wide and take every column within ``pad``
+    of a border's window reach, the interior ones ``block_w`` wide and none of those."""
+    from ssim_patch.backends import triton as tb
+
+    taken: list[int] = []
+    for strip0, strips, skip, gap, edge, strip_w in tb._strip_launches(width, block_w, edge_w, pad):
+        assert strip_w == (edge_w if edge else block_w)
+        for i in range(strips):
+            s = strip0 + i + (gap if i >= skip else 0)
+            cols = [c for c in range(s * strip_w, (s + 1) * strip_w) if c < width]
+            assert cols, (s, strip_w)
+            if not edge:  # an interior strip's windows stay inside the image
+                assert cols[0] - pad > 0 and cols[-1] + pad < width - 1, cols
+            taken += cols
+    assert sorted(taken) == list(range(width))
+
+
 @pytest.mark.parametrize(("taps", "n"), [(11, 16), (11, 6), (5, 7), (3, 2), (7, 40)])
 def test_edge_weights_are_the_padded_window_transposed(taps: int, n: int) -> None:
     """The backward's table (``_edge_weights``): position ``c`` of a reflect-padded axis takes
@@ -596,7 +636,9 @@ def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
     if "blocks" in spec:
         block_h, block_w = spec["blocks"]
         launch = backend.Launch(block_h=block_h, block_w=block_w)
-        config = backend.with_config(forward=launch, backward=launch)
+        config = backend.with_config(
+            forward=launch, backward=launch, edge_block_w=spec.get("edge_w", block_w)
+        )
     if "programs" in spec:
         config = backend.with_config(
             forward=config.forward, backward=config.backward, max_programs=spec["programs"]

@@ -65,6 +65,9 @@ class Config:
     forward: Launch = field(default_factory=Launch)
     #: two columns a thread: each adjoint row's tap loads and weights serve both
     backward: Launch = field(default_factory=lambda: Launch(block_w=256))
+    #: the backward's edge strips (columns whose windows reach the reflected pads) are at most this
+    #: wide: one column a thread, as their weight-table reads leave no registers for two
+    edge_block_w: int = 128
     max_programs: Optional[int] = None
     programs_per_sm: int = 8
     fp_fusion: Optional[bool] = True
@@ -365,7 +368,8 @@ def _backward_launch(
     out_y = gy if gy is not None else gx
     assert out_x is not None and out_y is not None
     bands = math.ceil(h / launch.block_h)
-    for strip0, strips, skip, gap, edge in _strip_launches(w, block_w, blur.pads[1]):
+    edge_w = _edge_block_w(config, block_w)
+    for strip0, strips, skip, gap, edge, strip_w in _strip_launches(w, block_w, edge_w, blur.pads[1]):
         kernels.ssim_backward_kernel[(_programs(n * channels * bands * strips, x.device, config),)](
             stack,
             scale if scale is not None else stack,
@@ -401,7 +405,7 @@ def _backward_launch(
             EDGE_AT=_edge_at(blur),
             MASKS=edge or blur.pads[1] == 0,
             BLOCK_H=launch.block_h,
-            BLOCK_W=block_w,
+            BLOCK_W=strip_w,
             **_options(launch, config),
         )
 
@@ -463,14 +467,24 @@ def _edge_at(blur: _filters.Blur) -> int:
     return 2 * (k + blur.pads[0]) * k
 
 
-def _strip_launches(width: int, block_w: int, pad: int) -> list[tuple[int, int, int, int, bool]]:
-    """The backward's launches over the strips of ``block_w`` columns: ``(strip0, strips, skip,
-    gap, edge)``, a launch taking strips ``strip0 + i + (gap where i >= skip)`` for ``i < strips``.
-    The edge strips (a prefix and a suffix: those whose columns reach the reflected pads) go to one
-    launch that gathers through the pads, the interior ones to a launch without that code and,
-    for "same" padding, without bounds on its loads (fewer registers and instructions); one launch
-    where every strip is an edge strip."""
+def _edge_block_w(config: Config, block_w: int) -> int:
+    """The width of the backward's edge strips: ``config.edge_block_w`` (a power of 2, at least 2),
+    at most ``block_w``, so that it divides ``block_w``."""
+    return min(block_w, max(2, _pow2(config.edge_block_w)))
+
+
+def _strip_launches(
+    width: int, block_w: int, edge_w: int, pad: int
+) -> list[tuple[int, int, int, int, bool, int]]:
+    """The backward's launches over the strips of the image's columns: ``(strip0, strips, skip,
+    gap, edge, strip_w)``, a launch taking the strips of ``strip_w`` columns ``strip0 + i + (gap
+    where i >= skip)`` for ``i < strips``. The edge strips (a prefix and a suffix of the strips of
+    ``block_w`` columns: those whose columns reach the reflected pads) go to one launch that
+    gathers through the pads, in strips of ``edge_w`` columns (a divisor of ``block_w``), the
+    interior ones to a launch without that code and, for "same" padding, without bounds on its
+    loads (fewer registers and instructions); one launch where every strip is an edge strip."""
     count = math.ceil(width / block_w)
+    fold = block_w // edge_w
 
     def edge(s: int) -> bool:
         return s * block_w <= pad or s * block_w + block_w >= width - 1 - pad
@@ -482,8 +496,13 @@ def _strip_launches(width: int, block_w: int, pad: int) -> list[tuple[int, int, 
     while right > left and edge(right - 1):
         right -= 1
     if left == right:
-        return [(0, count, count, 0, True)]
-    return [(0, left + count - right, left, right - left, True), (left, right - left, right - left, 0, False)]
+        narrow = math.ceil(width / edge_w)
+        return [(0, narrow, narrow, 0, True, edge_w)]
+    tail = math.ceil((width - right * block_w) / edge_w)  # the right edge's narrow strips
+    return [
+        (0, left * fold + tail, left * fold, (right - left) * fold, True, edge_w),
+        (left, right - left, right - left, 0, False, block_w),
+    ]
 
 
 def with_config(**changes: Any) -> Config:
