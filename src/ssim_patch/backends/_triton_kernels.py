@@ -171,6 +171,9 @@ def ssim_forward_kernel(
         a_d = a_x - a_y
         cols = strip * BLOCK_W + lanes
         cmask = cols < OW
+        # the columns the loads read: a lane past the output's last reads its column (results
+        # dropped), so no load needs a mask (a masked load zeroes its register first)
+        lcols = tl.minimum(cols, OW - 1)
         o0 = band * BLOCK_H
         o1 = tl.minimum(o0 + BLOCK_H, OH)
         plane64 = tl.cast(plane, tl.int64)
@@ -195,10 +198,10 @@ def ssim_forward_kernel(
             h2 = tl.zeros([BLOCK_W], dtype=tl.float32)
             h3 = tl.zeros([BLOCK_W], dtype=tl.float32)
             for j in tl.static_range(KW):
-                c = tl.abs(cols + (j - PAD_W))  # reflect padding: -i and 2(W-1)-i
+                c = tl.abs(lcols + (j - PAD_W))  # reflect padding: -i and 2(W-1)-i
                 c = tl.where(c > W - 1, 2 * (W - 1) - c, c)
-                xv = tl.load(xr + c * sxw, mask=cmask, other=0.0).to(tl.float32)
-                yv = tl.load(yr + c * syw, mask=cmask, other=0.0).to(tl.float32)
+                xv = tl.load(xr + c * sxw).to(tl.float32)
+                yv = tl.load(yr + c * syw).to(tl.float32)
                 s = (xv + yv) - a_s
                 d = (xv - yv) - a_d
                 w = taps_w[j]
