@@ -279,9 +279,15 @@ def bind(
                 if with_backward:
                     assert kept is not None and needs is not None
                     tb.backward(x, y, k, kept, torch.ones(shape[0]), None, plan, needs, config)
-            fwd_w = tb._block_w(config.forward, blur.out_size(shape[2:])[1])
-            fwd_strips = tuple(range(math.ceil(blur.out_size(shape[2:])[1] / fwd_w)))
-            launches = [("forward", config.forward, fwd_w, fwd_strips)]
+            out_w = blur.out_size(shape[2:])[1]
+            fwd_w = tb._block_w(config.forward, out_w)
+            launches = []
+            for first, taken, skip, gap, edge in tb._forward_launches(
+                shape[3], out_w, fwd_w, len(blur.taps[1]), blur.pads[1]
+            ):
+                kind = "forward" + (" (edge strips)" if edge else " (interior)")
+                ids = tuple(first + i + (gap if i >= skip else 0) for i in range(taken))
+                launches.append((kind, config.forward, fwd_w, ids))
             if with_backward:  # the backward's launches: edge strips, then interior ones (where any)
                 bwd_w = tb._block_w(config.backward, shape[3])
                 edge_w = tb._edge_block_w(config, bwd_w)
@@ -435,7 +441,7 @@ def sweep(spec: Spec, shape: tuple[int, ...], blur: _filters.Blur) -> Iterator[d
     (pad_h, pad_w), kh, kw = blur.pads, len(blur.taps[0]), len(blur.taps[1])
     bh = spec.block_h
     fixed = {"H": h, "W": w, "OH": oh, "OW": ow, "KH": kh, "KW": kw, "PAD_H": pad_h, "PAD_W": pad_w}
-    if spec.kernel == "forward":
+    if spec.kernel.startswith("forward"):
         for o0 in range(0, oh, bh):
             o1 = min(o0 + bh, oh)
             for p in range(o0, o1 + kh - 1):
@@ -501,11 +507,12 @@ def dram_bytes(spec: Spec, shape: tuple[int, ...], blur: _filters.Blur) -> int:
     if spec.kernel.startswith("backward"):  # this launch's share of x, y, 3 adjoint maps, gx
         share = min(1.0, len(spec.strips) * spec.block_w / w)
         return int(share * (images + 4 * out_px * 3 + n * c * h * w * item))
+    share = min(1.0, len(spec.strips) * spec.block_w / ow)  # this launch's share of the columns
     if spec.case == "loss":
-        return images + 4 * out_px * 3
+        return int(share * (images + 4 * out_px * 3))
     if spec.case == "metric+map":
-        return images + 4 * out_px
-    return images
+        return int(share * (images + 4 * out_px))
+    return int(share * images)
 
 
 @dataclass
@@ -564,9 +571,8 @@ def model(spec: Spec, cc: int, compiled: Compiled, shape: tuple[int, ...], blur:
     warps_sm, limiter = occupancy(ARCHS[cc], compiled.regs, compiled.smem, spec.num_warps)
     loop = hot_loop(compiled.sass)
     n, c, h, w = shape
-    rows, cols = (
-        blur.out_size((h, w)) if spec.kernel == "forward" else (h, min(w, len(spec.strips) * spec.block_w))
-    )
+    rows, width = blur.out_size((h, w)) if spec.kernel.startswith("forward") else (h, w)
+    cols = min(width, len(spec.strips) * spec.block_w)
     bands, strips = math.ceil(rows / spec.block_h), len(spec.strips)
     tiles = n * c * bands * strips
     swept = n * c * strips * (rows + bands * (spec.kh - 1))  # rows the tiles sweep, summed

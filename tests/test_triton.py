@@ -859,6 +859,7 @@ def _determinism() -> dict[str, Any]:
 #: Kernel specializations compiled for sm_90: (kernel, image dtype, constexprs, num_warps).
 _WINDOW = {"KH": 11, "KW": 11, "PAD_H": 5, "PAD_W": 5, "BLOCK_H": 64, "BLOCK_W": 128}
 _FORWARD = {
+    "EDGE": True,
     "HAS_EPS": False,
     "HAS_FLAT": False,
     "WRITE_MAP": False,
@@ -876,7 +877,13 @@ _EDGE = {"EDGE": True, "MASKS": True, "EDGE_AT": 352}
 _INTERIOR = {"EDGE": False, "MASKS": False, "EDGE_AT": 352}
 _COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "forward, metric, fp32": ("forward", "fp32", {**_WINDOW, **_FORWARD}, 4),
-    "forward, loss for x, fp32": ("forward", "fp32", {**_WINDOW, **_FORWARD, **_LOSS_X}, 4),
+    "forward, loss for x, fp32, edge strips": ("forward", "fp32", {**_WINDOW, **_FORWARD, **_LOSS_X}, 4),
+    "forward, loss for x, fp32, 256 columns, interior strips": (
+        "forward",
+        "fp32",
+        {**_WINDOW, **_FORWARD, **_LOSS_X, "EDGE": False, "BLOCK_W": 256},
+        4,
+    ),
     "forward, loss for x and y with c sums, bf16": (
         "forward",
         "bf16",

@@ -7,8 +7,11 @@ persistent grid: program ``pid`` takes tiles ``pid, pid + G, pid + 2G, ...`` (G 
 being one plane's band of ``BLOCK_H`` rows by a strip of ``BLOCK_W`` columns, so any number of
 planes runs with any grid. Each tile sweeps its rows top to bottom:
 
-- forward: for each input row of the band's window, the horizontal pass is ``KW`` shifted,
-  reflect-indexed loads of x and y giving the 4 moment rows; the vertical pass is transposed: a
+- forward: each lane takes two adjacent output columns, whose windows share ``KW - 1`` of the
+  ``KW + 1`` columns they read; for each input row of the band's window, the horizontal pass
+  loads each of those once (x and y; in an interior strip at constant offsets from one pointer,
+  in an edge strip reflect-indexed), forms the 4 moment terms once, and weighs them into both
+  columns' 4 moment rows; the vertical pass is transposed: a
   tuple of ``KH - 1`` partial sums (the output rows still open, each with its rows so far) that
   each new row completes (the oldest) or adds one term to (the others), the taps loaded once per
   program. The formula then runs on the completed row.
@@ -117,10 +120,16 @@ def ssim_forward_kernel(
     W,
     OH,
     OW,
+    strip0,  # this launch's strips: strip0 + i + (gap where i >= skip), i < strips
+    strips,
+    skip,
+    gap,
+    all_strips,  # the strips of a plane, all launches (a tile's sums at band * all_strips + strip)
     KH: tl.constexpr,
     KW: tl.constexpr,
     PAD_H: tl.constexpr,
     PAD_W: tl.constexpr,
+    EDGE: tl.constexpr,  # the strips may reach the reflected pads or past the output's last column
     HAS_EPS: tl.constexpr,
     HAS_FLAT: tl.constexpr,
     WRITE_MAP: tl.constexpr,
@@ -137,10 +146,10 @@ def ssim_forward_kernel(
 ):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
-    strips = tl.cdiv(OW, BLOCK_W)
-    per_plane = strips * tl.cdiv(OH, BLOCK_H)
+    bands = tl.cdiv(OH, BLOCK_H)
+    per_plane = strips * bands
     total = P * per_plane
-    lanes = tl.arange(0, BLOCK_W)
+    pairs = tl.arange(0, BLOCK_W // 2)
     two_c1 = tl.load(c1_ptr).to(tl.float32)
     two_c2 = tl.load(c2_ptr).to(tl.float32)
     four_eps = 0.0
@@ -161,6 +170,7 @@ def ssim_forward_kernel(
         rest = tile % per_plane
         band = rest // strips
         strip = rest % strips
+        strip = strip0 + strip + tl.where(strip >= skip, gap, 0)
         n = tl.cast(plane // C, tl.int64)
         ch = tl.cast(plane % C, tl.int64)
         xb = x_ptr + n * sxn + ch * sxc
@@ -169,118 +179,201 @@ def ssim_forward_kernel(
         a_y = _plane_shift(yb, syh, syw, H, W)
         a_s = a_x + a_y
         a_d = a_x - a_y
-        cols = strip * BLOCK_W + lanes
-        cmask = cols < OW
-        # the columns the loads read: a lane past the output's last reads its column (results
-        # dropped), so no load needs a mask (a masked load zeroes its register first)
-        lcols = tl.minimum(cols, OW - 1)
+        # two adjacent output columns a lane, cols and cols + 1: their windows share KW - 1 of
+        # the KW + 1 columns they read, so each read column is loaded, converted and squared once
+        cols = strip * BLOCK_W + 2 * pairs
+        # the window's columns: in an edge strip reflected (-i and 2(W-1)-i), a lane past the
+        # output's last reading inside the row (its results are dropped), so no load needs a
+        # mask (a masked load zeroes its register first); in an interior strip at constant
+        # offsets from one pointer a row
+        offs_x = ()
+        offs_y = ()
+        if EDGE:
+            for k in tl.static_range(KW + 1):
+                c = tl.abs(tl.minimum(cols + k, OW + (KW - 2)) - PAD_W)
+                c = tl.where(c > W - 1, 2 * (W - 1) - c, c)
+                offs_x = offs_x + (c * sxw,)  # noqa: RUF005
+                offs_y = offs_y + (c * syw,)  # noqa: RUF005
         o0 = band * BLOCK_H
         o1 = tl.minimum(o0 + BLOCK_H, OH)
         plane64 = tl.cast(plane, tl.int64)
-        # the vertical pass, transposed: part[i] holds the partial sums of the 4 moments of the
-        # output row i + 1 - (KH - 1) rows below the current one (its rows so far); each new
-        # row completes the oldest and adds one weighted term to each of the others
+        # the vertical pass, transposed: part[i] holds the partial sums of the 4 moments of both
+        # columns of the output row i + 1 - (KH - 1) rows below the current one (its rows so
+        # far); each new row completes the oldest and adds one weighted term to each of the others
         part = ()
         for _i in tl.static_range(KH - 1):
-            part = part + (_zeros(4, BLOCK_W),)  # noqa: RUF005
-        sum_s = tl.zeros([BLOCK_W], dtype=tl.float32)
-        sum_cs = tl.zeros([BLOCK_W], dtype=tl.float32)
-        sum_c1 = tl.zeros([BLOCK_W], dtype=tl.float32)
-        sum_c2 = tl.zeros([BLOCK_W], dtype=tl.float32)
+            part = part + (_zeros(8, BLOCK_W // 2),)  # noqa: RUF005
+        sums = _zeros(4, BLOCK_W // 2)  # S, cs, g_c1, g_c2
         for p in range(o0, o1 + KH - 1):
             # the image row at padded row p (reflected), filtered along the row: 4 moment rows
+            # for each column of the pair
             r = tl.abs(p - PAD_H)
             r = tl.cast(tl.where(r > H - 1, 2 * (H - 1) - r, r), tl.int64)
             xr = xb + r * sxh
             yr = yb + r * syh
-            h0 = tl.zeros([BLOCK_W], dtype=tl.float32)
-            h1 = tl.zeros([BLOCK_W], dtype=tl.float32)
-            h2 = tl.zeros([BLOCK_W], dtype=tl.float32)
-            h3 = tl.zeros([BLOCK_W], dtype=tl.float32)
-            for j in tl.static_range(KW):
-                c = tl.abs(lcols + (j - PAD_W))  # reflect padding: -i and 2(W-1)-i
-                c = tl.where(c > W - 1, 2 * (W - 1) - c, c)
-                xv = tl.load(xr + c * sxw).to(tl.float32)
-                yv = tl.load(yr + c * syw).to(tl.float32)
+            ha = _zeros(4, BLOCK_W // 2)
+            hb = _zeros(4, BLOCK_W // 2)
+            xc = xr + (cols - PAD_W) * sxw
+            yc = yr + (cols - PAD_W) * syw
+            for k in tl.static_range(KW + 1):
+                if EDGE:
+                    xv = tl.load(xr + offs_x[k]).to(tl.float32)
+                    yv = tl.load(yr + offs_y[k]).to(tl.float32)
+                else:
+                    xv = tl.load(xc + k * sxw).to(tl.float32)
+                    yv = tl.load(yc + k * syw).to(tl.float32)
                 s = (xv + yv) - a_s
                 d = (xv - yv) - a_d
-                w = taps_w[j]
-                h0 += w * s
-                h1 += w * d
-                h2 += w * (s * s)
-                h3 += w * (d * d)
+                v = (s, d, s * s, d * d)
+                if k < KW:
+                    ha = _axpy(ha, taps_w[k], v)
+                if k > 0:
+                    hb = _axpy(hb, taps_w[k - 1], v)
             # output row o = p - (KH - 1) is complete: its partial sums plus row p's term
-            done, part = _fir_step(part, wts, (h0, h1, h2, h3), KH)
-            m0, m1, m2, m3 = done
+            done, part = _fir_step(part, wts, ha + hb, KH)
             o = p - (KH - 1)
             if o >= o0:
-                # _formula.terms: variances clamped at 0 (NaN kept), contrast factors
-                v_s = m2 - m0 * m0
-                v_d = m3 - m1 * m1
-                v_s = tl.where(v_s < 0.0, 0.0, v_s)
-                v_d = tl.where(v_d < 0.0, 0.0, v_d)
-                if HAS_FLAT:  # UQI: a flat window has no variance, and none to differentiate
-                    is_flat = (v_s + v_d) <= flat * (m2 + m3)
-                    v_s = tl.where(is_flat, 0.0, v_s)
-                    v_d = tl.where(is_flat, 0.0, v_d)
-                c_den = (two_c2 + v_s) + v_d
-                c_num = c_den - 2.0 * v_d
-                mu_s = m0 + a_s
-                mu_d = m1 + a_d
-                # _formula.luminance / similarity_map
-                l_den = (two_c1 + mu_s * mu_s) + mu_d * mu_d
-                l_num = l_den - 2.0 * (mu_d * mu_d)
-                den = l_den * c_den
-                if HAS_EPS:
-                    den = four_eps + den
-                sim = (l_num * c_num) / den
-                sum_s += tl.where(cmask, sim, 0.0)
-                if WRITE_CS:
-                    sum_cs += tl.where(cmask, c_num / c_den, 0.0)
                 at = tl.cast(o, tl.int64) * OW + cols
-                if WRITE_MAP:
-                    tl.store(map_ptr + plane64 * plane_size + at, sim, mask=cmask)
-                if WRITE_TERMS:
-                    tl.store(terms_ptr + plane64 * plane_size + at, mu_s, mask=cmask)
-                    tl.store(terms_ptr + (P + plane64) * plane_size + at, mu_d, mask=cmask)
-                    tl.store(terms_ptr + (2 * P + plane64) * plane_size + at, c_num, mask=cmask)
-                    tl.store(terms_ptr + (3 * P + plane64) * plane_size + at, c_den, mask=cmask)
-                if WRITE_ADJ:
-                    # _formula.adjoints for grad_map = unit
-                    u = (2.0 * unit) / den
-                    if HAS_FLAT:
-                        u = tl.where(c_den == 0.0, 0.0, u)
-                    v = u * sim
-                    a = u * c_num
-                    b = v * c_den
-                    g_cross = u * l_num
-                    g_sq = v * l_den
-                    ab = a - b
-                    a_b = a + b
-                    cd = g_cross - g_sq
-                    c_d = g_cross + g_sq
-                    g_m0 = mu_s * ab - m0 * cd
-                    g_m1 = m1 * c_d - mu_d * a_b
-                    if NEED_X:
-                        tl.store(adj_ptr + plane64 * plane_size + at, g_m0 + g_m1, mask=cmask)
-                    if NEED_Y:
-                        tl.store(adj_ptr + (Y_AT * P + plane64) * plane_size + at, g_m0 - g_m1, mask=cmask)
-                    tl.store(adj_ptr + (SQ_AT * P + plane64) * plane_size + at, g_sq, mask=cmask)
-                    tl.store(adj_ptr + ((SQ_AT + 1) * P + plane64) * plane_size + at, g_cross, mask=cmask)
-                    if WRITE_CSUMS:
-                        sum_c1 += tl.where(cmask, ab, 0.0)
-                        sum_c2 += tl.where(cmask, cd, 0.0)
-        at_tile = plane64 * per_plane + rest
+                for half in tl.static_range(2):
+                    sums = _output(
+                        done[4 * half],
+                        done[4 * half + 1],
+                        done[4 * half + 2],
+                        done[4 * half + 3],
+                        sums,
+                        at + half,
+                        cols + half < OW,
+                        a_s,
+                        a_d,
+                        two_c1,
+                        two_c2,
+                        four_eps,
+                        flat,
+                        unit,
+                        map_ptr,
+                        terms_ptr,
+                        adj_ptr,
+                        P,
+                        plane64,
+                        plane_size,
+                        HAS_EPS,
+                        HAS_FLAT,
+                        WRITE_MAP,
+                        WRITE_CS,
+                        WRITE_TERMS,
+                        WRITE_ADJ,
+                        NEED_X,
+                        NEED_Y,
+                        Y_AT,
+                        SQ_AT,
+                        WRITE_CSUMS,
+                    )
+        at_tile = (plane64 * bands + band) * all_strips + strip
         if WRITE_TERMS:  # noqa: SIM102 (a compile-time branch, then a run-time one)
             if rest == 0:
                 tl.store(shift_ptr + plane64, a_s)
                 tl.store(shift_ptr + P + plane64, a_d)
-        tl.store(sums_ptr + at_tile, tl.sum(sum_s, axis=0))
+        tl.store(sums_ptr + at_tile, tl.sum(sums[0], axis=0))
         if WRITE_CS:
-            tl.store(cs_ptr + at_tile, tl.sum(sum_cs, axis=0))
+            tl.store(cs_ptr + at_tile, tl.sum(sums[1], axis=0))
         if WRITE_CSUMS:
-            tl.store(csum_ptr + at_tile, tl.sum(sum_c1, axis=0))
-            tl.store(csum_ptr + total + at_tile, tl.sum(sum_c2, axis=0))
+            tl.store(csum_ptr + at_tile, tl.sum(sums[2], axis=0))
+            tl.store(csum_ptr + P * bands * all_strips + at_tile, tl.sum(sums[3], axis=0))
+
+
+@triton.jit
+def _output(
+    m0,
+    m1,
+    m2,
+    m3,
+    sums,
+    at,
+    cmask,
+    a_s,
+    a_d,
+    two_c1,
+    two_c2,
+    four_eps,
+    flat,
+    unit,
+    map_ptr,
+    terms_ptr,
+    adj_ptr,
+    P,
+    plane64,
+    plane_size,
+    HAS_EPS: tl.constexpr,
+    HAS_FLAT: tl.constexpr,
+    WRITE_MAP: tl.constexpr,
+    WRITE_CS: tl.constexpr,
+    WRITE_TERMS: tl.constexpr,
+    WRITE_ADJ: tl.constexpr,
+    NEED_X: tl.constexpr,
+    NEED_Y: tl.constexpr,
+    Y_AT: tl.constexpr,
+    SQ_AT: tl.constexpr,
+    WRITE_CSUMS: tl.constexpr,
+):
+    """One output row's columns from their 4 shifted moments: the formula, the outputs stored at
+    ``at`` (offsets within a plane) where ``cmask``, and the sums ``(S, cs, g_c1, g_c2)`` updated."""
+    sum_s, sum_cs, sum_c1, sum_c2 = sums
+    # _formula.terms: variances clamped at 0 (NaN kept), contrast factors
+    v_s = m2 - m0 * m0
+    v_d = m3 - m1 * m1
+    v_s = tl.where(v_s < 0.0, 0.0, v_s)
+    v_d = tl.where(v_d < 0.0, 0.0, v_d)
+    if HAS_FLAT:  # UQI: a flat window has no variance, and none to differentiate
+        is_flat = (v_s + v_d) <= flat * (m2 + m3)
+        v_s = tl.where(is_flat, 0.0, v_s)
+        v_d = tl.where(is_flat, 0.0, v_d)
+    c_den = (two_c2 + v_s) + v_d
+    c_num = c_den - 2.0 * v_d
+    mu_s = m0 + a_s
+    mu_d = m1 + a_d
+    # _formula.luminance / similarity_map
+    l_den = (two_c1 + mu_s * mu_s) + mu_d * mu_d
+    l_num = l_den - 2.0 * (mu_d * mu_d)
+    den = l_den * c_den
+    if HAS_EPS:
+        den = four_eps + den
+    sim = (l_num * c_num) / den
+    sum_s += tl.where(cmask, sim, 0.0)
+    if WRITE_CS:
+        sum_cs += tl.where(cmask, c_num / c_den, 0.0)
+    if WRITE_MAP:
+        tl.store(map_ptr + plane64 * plane_size + at, sim, mask=cmask)
+    if WRITE_TERMS:
+        tl.store(terms_ptr + plane64 * plane_size + at, mu_s, mask=cmask)
+        tl.store(terms_ptr + (P + plane64) * plane_size + at, mu_d, mask=cmask)
+        tl.store(terms_ptr + (2 * P + plane64) * plane_size + at, c_num, mask=cmask)
+        tl.store(terms_ptr + (3 * P + plane64) * plane_size + at, c_den, mask=cmask)
+    if WRITE_ADJ:
+        # _formula.adjoints for grad_map = unit
+        u = (2.0 * unit) / den
+        if HAS_FLAT:
+            u = tl.where(c_den == 0.0, 0.0, u)
+        v = u * sim
+        a = u * c_num
+        b = v * c_den
+        g_cross = u * l_num
+        g_sq = v * l_den
+        ab = a - b
+        a_b = a + b
+        cd = g_cross - g_sq
+        c_d = g_cross + g_sq
+        g_m0 = mu_s * ab - m0 * cd
+        g_m1 = m1 * c_d - mu_d * a_b
+        if NEED_X:
+            tl.store(adj_ptr + plane64 * plane_size + at, g_m0 + g_m1, mask=cmask)
+        if NEED_Y:
+            tl.store(adj_ptr + (Y_AT * P + plane64) * plane_size + at, g_m0 - g_m1, mask=cmask)
+        tl.store(adj_ptr + (SQ_AT * P + plane64) * plane_size + at, g_sq, mask=cmask)
+        tl.store(adj_ptr + ((SQ_AT + 1) * P + plane64) * plane_size + at, g_cross, mask=cmask)
+        if WRITE_CSUMS:
+            sum_c1 += tl.where(cmask, ab, 0.0)
+            sum_c2 += tl.where(cmask, cd, 0.0)
+    return sum_s, sum_cs, sum_c1, sum_c2
 
 
 @triton.jit

@@ -28,7 +28,7 @@ import os
 import warnings
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -62,7 +62,8 @@ class Config:
     left to a default that 3.10 changes). The kernels' exact cases (equal images: S exactly 1, a
     gradient of exactly 0; a flat plane: variances exactly 0) hold either way."""
 
-    forward: Launch = field(default_factory=Launch)
+    #: two columns a thread: each column the pair's windows read is loaded and squared once
+    forward: Launch = field(default_factory=lambda: Launch(block_w=256))
     #: two columns a thread: each adjoint row's tap loads and weights serve both
     backward: Launch = field(default_factory=lambda: Launch(block_w=256))
     #: the backward's edge strips (columns whose windows reach the reflected pads) are at most this
@@ -226,47 +227,55 @@ def forward(
     c_partial = _empty((2, planes, per_plane), x) if c_grads else sums
     shifts = _empty((2, n, channels), x) if keep is not None and not loss else sums
     two_c1 = _scalar(k.two_c1, x)
-    kernels.ssim_forward_kernel[(_programs(planes * per_plane, x.device, config),)](
-        x,
-        y,
-        *x.stride(),
-        *y.stride(),
-        _taps(blur.taps[0] * 2, x.device),  # doubled: the kernels index it with no modulo
-        _taps(blur.taps[1], x.device),
-        two_c1,
-        _scalar(k.two_c2, x),
-        _scalar(k.four_eps, x) if k.four_eps is not None else two_c1,
-        _scalar(k.flat, x) if k.flat is not None else two_c1,
-        1.0 / (channels * oh * ow),  # the S map's gradient for a unit gradient per image
-        sums,
-        cs_sums,
-        c_partial,
-        full,
-        terms,
-        shifts,
-        adjoints,
-        planes,
-        channels,
-        h,
-        w,
-        oh,
-        ow,
-        **_window(blur),
-        HAS_EPS=k.four_eps is not None,
-        HAS_FLAT=k.flat is not None,
-        WRITE_MAP=output == "map",
-        WRITE_CS=output == "cs",
-        WRITE_TERMS=keep is not None and not loss,
-        WRITE_ADJ=loss,
-        NEED_X=need_x,
-        NEED_Y=need_y,
-        Y_AT=int(need_x),
-        SQ_AT=int(need_x) + int(need_y),
-        WRITE_CSUMS=c_grads,
-        BLOCK_H=launch.block_h,
-        BLOCK_W=block_w,
-        **_options(launch, config),
-    )
+    bands = math.ceil(oh / launch.block_h)
+    for strip0, strips, skip, gap, edge in _forward_launches(w, ow, block_w, len(blur.taps[1]), blur.pads[1]):
+        kernels.ssim_forward_kernel[(_programs(planes * bands * strips, x.device, config),)](
+            x,
+            y,
+            *x.stride(),
+            *y.stride(),
+            _taps(blur.taps[0] * 2, x.device),  # doubled: the kernels index it with no modulo
+            _taps(blur.taps[1], x.device),
+            two_c1,
+            _scalar(k.two_c2, x),
+            _scalar(k.four_eps, x) if k.four_eps is not None else two_c1,
+            _scalar(k.flat, x) if k.flat is not None else two_c1,
+            1.0 / (channels * oh * ow),  # the S map's gradient for a unit gradient per image
+            sums,
+            cs_sums,
+            c_partial,
+            full,
+            terms,
+            shifts,
+            adjoints,
+            planes,
+            channels,
+            h,
+            w,
+            oh,
+            ow,
+            strip0,
+            strips,
+            skip,
+            gap,
+            per_plane // bands,
+            **_window(blur),
+            EDGE=edge,
+            HAS_EPS=k.four_eps is not None,
+            HAS_FLAT=k.flat is not None,
+            WRITE_MAP=output == "map",
+            WRITE_CS=output == "cs",
+            WRITE_TERMS=keep is not None and not loss,
+            WRITE_ADJ=loss,
+            NEED_X=need_x,
+            NEED_Y=need_y,
+            Y_AT=int(need_x),
+            SQ_AT=int(need_x) + int(need_y),
+            WRITE_CSUMS=c_grads,
+            BLOCK_H=launch.block_h,
+            BLOCK_W=block_w,
+            **_options(launch, config),
+        )
     size = channels * oh * ow
     per_image = sums.view(n, -1).sum(1) / size
     extra: Optional[Tensor] = None
@@ -467,6 +476,38 @@ def _edge_at(blur: _filters.Blur) -> int:
     return 2 * (k + blur.pads[0]) * k
 
 
+def _split(count: int, edge: Callable[[int], bool]) -> tuple[int, int]:
+    """The strips ``0..count-1`` as an edge prefix ``[0, left)``, interior ``[left, right)`` and an
+    edge suffix ``[right, count)``: ``(left, right)``, ``left == right`` where all are edge strips."""
+    left = 0
+    while left < count and edge(left):
+        left += 1
+    right = count
+    while right > left and edge(right - 1):
+        right -= 1
+    return left, right
+
+
+def _forward_launches(
+    width: int, out_w: int, block_w: int, taps: int, pad: int
+) -> list[tuple[int, int, int, int, bool]]:
+    """The forward's launches over the strips of ``block_w`` output columns: ``(strip0, strips,
+    skip, gap, edge)`` as :func:`_strip_launches`. An interior strip's windows (``taps`` columns
+    from ``pad`` before each output column) read only inside the row and all its columns are
+    outputs, so its loads are at constant offsets (no reflection, no clamping); the others are
+    edge strips, one launch."""
+    count = math.ceil(out_w / block_w)
+
+    def edge(s: int) -> bool:
+        end = (s + 1) * block_w  # one past the strip's last column
+        return s * block_w < pad or end > out_w or end - 1 + (taps - 1 - pad) > width - 1
+
+    left, right = _split(count, edge)
+    if left == right:
+        return [(0, count, count, 0, True)]
+    return [(0, left + count - right, left, right - left, True), (left, right - left, right - left, 0, False)]
+
+
 def _edge_block_w(config: Config, block_w: int) -> int:
     """The width of the backward's edge strips: ``config.edge_block_w`` (a power of 2, at least 2),
     at most ``block_w``, so that it divides ``block_w``."""
@@ -489,12 +530,7 @@ def _strip_launches(
     def edge(s: int) -> bool:
         return s * block_w <= pad or s * block_w + block_w >= width - 1 - pad
 
-    left = 0
-    while left < count and edge(left):
-        left += 1
-    right = count
-    while right > left and edge(right - 1):
-        right -= 1
+    left, right = _split(count, edge)
     if left == right:
         narrow = math.ceil(width / edge_w)
         return [(0, narrow, narrow, 0, True, edge_w)]
