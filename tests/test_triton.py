@@ -484,6 +484,23 @@ def test_strip_launches_cover_each_column_once(width: int, block_w: int, edge_w:
     assert sorted(taken) == list(range(width))
 
 
+@pytest.mark.parametrize(
+    ("arch", "interpreting", "expected"), [(90, False, 128), (80, False, None), (90, True, None)]
+)
+def test_register_cap_only_where_compiled_for_sm90(
+    monkeypatch: pytest.MonkeyPatch, arch: int, interpreting: bool, expected: Optional[int]
+) -> None:
+    """The interior forward's ``maxnreg`` reaches the launch on sm_90 and later only (sm_80 would
+    spill under it), and never under the interpreter."""
+    from ssim_patch.backends import triton as tb
+
+    monkeypatch.setattr(tb, "_arch", lambda: arch)
+    monkeypatch.setattr(tb, "interpreting", lambda: interpreting)
+    config = tb.CONFIG
+    assert tb._options(config.forward, config, config.forward_registers[1]).get("maxnreg") == expected
+    assert "maxnreg" not in tb._options(config.forward, config, config.forward_registers[0])
+
+
 @pytest.mark.parametrize(("taps", "n"), [(11, 16), (11, 6), (5, 7), (3, 2), (7, 40)])
 def test_edge_weights_are_the_padded_window_transposed(taps: int, n: int) -> None:
     """The backward's table (``_edge_weights``): position ``c`` of a reflect-padded axis takes

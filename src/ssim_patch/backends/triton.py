@@ -69,6 +69,12 @@ class Config:
     #: the backward's edge strips (columns whose windows reach the reflected pads) are at most this
     #: wide: one column a thread, as their weight-table reads leave no registers for two
     edge_block_w: int = 128
+    #: ptxas's register cap for the forward's (edge, interior) strips on sm_90 and later (None:
+    #: none). 128 lets 16 warps a SM hold the interior where ptxas takes 148 (float32, triton
+    #: 3.9) or 168 (3.6), with no spill (``benchmarks/gpu_model.py``; sm_80 would spill 40 B).
+    #: The edge strips' 229 would fit 168 unspilled, but their few tiles then take a longer last
+    #: wave (the model: 0.088 -> 0.115 ms at 5x3x1080x1920)
+    forward_registers: tuple[Optional[int], Optional[int]] = (None, 128)
     max_programs: Optional[int] = None
     programs_per_sm: int = 8
     fp_fusion: Optional[bool] = True
@@ -163,11 +169,21 @@ def _block_w(launch: Launch, width: int) -> int:
     return max(2, min(_pow2(launch.block_w), _pow2(width)))
 
 
-def _options(launch: Launch, config: Config) -> dict[str, Any]:
+def _options(launch: Launch, config: Config, max_registers: Optional[int] = None) -> dict[str, Any]:
     options: dict[str, Any] = {"num_warps": launch.num_warps}
     if config.fp_fusion is not None and not interpreting():
         options["enable_fp_fusion"] = config.fp_fusion
+    if max_registers is not None and not interpreting() and _arch() >= 90:
+        options["maxnreg"] = max_registers
     return options
+
+
+def _arch() -> int:
+    """The compute capability Triton compiles for (``90`` for sm_90; 0 where not CUDA's)."""
+    from triton.runtime import driver
+
+    arch = driver.active.get_current_target().arch
+    return arch if isinstance(arch, int) else 0
 
 
 def _scalar(t: Optional[Tensor], like: Tensor) -> Tensor:
@@ -274,7 +290,7 @@ def forward(
             WRITE_CSUMS=c_grads,
             BLOCK_H=launch.block_h,
             BLOCK_W=block_w,
-            **_options(launch, config),
+            **_options(launch, config, config.forward_registers[not edge]),
         )
     size = channels * oh * ow
     per_image = sums.view(n, -1).sum(1) / size
