@@ -198,15 +198,16 @@ def _unpatch_all() -> None:
 
 
 def _forget_compiled() -> None:
-    """Reset dynamo's caches where dynamo is loaded and is that of torch 2.0-2.2 (before
-    ``torch.compiler.is_compiling``). Its guards on a function that inlined a replacement read
+    """Reset dynamo's caches where dynamo is loaded and is that of torch 2.0-2.2
+    (``_torch_features.OLD_DYNAMO``). Its guards on a function that inlined a replacement read
     the replacement's closure (the padding), and after the originals are back they read the
     original's, which has none: the next call of that compiled function failed inside the guard
     (``TypeError: 'NoneType' object is not subscriptable``) where a newer dynamo compiles again.
-    So every function compiled before is compiled again on its next call."""
+    So every function compiled before is compiled again on its next call. A replacement exists only
+    once the engine is imported, and with it ``_torch_features`` (nothing is imported here)."""
     dynamo = sys.modules.get("torch._dynamo")
-    compiler = getattr(sys.modules.get("torch"), "compiler", None)
-    if dynamo is not None and getattr(compiler, "is_compiling", None) is None:
+    features = sys.modules.get("ssim_patch._torch_features")
+    if dynamo is not None and getattr(features, "OLD_DYNAMO", False):
         dynamo.reset()
 
 
