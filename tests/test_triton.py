@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import pytest
@@ -499,6 +500,34 @@ def test_register_cap_only_where_compiled_for_sm90(
     config = tb.CONFIG
     assert tb._options(config.forward, config, config.forward_registers[1]).get("maxnreg") == expected
     assert "maxnreg" not in tb._options(config.forward, config, config.forward_registers[0])
+
+
+def test_the_compiled_arch_is_read_once_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_arch`` asks Triton's driver for a device's target once, and tells devices and drivers
+    apart (the offline model swaps in a driver per target)."""
+    from triton.runtime import driver
+
+    from ssim_patch.backends import triton as tb
+
+    asked: list[int] = []
+    current = [0]
+
+    class Driver:
+        def get_current_device(self) -> int:
+            return current[0]
+
+        def get_current_target(self) -> Any:
+            asked.append(current[0])
+            return SimpleNamespace(arch=(90, 80)[current[0]])
+
+    monkeypatch.setattr(tb, "_ARCHS", {})
+    monkeypatch.setattr(driver, "_active", Driver())
+    assert [tb._arch(), tb._arch()] == [90, 90]
+    current[0] = 1
+    assert [tb._arch(), tb._arch()] == [80, 80]
+    assert asked == [0, 1]
+    monkeypatch.setattr(driver, "_active", Driver())  # another driver, device 1 again
+    assert tb._arch() == 80 and asked == [0, 1, 1]
 
 
 @pytest.mark.parametrize(("taps", "n"), [(11, 16), (11, 6), (5, 7), (3, 2), (7, 40)])

@@ -178,12 +178,23 @@ def _options(launch: Launch, config: Config, max_registers: Optional[int] = None
     return options
 
 
+#: The compute capability Triton compiles for, by (active driver, current device): read once
+#: each (a forward's interior launch asks, and Triton's target query builds its answer anew each
+#: time); the driver in the key, as a stand-in one (the offline model's) may claim any target.
+_ARCHS: dict[tuple[object, object], int] = {}
+
+
 def _arch() -> int:
-    """The compute capability Triton compiles for (``90`` for sm_90; 0 where not CUDA's)."""
+    """The compute capability Triton compiles for on the current device (``90`` for sm_90; 0
+    where it is not CUDA's)."""
     from triton.runtime import driver
 
-    arch = driver.active.get_current_target().arch
-    return arch if isinstance(arch, int) else 0
+    active = driver.active
+    key = (active, active.get_current_device())
+    if key not in _ARCHS:
+        arch = active.get_current_target().arch
+        _ARCHS[key] = arch if isinstance(arch, int) else 0
+    return _ARCHS[key]
 
 
 def _scalar(t: Optional[Tensor], like: Tensor) -> Tensor:
