@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import pathlib
 import re
+from types import SimpleNamespace
 from typing import Callable
 
 import pytest
@@ -180,6 +181,7 @@ def test_torch_axis_names_pinned_releases_from_the_floor():
         (["--default-suite"], "--default-suite goes with --torch"),
         (["--torch", "2.0.1", "--readme", "R.md"], "--torch all --default-suite"),
         (["--torch", "all", "--readme", "R.md"], "--torch all --default-suite"),
+        (["--discard"], "--discard goes with --torch"),
     ],
 )
 def test_matrix_torch_arguments_that_cannot_go_together(argv, message, capsys):
@@ -215,3 +217,36 @@ def test_matrix_writes_the_torch_table_between_its_markers(tmp_path, capsys):
         "| pass: 1890 passed, 30 skipped (1.9.0) | 1.6 min |"
     )
     assert not run.ok
+
+
+def test_matrix_says_when_the_disk_cannot_hold_a_torch(tmp_path, monkeypatch):
+    # The last CI run on record stopped in pip with "No space left on device": the check comes
+    # first and says what to do, and nothing is made.
+    monkeypatch.setattr(_matrix.shutil, "disk_usage", lambda path: SimpleNamespace(free=3 * 2**30))
+    with pytest.raises(SystemExit, match=r"3\.0 GiB free in .*torch 2\.0\.1 .* needs about 10 GiB"):
+        _matrix._torch_python("2.0.1", tmp_path, [])
+    assert not (tmp_path / "torch-2.0.1").exists()
+
+
+def test_matrix_discards_each_torch_venv_after_its_run(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def fake_python(version, cache, requires):
+        venv = cache / f"torch-{version}"
+        (venv / "bin").mkdir(parents=True)
+        (venv / ".complete").write_text(version)
+        seen.append(venv)
+        return venv / "bin" / "python"
+
+    monkeypatch.setattr(_matrix, "_torch_python", fake_python)
+    monkeypatch.setattr(_matrix, "_numpy_of", lambda python: "1.26.4")
+    monkeypatch.setattr(
+        _matrix,
+        "_run_releases",
+        lambda entries, root, cache, args, python: [_matrix._Result("1.9.0", "", [], passed=1)],
+    )
+    argv = ["--root", str(ROOT), "--cache", str(tmp_path), "--torch", "2.0.1", "--torch", "2.14.1"]
+    assert _matrix.main([*argv, "--release", "1.9.0", "--discard"]) == 0
+    assert len(seen) == 2 and not any(v.exists() for v in seen)
+    assert _matrix.main([*argv, "--release", "1.9.0"]) == 0
+    assert all(v.exists() for v in seen[2:])

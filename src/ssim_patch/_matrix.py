@@ -22,6 +22,7 @@ import os
 import pathlib
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -104,19 +105,42 @@ _SUITE_NEEDS = [
 ]
 
 
+#: Free disk a torch venv needs while pip makes it: a CUDA build of torch with its nvidia
+#: packages is 4.5-5.6 GB installed (2.0.1-2.14.1, measured), and pip holds the downloaded
+#: wheels (about 3 GB) until it has installed them.
+_TORCH_VENV_BYTES = 10 * 2**30
+
+
 def _torch_python(version: str, cache: pathlib.Path, requires: list[str]) -> pathlib.Path:
     """The interpreter of a venv with torch ``version`` (from the registry, with numpy<2 for torch
     before 2.3, which was built for numpy 1) and the matrix suite's requirements, made once in
-    ``cache`` and kept for later runs."""
+    ``cache`` and kept for later runs. pip keeps no copy of the wheels (the venv is the cache)."""
     venv = cache / f"torch-{version}"
     python = venv / "bin" / "python"
     if not (venv / ".complete").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(cache).free
+        if free < _TORCH_VENV_BYTES:
+            raise SystemExit(
+                f"ssim-patch matrix: {free / 2**30:.1f} GiB free in {cache}; a venv with torch "
+                f"{version} (a CUDA build from the registry) needs about {_TORCH_VENV_BYTES / 2**30:.0f} "
+                "GiB while pip makes it: free some space, or pass --cache DIR on a larger disk"
+            )
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         numpy = "numpy<2" if Version(version) < Version("2.3") else "numpy"
         wanted = [f"torch=={version}", numpy, *_SUITE_NEEDS, *requires]
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted], check=True)
+        install = [str(python), "-m", "pip", "install", "-q", "--no-cache-dir"]
+        subprocess.run([*install, *wanted], check=True)
         (venv / ".complete").write_text(version + "\n")
     return python
+
+
+def _discard(venv: pathlib.Path) -> None:
+    """Remove a torch venv (or the link to one) once its run is over."""
+    if venv.is_symlink():
+        venv.unlink()
+    elif venv.exists():
+        shutil.rmtree(venv)
 
 
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?)")
@@ -353,6 +377,8 @@ def _torch_axis(
             print(f"torch {version}: the default suite ...", flush=True)
             run.suite = _default_suite(root, python, newest)
             print(f"  {_outcome(run.suite)} in {run.suite.seconds:.0f}s", flush=True)
+        if args.discard:
+            _discard(cache / f"torch-{version}")
         run.seconds = time.perf_counter() - began
         runs.append(run)
     total = time.perf_counter() - start
@@ -407,6 +433,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         action="store_true",
         help="with --torch: also run the default test suite under each torch",
     )
+    parser.add_argument(
+        "--discard",
+        action="store_true",
+        help="with --torch: remove each torch's venv after its run (a disk that holds one at a time)",
+    )
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the table as Markdown here")
     parser.add_argument(
         "--readme",
@@ -423,6 +454,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(
             "--default-suite goes with --torch (the current torch's default suite: python -m pytest)"
         )
+    if args.discard and args.torch is None:
+        parser.error("--discard goes with --torch (it removes the venvs --torch makes)")
     if (
         args.torch is not None
         and args.readme is not None
