@@ -18,8 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ssim_patch
 from benchmarks.dispatch_count import DispatchCounter
-from ssim_patch import _filters
-from ssim_patch.backends import _custom_op, _dense, _route
+from ssim_patch import _filters, _formula
+from ssim_patch.backends import _algebra, _custom_op, _dense, _dtypes, _route
 from ssim_patch.backends._protocol import Plan
 
 pytestmark = pytest.mark.usefixtures("patch_applied")
@@ -226,3 +226,165 @@ def test_a_matrix_made_in_inference_mode_serves_a_later_loss(monkeypatch: pytest
     again = ssim_patch.ssim(leaf, y, data_range=1.0)
     again.backward()
     assert torch.equal(first, again.detach()) and leaf.grad is not None
+
+
+# --- kept 0-d constants (_dtypes.scalar) -----------------------------------------------------------
+
+#: (what differs, the first call's (value, dtype, device), the second call's); each pair differs in
+#: one field of ``_dtypes.scalar``'s key: dropping it from the key makes the second call wrong.
+SCALAR_PAIRS: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]] = [
+    ("value", (2e-4, torch.float32, "cpu"), (1.8e-3, torch.float32, "cpu")),
+    ("value: the sign of 0", (0.0, torch.float64, "cpu"), (-0.0, torch.float64, "cpu")),
+    ("dtype", (2e-4, torch.float64, "cpu"), (2e-4, torch.float32, "cpu")),
+    ("device", (2e-4, torch.float32, "cpu"), (2e-4, torch.float32, "meta")),
+]
+
+
+@pytest.mark.parametrize("first, second", [p[1:] for p in SCALAR_PAIRS], ids=[p[0] for p in SCALAR_PAIRS])
+def test_a_kept_scalar_is_kept_by_all_that_decides_it(
+    first: tuple[Any, ...], second: tuple[Any, ...]
+) -> None:
+    _dtypes._KEPT.clear()
+    value, dtype, device = first
+    _dtypes.kept(value, torch.empty(0, dtype=dtype, device=device))
+    value, dtype, device = second
+    got = _dtypes.kept(value, torch.empty(0, dtype=dtype, device=device))
+    assert (got.shape, got.dtype, got.device.type) == ((), dtype, device)
+    if device != "meta":
+        want = torch.full((), value, dtype=dtype)
+        assert torch.equal(got, want) and torch.equal(got.signbit(), want.signbit())
+
+
+def _plan_eps(eps: Any) -> Plan:
+    return Plan(_plan(0), eps=eps)
+
+
+#: Likewise for ``_dtypes.constants``' key: (c1, c2, eps, dtype, device).
+CONSTANT_PAIRS: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]] = [
+    ("c1", (1e-4, 9e-4, None, torch.float32, "cpu"), (2e-4, 9e-4, None, torch.float32, "cpu")),
+    ("c2", (1e-4, 9e-4, None, torch.float32, "cpu"), (1e-4, 8e-4, None, torch.float32, "cpu")),
+    ("eps: none", (0.0, 0.0, None, torch.float64, "cpu"), (0.0, 0.0, 1e-8, torch.float64, "cpu")),
+    ("eps", (0.0, 0.0, 1e-8, torch.float64, "cpu"), (0.0, 0.0, 3e-8, torch.float64, "cpu")),
+    ("dtype", (0.0, 0.0, 1e-8, torch.float64, "cpu"), (0.0, 0.0, 1e-8, torch.float32, "cpu")),
+    ("device", (1e-4, 9e-4, None, torch.float32, "cpu"), (1e-4, 9e-4, None, torch.float32, "meta")),
+]
+
+
+@pytest.mark.parametrize("first, second", [p[1:] for p in CONSTANT_PAIRS], ids=[p[0] for p in CONSTANT_PAIRS])
+def test_kept_constants_are_kept_by_all_that_decides_them(
+    first: tuple[Any, ...], second: tuple[Any, ...]
+) -> None:
+    _dtypes._CONSTANTS.clear()
+    c1, c2, eps, dtype, device = first
+    _dtypes.constants(c1, c2, _plan_eps(eps), torch.empty(0, dtype=dtype, device=device))
+    c1, c2, eps, dtype, device = second
+    got = _dtypes.constants(c1, c2, _plan_eps(eps), torch.empty(0, dtype=dtype, device=device))
+    want = _formula.constants(c1, c2, eps, torch.empty(0, dtype=dtype))
+    assert [t is None for t in got] == [t is None for t in want]
+    for g, w in zip(got, want):
+        if g is not None:
+            assert (g.shape, g.dtype, g.device.type) == ((), dtype, device)
+            assert device == "meta" or torch.equal(g, w)
+
+
+def test_the_conv_route_of_a_16x16_call_launches_fewer_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conv route (CUDA without Triton) at 1x1x16x16 on meta, steady state: at most 22 writing
+    ops (kernel launches on CUDA) forward, 54 for a loss forward and backward (the leaf's clone
+    included; were 25 and 67: no constant filled, x + y and x - y in one op, the c sums in one sum
+    and scaled only where c1 or c2 needs a gradient, the own shifts in two ops)."""
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", "conv")
+    x, y = (torch.empty(1, 1, 16, 16, device="meta") for _ in range(2))
+
+    def forward() -> object:
+        with torch.no_grad():
+            return ssim_patch.ssim(x, y, data_range=1.0)
+
+    def loss() -> object:
+        leaf = x.clone().requires_grad_()
+        ssim_patch.ssim(leaf, y, data_range=1.0).backward()
+        return leaf.grad
+
+    for fn, most in ((forward, 22), (loss, 54)):
+        fn()
+        with DispatchCounter() as counter:
+            fn()
+        assert counter.counts.writing_ops <= most, dict(counter.counts.writes_by_op)
+
+
+def test_a_repeated_call_takes_its_constants_from_the_kept_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conv route of a loss on meta (as on CUDA, where a fill is a launch) fills no constant
+    once warm: the constants, the unit gradient, and the backward's constants."""
+    monkeypatch.setenv("SSIM_PATCH_BACKEND", "conv")
+    x, y = (torch.empty(1, 1, 16, 16, device="meta") for _ in range(2))
+
+    def loss() -> object:
+        leaf = x.clone().requires_grad_()
+        ssim_patch.ssim(leaf, y, data_range=1.0).backward()
+        return leaf.grad
+
+    _dtypes._CONSTANTS.clear()
+    _dtypes._KEPT.clear()
+    loss()
+    with DispatchCounter() as counter:
+        loss()
+    assert counter.counts.by_op["aten.full.default"] == 0, dict(counter.counts.by_op)
+    assert len(_dtypes._CONSTANTS) == 1  # 2 c1, 2 c2
+    assert len(_dtypes._KEPT) == 3  # 1 / 121, 2 / 121, (1, -1)
+
+
+def test_constants_made_in_inference_mode_serve_a_later_double_backward() -> None:
+    """Kept constants are made outside inference mode: autograd may save them for a backward (the
+    double backward recomputes through the traced route's ops, the constants kept ones)."""
+    _dtypes._CONSTANTS.clear()
+    x, y = _pair((1, 1, 16, 16), torch.float64)
+    with torch.inference_mode():
+        first = ssim_patch.ssim(x, y, data_range=1.0)
+    kept = [t for k in _dtypes._CONSTANTS.values() for t in k if t is not None]
+    assert kept and not any(t.is_inference() for t in kept)
+    leaf = x.clone().requires_grad_()
+    again = ssim_patch.ssim(leaf, y, data_range=1.0)
+    (grad,) = torch.autograd.grad(again, leaf, create_graph=True)
+    grad.sum().backward()
+    assert torch.equal(first, again.detach()) and leaf.grad is not None
+
+
+def test_scalars_are_kept_for_plain_eager_calls_only() -> None:
+    """Not under a fake-tensor mode, a transform, forward AD or a trace (a kept tensor would be a
+    constant of its graph); a mode that only watches (a counting one) may see them."""
+    like = torch.empty(3)
+    assert _dtypes.keeps(like)
+    with _Passing():
+        assert _dtypes.keeps(like)
+    assert not _dtypes.keeps(torch.empty(3).as_subclass(_Sub))
+    with FakeTensorMode() as fake:
+        assert not _dtypes.keeps(fake.from_tensor(like))
+        assert not _dtypes.keeps(like)
+    seen: list[bool] = []
+
+    def probe(t: torch.Tensor) -> torch.Tensor:
+        seen.append(_dtypes.keeps(t))
+        return t * 2
+
+    torch.func.vmap(probe)(torch.ones(2, 3))
+    torch.jit.trace(probe, (like,), check_trace=False)
+    with torch.autograd.forward_ad.dual_level():
+        probe(like)
+    assert seen == [False, False, False]
+
+
+def test_a_scalar_made_in_inference_mode_is_not_an_inference_tensor() -> None:
+    _dtypes._KEPT.clear()
+    with torch.inference_mode():
+        made = _dtypes.kept(0.5, torch.empty(0))
+    assert not made.is_inference()
+    assert _dtypes.kept(0.5, torch.empty(0)) is made
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept signs", "signs made"])
+def test_plus_minus_is_exactly_the_sum_and_the_difference(
+    kept: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_dtypes, "keeps", lambda like: kept)
+    x, y = _pair((2, 3, 7, 5))
+    got = _algebra.plus_minus(x, y)
+    assert torch.equal(got, torch.stack((x + y, x - y)))

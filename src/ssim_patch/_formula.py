@@ -185,11 +185,13 @@ def adjoints(
     made: Optional[Map] = None,
     out: Optional[Tensor] = None,
     buffers: Buffers = fresh,
+    twice_grad_map: Optional[Tensor] = None,
 ) -> Adjoints:
     """The moments' gradient from the loss's gradient with respect to the S map and the cs map.
 
     ``made``: the S map and its factors, where the caller has them already. ``out`` (no autograd):
     a stack ``(g_x if need_x, g_y if need_y, g_sq, g_cross)`` the maps are written into.
+    ``twice_grad_map``: ``2 grad_map``, where the caller has it (a kept constant: one op spared).
     """
     rows: list[Optional[Tensor]] = list(out.unbind(0)) if out is not None else [None] * 4
     into_x = rows[0] if need_x else None
@@ -201,7 +203,9 @@ def adjoints(
     if grad_map is not None:
         den = made.den
         reused = buffers("u", den)
-        u = torch.div(torch.mul(grad_map, 2, out=buffers("2 grad_map", grad_map)), den, out=reused)
+        if twice_grad_map is None:
+            twice_grad_map = torch.mul(grad_map, 2, out=buffers("2 grad_map", grad_map))
+        u = torch.div(twice_grad_map, den, out=reused)
         if k.flat is not None:  # UQI: a window with no variance contributes no gradient (see terms)
             u = u.masked_fill(t.c_den == 0, 0) if reused is None else u.masked_fill_(t.c_den == 0, 0)
         v = torch.mul(u, made.s, out=buffers("v", den))  # u S, with S exactly as the forward has it

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ssim_patch import _formula
+from ssim_patch.backends import _dtypes
 from ssim_patch.backends._dtypes import compute_dtype
 from ssim_patch.backends._protocol import Kept, Needs, Plan
 
@@ -44,6 +45,23 @@ def own_shifts(shift: Tensor) -> tuple[Tensor, Tensor]:
     return (a_s + a_d) / 2, (a_s - a_d) / 2
 
 
+def plus_minus(a: Tensor, b: Tensor) -> Tensor:
+    """``(a + b, a - b)`` stacked, in one op: ``a + (+-1) b``, exactly the sum and the difference
+    (a product by 1 or -1 is exact); ``a``, ``b`` of one shape; no autograd."""
+    if _dtypes.keeps(a):
+        signs = _dtypes.kept((1.0, -1.0), a)
+    else:  # no host-to-device copy (CUDA graph capture)
+        signs = torch.ones(2, dtype=a.dtype, device=a.device)
+        signs[1].fill_(-1.0)
+    return torch.addcmul(a, signs.view(2, *[1] * a.ndim), b)
+
+
+def shifted(x: Tensor, y: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """``x - a_x``, ``y - a_y`` with :func:`own_shifts`' numbers, in fewer launches; no autograd."""
+    own = plus_minus(*shift.unbind(0)).div_(2)
+    return x - own[0], y - own[1]
+
+
 def finish(maps: Tensor, t: _formula.Terms, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
     """Per-image mean of the ``(N, C, *out)`` map, and what ``plan.output`` asks for."""
     per_image = maps.mean(image_dims(maps))
@@ -55,10 +73,14 @@ def finish(maps: Tensor, t: _formula.Terms, plan: Plan) -> tuple[Tensor, Optiona
     return per_image, None
 
 
-def unit_gradient(images: Sequence[int], like: Tensor) -> Tensor:
-    """The S map's gradient for a loss that is the sum of the per-image means; ``images``: the
-    map's shape ``(N, C, *out)``."""
-    return torch.full((), 1.0 / math.prod(images[1:]), dtype=like.dtype, device=like.device)
+def unit_gradient(images: Sequence[int], like: Tensor, factor: float = 1.0) -> Tensor:
+    """The S map's gradient for a loss that is the sum of the per-image means, times ``factor``
+    (a power of 2: exact); ``images``: the map's shape ``(N, C, *out)``; a kept tensor where the
+    call may keep it (:func:`_dtypes.keeps`)."""
+    value = 1.0 / math.prod(images[1:]) * factor
+    if _dtypes.keeps(like):
+        return _dtypes.kept(value, like)
+    return torch.full((), value, dtype=like.dtype, device=like.device)
 
 
 def upstream(
@@ -200,28 +222,35 @@ class Upstream(NamedTuple):
 
 
 def scaled_upstream(
-    kept: TermsKept, g_image: Optional[Tensor], g_extra: Optional[Tensor], plan: Plan, x: Tensor
+    kept: TermsKept, g_image: Optional[Tensor], g_extra: Optional[Tensor], plan: Plan, x: Tensor, needs: Needs
 ) -> Upstream:
-    """:class:`Upstream` for images ``x`` from the outputs' gradients."""
+    """:class:`Upstream` for images ``x`` from the outputs' gradients; the c sums scaled only where
+    ``needs`` asks for c1's or c2's gradient (else None: two launches spared)."""
     images = (*x.shape[:2], *plan.blur.out_size(tuple(x.shape[2:])))
     if kept.adjoints is not None:  # the adjoints of a unit gradient per image: scale them
         assert g_image is not None and kept.c_sums is not None
         scale = g_image.view(-1, *[1] * (len(images) - 1))
-        return Upstream(scale, (kept.c_sums * g_image.view(-1, 1)).sum((1, 2)), None, None)
+        c_sums = (kept.c_sums * g_image.view(-1, 1)).sum((1, 2)) if needs.c1 or needs.c2 else None
+        return Upstream(scale, c_sums, None, None)
     grad_map, grad_cs = upstream(g_image, g_extra, plan, images)
     return Upstream(None, None, grad_map, grad_cs)
 
 
 def stacked_adjoints(
     held: TermsKept, up: Upstream, k: _formula.Constants, needs: Needs
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Optional[Tensor]]:
     """The whole-batch backward's maps for ``W^T`` (:func:`adjoint_stack`) and the sums of the
-    constants' gradients: kept by the forward, or made now from the kept terms."""
+    constants' gradients (None where not needed): kept by the forward, or made now from the kept
+    terms."""
     if held.adjoints is not None:
-        stacked, c_sums = held.adjoints, up.c_sums
-    else:
-        adj = _formula.adjoints(held.terms, held.shift, k, up.grad_map, up.grad_cs, needs.x, needs.y)
-        stacked = torch.stack(adjoint_stack(adj))
-        c_sums = torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
+        return held.adjoints, up.c_sums
+    adj = _formula.adjoints(held.terms, held.shift, k, up.grad_map, up.grad_cs, needs.x, needs.y)
+    return torch.stack(adjoint_stack(adj)), torch.stack((adj.g_c1.sum(), adj.g_c2.sum()))
+
+
+def constant_grads(c_sums: Optional[Tensor], needs: Needs) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The gradients of c1 and c2 from their sums ``(2,)``, where ``needs`` asks for them."""
+    if not (needs.c1 or needs.c2):
+        return None, None
     assert c_sums is not None
-    return stacked, c_sums
+    return (c_sums[0] if needs.c1 else None), (c_sums[1] if needs.c2 else None)

@@ -155,4 +155,4 @@ def backward(
         if up.scale is not None:
             gx = None if gx is None else gx.mul_(up.scale)
             gy = None if gy is None else gy.mul_(up.scale)
-    return gx, gy, (c_sums[0] if needs.c1 else None), (c_sums[1] if needs.c2 else None)
+    return (gx, gy, *_algebra.constant_grads(c_sums, needs))

@@ -152,9 +152,7 @@ class ConvBackend:
         self, x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs]
     ) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
         n, channels, *spatial = x.shape
-        sd = x.new_empty((2, n, channels, *spatial))
-        torch.add(x, y, out=sd[0])
-        torch.sub(x, y, out=sd[1])
+        sd = _algebra.plus_minus(x, y)  # x + y, x - y
         shift = sd.mean(tuple(range(3, sd.ndim)), keepdim=True)  # (2, N, C, 1, ..): a_s, a_d
         sd.sub_(shift)
         padded = [size + 2 * pad for size, pad in zip(spatial, plan.blur.pads)]
@@ -171,10 +169,24 @@ class ConvBackend:
             return per_image, extra, kept.tensors(plan)
         into = x.new_empty((_algebra.adjoint_rows(keep), *made.s.shape))
         unit = _algebra.unit_gradient(made.s.shape, x)
-        adj = _formula.adjoints(t, shift, k, unit, None, keep.x, keep.y, made, out=into)
-        c_sums = torch.stack(
-            (adj.g_c1.sum(tuple(range(2, adj.g_c1.ndim))), adj.g_c2.sum(tuple(range(2, adj.g_c2.ndim))))
+        twice = _algebra.unit_gradient(made.s.shape, x, factor=2)
+        g_c = x.new_empty((2, *made.s.shape))  # g_c1, g_c2 written as rows: one sum for both
+        rows = {"ab": g_c[0], "cd": g_c[1]}
+        adj = _formula.adjoints(
+            t,
+            shift,
+            k,
+            unit,
+            None,
+            keep.x,
+            keep.y,
+            made,
+            out=into,
+            buffers=lambda name, like: rows.get(name),
+            twice_grad_map=twice,
         )
+        assert adj.g_c1 is rows["ab"] and adj.g_c2 is rows["cd"]
+        c_sums = g_c.sum(tuple(range(3, g_c.ndim)))
         return per_image, extra, _algebra.TermsKept(shift, adjoints=into, c_sums=c_sums).tensors(plan)
 
     def kept_like(self, x: Tensor, plan: Plan, keep: Needs) -> Kept:
@@ -193,16 +205,15 @@ class ConvBackend:
     ) -> Grads:
         """The whole batch at once, one transposed convolution per pass."""
         held = _algebra.TermsKept.of(plan, kept)
-        up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
+        up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x, needs)
         adj_stack, c_sums = _algebra.stacked_adjoints(held, up, k, needs)
         gx = gy = None
         if needs.x or needs.y:
             back = _algebra.unstack(conv_blur_adjoint(adj_stack, plan.blur, x), needs.x, needs.y)
-            ax, ay = _algebra.own_shifts(held.shift)
-            gx, gy = _algebra.combine(back, x - ax, y - ay, in_place=True)
+            gx, gy = _algebra.combine(back, *_algebra.shifted(x, y, held.shift), in_place=True)
             if up.scale is not None:
                 gx, gy = (None if g is None else g.mul_(up.scale) for g in (gx, gy))
-        return gx, gy, (c_sums[0] if needs.c1 else None), (c_sums[1] if needs.c2 else None)
+        return (gx, gy, *_algebra.constant_grads(c_sums, needs))
 
 
 BACKEND: Backend = ConvBackend()  # mypy checks it against the protocol

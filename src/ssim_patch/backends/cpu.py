@@ -625,7 +625,7 @@ class CpuBackend:
     ) -> Grads:
         """Plane by plane: ``W^T`` in reused buffers, recombined straight into the gradients."""
         held = _algebra.TermsKept.of(plan, kept)
-        up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x)
+        up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x, needs)
         if _dense.takes(x, plan):
             return _dense.backward(x, y, k, held, up, plan, needs)
         n, channels, *spatial_list = x.shape
@@ -721,12 +721,10 @@ class CpuBackend:
             _run(piece, list(enumerate(starts)), x, alone=planes * math.prod(spatial) >= _CHUNK)
         if c_parts is not None:
             c_sums = _in_order(c_parts)
-        assert c_sums is not None
         return (
             None if gx is None else gx.view(x.shape),
             None if gy is None else gy.view(y.shape),
-            c_sums[0] if needs.c1 else None,
-            c_sums[1] if needs.c2 else None,
+            *_algebra.constant_grads(c_sums, needs),
         )
 
 
