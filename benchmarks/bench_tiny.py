@@ -18,8 +18,10 @@ plan, the route and dispatch into the backend, and the backend's own ops. The sc
 5. **The GPU routes without a GPU**: launches per call counted on ``meta`` tensors and Python
    calls on CPU tensors (the same Python as on CUDA), unpatched vs the conv route and the Triton
    route (its kernels replaced by a recorder that counts launches), and the Triton route's host
-   time on CPU tensors, kernels recorded. Not timed on ``meta``: torch's meta kernels are largely
-   Python, milliseconds a CUDA call does not spend. On CUDA, section 6 times Triton's launcher.
+   time on CPU tensors, kernels recorded. The conv route is also timed on ``meta``, a rough proxy
+   only: torch's meta kernels are largely Python (an out-of-place elementwise op costs ~10x an
+   in-place one there, ``clamp_min`` a millisecond), time a CUDA call does not spend; its
+   launches are the measure. On CUDA, section 6 times Triton's launcher.
 6. **Triton's launcher** (CUDA with Triton only): the patched call with the real kernels vs the
    recorder; the difference per launch is the launcher's host cost.
 
@@ -564,6 +566,8 @@ def meta_routes(rounds: int, clock: str) -> list[str]:
                     counts.append(python_calls(call))
                     if route == "triton" and device == "cpu":
                         medians = interleaved({n: call for n in states}, rounds, clock, states)
+                    if route == "conv" and device == "meta":
+                        on_meta_time = interleaved({n: call for n in states}, rounds, clock, states)
                     ssim_patch.revert()
             launches, python = counts[0], counts[3]
             cells.append(
@@ -571,6 +575,8 @@ def meta_routes(rounds: int, clock: str) -> list[str]:
             )
         u, p = medians["unpatched"], medians["patched"]
         cells.append(f"{_us(p)} / {_us(u)} = **{_ratio(p, u)}**")
+        u, p = on_meta_time["unpatched"], on_meta_time["patched"]
+        cells.append(f"{_us(p)} / {_us(u)} = {_ratio(p, u)}")
         rows.append([label, f"{u_launches}, {u_python}", *cells])
     head = [
         "call",
@@ -578,6 +584,7 @@ def meta_routes(rounds: int, clock: str) -> list[str]:
         "conv route (ratio)",
         "triton route (ratio)",
         "triton route host time on CPU tensors, kernels recorded: patched / unpatched us",
+        "conv route host time on meta: patched / unpatched us (meta kernels included)",
     ]
     return _table(head, rows)
 
