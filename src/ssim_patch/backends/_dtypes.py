@@ -64,11 +64,11 @@ def keeps(like: Tensor) -> bool:
     plain tensors, no fake-tensor mode (a mode that only watches, as a counting one, may be on), no
     transform, no trace or compilation (that would hold a kept tensor as a constant of its graph),
     no CUDA graph capture (whose memory pool a tensor made then would come from)."""
-    if not (plain_eager(like) or (type(like) in _PLAIN and not fake_mode_active(like))):
+    if _route.tracing() or _route.leaving():  # first: dynamo reads these (and not the mode stack)
         return False
     if like.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return False
-    return not _route.tracing() and not _route.leaving()
+    return plain_eager(like) or (type(like) in _PLAIN and not fake_mode_active(like))
 
 
 def kept(values: Union[float, tuple[float, ...]], like: Tensor) -> Tensor:
