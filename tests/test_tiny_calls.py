@@ -394,3 +394,20 @@ def test_plus_minus_is_exactly_the_sum_and_the_difference(
     x, y = _pair((2, 3, 7, 5))
     got = _algebra.plus_minus(x, y)
     assert torch.equal(got, torch.stack((x + y, x - y)))
+
+
+def test_fake_cuda_images_keep_nothing_and_ask_cuda_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake CUDA tensors (shape inference for a CUDA target, on a machine without one): no kept
+    constant, and no question to CUDA (whether a stream captures a graph), which needs a GPU."""
+
+    def no_gpu() -> bool:
+        raise AssertionError("asked CUDA")
+
+    with FakeTensorMode():
+        try:
+            cuda_like = torch.empty(3, device="cuda")
+        except (RuntimeError, AssertionError) as exc:  # torch 2.0 wants a driver for fake CUDA
+            pytest.skip(f"no fake CUDA tensor on this machine: {exc}")
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", no_gpu)
+        assert cuda_like.device.type == "cuda"
+        assert not _dtypes.keeps(cuda_like)

@@ -66,9 +66,9 @@ def keeps(like: Tensor) -> bool:
     no CUDA graph capture (whose memory pool a tensor made then would come from)."""
     if _route.tracing() or _route.leaving():  # first: dynamo reads these (and not the mode stack)
         return False
-    if like.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return False
-    return plain_eager(like) or (type(like) in _PLAIN and not fake_mode_active(like))
+    if not (plain_eager(like) or (type(like) in _PLAIN and not fake_mode_active(like))):
+        return False  # before asking CUDA: fake CUDA tensors need no GPU
+    return like.device.type != "cuda" or not torch.cuda.is_current_stream_capturing()
 
 
 def kept(values: Union[float, tuple[float, ...]], like: Tensor) -> Tensor:
