@@ -26,6 +26,7 @@ from torch import Tensor
 from ssim_patch import _filters, _formula
 from ssim_patch._torch_features import fake_mode_active, plain_eager
 from ssim_patch.backends import _algebra
+from ssim_patch.backends._kept import KeptTensors
 from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
 
 #: A call takes this path where its largest product has at most this many elements: the stack of
@@ -33,9 +34,9 @@ from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
 #: forward+backward time): 1x1x16x16 (16384) 0.54 / 0.62, 1x1x32x32 0.67 / 0.73, 4x3x16x16 (196608)
 #: 0.94 / 0.85, 1x1x16x16x16 (262144) 1.03 / 1.02, 1x3x32x32 (393216) 0.99 / 1.01, 1x1x64x64 1.9 / 2.2.
 MAX_WORK = 1 << 18
-#: Matrices already made, by everything that decides them (:func:`_matrix`); emptied at this size.
-_MATRICES: dict[tuple[object, ...], Tensor] = {}
-_MAX_MATRICES = 64
+#: Matrices already made, by everything that decides them (:func:`_matrix`); emptied at 64; safe
+#: across CUDA streams (:mod:`._kept`).
+_MATRICES: KeptTensors[Tensor] = KeptTensors()
 
 
 def takes(x: Tensor, plan: Plan) -> bool:
@@ -68,18 +69,15 @@ def _matrix(taps: tuple[float, ...], padding: _filters.Mode, n: int, trailing: i
     outside inference mode, so that any call may read it). Under a fake-tensor mode it is made
     fake and not kept."""
     fake = not plain_eager(like) and fake_mode_active(like)
-    key = (taps, padding, n, trailing, like.dtype, like.device)
-    found = None if fake else _MATRICES.get(key)
-    if found is not None:
-        return found
-    with torch.inference_mode(False):
-        values = torch.tensor(matrix_values(taps, padding, n), dtype=torch.float64)
-        made = values.to(dtype=like.dtype, device=like.device).view(*values.shape, *[1] * trailing)
-    if not fake:
-        if len(_MATRICES) >= _MAX_MATRICES:
-            _MATRICES.clear()
-        _MATRICES[key] = made
-    return made
+
+    def make() -> Tensor:
+        with torch.inference_mode(False):
+            values = torch.tensor(matrix_values(taps, padding, n), dtype=torch.float64)
+            return values.to(dtype=like.dtype, device=like.device).view(*values.shape, *[1] * trailing)
+
+    if fake:
+        return make()
+    return _MATRICES.get((taps, padding, n, trailing, like.dtype, like.device), like.device, make)
 
 
 def blur(t: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Tensor:

@@ -1,6 +1,7 @@
 """The dtypes a computation runs in, and what is made in them: :func:`compute_dtype`, the images
 as a backend reads them (:func:`cast`), the constants (:func:`constants`, kept 0-d tensors:
-:func:`kept`) and empty outputs (:func:`output_like`). The one home of these rules, for the engine, the op and every backend.
+:func:`kept`) and empty outputs (:func:`output_like`). The one home of these rules, for the
+engine, the op and every backend.
 
 Images are float32 or float64, or float16 / bfloat16 for a backend that reads them (computed in
 float32); the constants and every output are in the compute dtype.
@@ -16,6 +17,7 @@ from torch import Tensor
 from ssim_patch import _formula
 from ssim_patch._torch_features import fake_mode_active, plain_eager
 from ssim_patch.backends import _route
+from ssim_patch.backends._kept import KeptTensors
 
 if TYPE_CHECKING:
     from ssim_patch.backends._protocol import Backend, Plan, Scalar
@@ -38,23 +40,20 @@ def constants(c1: Scalar, c2: Scalar, plan: Plan, x: Tensor) -> _formula.Constan
     if isinstance(c1, Tensor) or isinstance(c2, Tensor) or not keeps(like):
         return _formula.constants(c1, c2, plan.eps, like)
     key = (repr(c1), repr(c2), repr(plan.eps), like.dtype, like.device)
-    found = _CONSTANTS.get(key)
-    if found is None:
+
+    def make() -> _formula.Constants:
         with torch.inference_mode(False):
-            found = _formula.constants(c1, c2, plan.eps, like)
-        if len(_CONSTANTS) >= _MAX_KEPT:
-            _CONSTANTS.clear()
-        _CONSTANTS[key] = found
-    return found
+            return _formula.constants(c1, c2, plan.eps, like)
+
+    return _CONSTANTS.get(key, like.device, make)
 
 
 #: Kept constants: :func:`constants` by (``repr`` of c1, c2 and eps, dtype, device) and
 #: :func:`kept` by (``repr`` of the numbers, dtype, device); ``repr`` tells -0.0 from 0.0 (equal
 #: keys to a dict) and 1 from 1.0. Made outside inference mode (any later call may read them,
-#: autograd save them), never written to.
-_CONSTANTS: dict[tuple[object, ...], _formula.Constants] = {}
-_KEPT: dict[tuple[object, ...], Tensor] = {}
-_MAX_KEPT = 64
+#: autograd save them), never written to; safe across CUDA streams (:mod:`._kept`).
+_CONSTANTS: KeptTensors[_formula.Constants] = KeptTensors()
+_KEPT: KeptTensors[Tensor] = KeptTensors()
 #: Tensor types kept constants may serve (any other: a subclass, fake, functional ...).
 _PLAIN = (Tensor, torch.nn.Parameter)
 
@@ -75,17 +74,14 @@ def kept(values: Union[float, tuple[float, ...]], like: Tensor) -> Tensor:
     """``values`` (a number: a 0-d tensor; a tuple: 1-d) in ``like``'s dtype and device, made once
     and kept (on CUDA making one is a launch); call it only where :func:`keeps` is True."""
     key = (repr(values), like.dtype, like.device)
-    found = _KEPT.get(key)
-    if found is None:
+
+    def make() -> Tensor:
         with torch.inference_mode(False):
             if isinstance(values, tuple):
-                found = torch.tensor(values, dtype=like.dtype, device=like.device)
-            else:
-                found = torch.full((), values, dtype=like.dtype, device=like.device)
-        if len(_KEPT) >= _MAX_KEPT:
-            _KEPT.clear()
-        _KEPT[key] = found
-    return found
+                return torch.tensor(values, dtype=like.dtype, device=like.device)
+            return torch.full((), values, dtype=like.dtype, device=like.device)
+
+    return _KEPT.get(key, like.device, make)
 
 
 def cast(x: Tensor, y: Tensor, backend: Backend) -> tuple[Tensor, Tensor]:

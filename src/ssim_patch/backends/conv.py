@@ -24,11 +24,12 @@ from torch import Tensor
 from ssim_patch import _filters, _formula
 from ssim_patch._torch_features import META_REFLECT_PAD2D_OUT, fake_mode_active
 from ssim_patch.backends import _algebra
+from ssim_patch.backends._kept import KeptTensors
 from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 
 #: Convolution kernels already on a device, by (taps, dtype, device): made once, so a call makes
-#: no host-to-device copy.
-_WEIGHTS: dict[tuple[object, ...], tuple[Tensor, ...]] = {}
+#: no host-to-device copy; safe across CUDA streams (:mod:`._kept`).
+_WEIGHTS: KeptTensors[tuple[Tensor, ...]] = KeptTensors()
 
 
 def _kernels(taps: tuple[tuple[float, ...], ...]) -> list[Tensor]:
@@ -44,20 +45,19 @@ def _conv_weights(taps: tuple[tuple[float, ...], ...], like: Tensor) -> tuple[Te
     """The passes' kernels in ``like``'s dtype, on its device. Under a fake-tensor mode (export,
     shape inference) they are made fake and not kept."""
     fake = fake_mode_active(like)
-    key = (taps, like.dtype, like.device)
-    if not fake and key in _WEIGHTS:
-        return _WEIGHTS[key]
-    out = []
-    for kernel in _kernels(taps):
-        host = kernel.to(like.dtype)[None, None].contiguous()
-        if like.device.type == "cuda" and not fake:
-            host = host.pin_memory()  # an asynchronous copy: no host sync
-        out.append(host.to(like.device, non_blocking=True))
-    if not fake:
-        if len(_WEIGHTS) >= 64:
-            _WEIGHTS.clear()
-        _WEIGHTS[key] = tuple(out)
-    return tuple(out)
+
+    def make() -> tuple[Tensor, ...]:
+        out = []
+        for kernel in _kernels(taps):
+            host = kernel.to(like.dtype)[None, None].contiguous()
+            if like.device.type == "cuda" and not fake:
+                host = host.pin_memory()  # an asynchronous copy: no host sync
+            out.append(host.to(like.device, non_blocking=True))
+        return tuple(out)
+
+    if fake:
+        return make()
+    return _WEIGHTS.get((taps, like.dtype, like.device), like.device, make)
 
 
 @contextlib.contextmanager

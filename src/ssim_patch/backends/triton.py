@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ssim_patch import _filters, _formula
 from ssim_patch.backends import _algebra, conv
+from ssim_patch.backends._kept import KeptTensors
 from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 
 #: The images' dtypes the kernels read (float64 is for the other backends).
@@ -129,22 +130,19 @@ def unsupported(x: Tensor, plan: Plan) -> Optional[str]:
 
 # --- small device tensors, made once ---------------------------------------------------------
 
-#: The windows' taps as float32 tensors on a device, by (taps, device): a call copies nothing.
-_TAPS: dict[tuple[object, ...], Tensor] = {}
+#: The windows' taps as float32 tensors on a device, by (taps, device): a call copies nothing;
+#: safe across CUDA streams (:mod:`._kept`).
+_TAPS: KeptTensors[Tensor] = KeptTensors()
 
 
 def _taps(taps: tuple[float, ...], device: torch.device) -> Tensor:
-    key = (taps, device)
-    found = _TAPS.get(key)
-    if found is None:
+    def make() -> Tensor:
         host = torch.tensor(taps, dtype=torch.float32)
         if device.type == "cuda":
             host = host.pin_memory()  # an asynchronous copy: no host sync
-        found = host.to(device, non_blocking=True)
-        if len(_TAPS) >= 64:
-            _TAPS.clear()
-        _TAPS[key] = found
-    return found
+        return host.to(device, non_blocking=True)
+
+    return _TAPS.get((taps, device), device, make)
 
 
 _SMS: dict[int, int] = {}
