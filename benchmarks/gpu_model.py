@@ -447,12 +447,13 @@ def sweep(spec: Spec, shape: tuple[int, ...], blur: _filters.Blur) -> Iterator[d
             for p in range(o0, o1 + kh - 1):
                 yield {**fixed, "o0": o0, "o1": o1, "p": p, "o": p - (kh - 1)}
         return
+    bottom = max(h - kh - pad_h, pad_h + 1)  # as ssim_backward_kernel computes it
     for strip in spec.strips:
         edge = int((strip * spec.block_w <= pad_w) | (strip * spec.block_w + spec.block_w >= w - 1 - pad_w))
         for r0 in range(0, h, bh):
             r1 = min(r0 + bh, h)
             for o in range(r0 + pad_h - (kh - 1), r1 + pad_h):
-                yield {**fixed, "r0": r0, "r1": r1, "o": o, "low": o - pad_h, "edge": edge}
+                yield {**fixed, "r0": r0, "r1": r1, "o": o, "low": o - pad_h, "edge": edge, "bottom": bottom}
 
 
 def frequencies(spec: Spec, shape: tuple[int, ...], blur: _filters.Blur) -> dict[str, float]:

@@ -90,6 +90,17 @@ def test_hot_loop_is_the_innermost_loop(model: Any, monkeypatch: pytest.MonkeyPa
     assert model.weight(loop.body[0], [edge], {"edge": 0.25}) == 1.0
 
 
+def test_the_backward_edge_rows_are_counted_where_they_run(model: Any) -> None:
+    """The backward's table rows (``(low <= PAD_H) | (low >= bottom)``) run only within a window of
+    the image's top and bottom: one 40-row tile, 11 taps, reflect: low in -10..39 (50 rows), of
+    which -10..5 and 24..39 (bottom = max(40 - 11 - 5, 6) = 24) take the table, 32 of 50. The sweep
+    once left ``bottom`` out and the model counted those rows' instructions on every row."""
+    blur = model._filters.Blur(((1.0,) * 11, (1.0,) * 11), "same")
+    spec = model.Spec("loss", "float32", "backward (interior)", (), 40, 128, 4, 11, (1,))
+    freq = model.frequencies(spec, (1, 1, 40, 400), blur)
+    assert freq["(low <= PAD_H) | (low >= bottom)"] == 32 / 50
+
+
 @pytest.mark.slow
 def test_model_runs_on_a_small_shape(tmp_path: Path) -> None:
     """The loss's forward and backward (each in edge and interior strips) for sm_90 at 2x3x40x800 (a
