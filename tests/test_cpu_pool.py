@@ -10,7 +10,9 @@ makes the pieces small (``cpu._CHUNK``), so that small images are cut into sever
 from __future__ import annotations
 
 import os
+import re
 import signal
+import threading
 import time
 import warnings
 
@@ -155,8 +157,8 @@ def test_a_forked_child_gets_a_pool_of_its_own(two_threads):
     """A DataLoader worker is a fork of a process whose pool has threads the child lacks: the
     child's calls start workers of their own instead of waiting for its parent's."""
     x, y = _pair(SHAPES["planes"])
-    expected = float(ssim(x, y, data_range=1.0))  # the parent's workers are started
-    assert _pool._POOL.workers >= 2
+    expected = float(ssim(x, y, data_range=1.0))  # the parent's worker is started
+    assert _pool._POOL.workers >= 1
     read, write = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # 3.12: fork() of a threaded process
@@ -176,3 +178,50 @@ def test_a_forked_child_gets_a_pool_of_its_own(two_threads):
         time.sleep(0.05)
     with os.fdopen(read) as pipe:
         assert float(pipe.read()) == expected
+
+
+def test_the_caller_takes_the_pieces_no_worker_has_taken(two_threads):
+    """A worker the OS has not woken (here: held by another batch) delays nothing: the caller runs
+    the pieces itself, each op single-threaded, and its thread count is restored after. Before,
+    the caller only waited, and this call waited for the held worker."""
+    assert _pool.width(4) == 2
+    release = threading.Event()
+    held = threading.Thread(target=_pool.run, args=([release.wait, release.wait], 2))
+    held.start()  # the caller's thread and the only worker each wait in one piece
+    ran: list[tuple[int, int]] = []
+    caller = threading.Thread(
+        target=_pool.run,
+        args=([lambda: ran.append((threading.get_ident(), torch.get_num_threads()))] * 4, 2),
+    )
+    try:
+        caller.start()
+        caller.join(timeout=60)
+        assert not caller.is_alive(), "the call waited for a worker held elsewhere"
+        assert ran == [(caller.ident, 1)] * 4
+    finally:
+        release.set()
+        held.join(timeout=60)
+        caller.join(timeout=60)
+
+
+def _counts_here() -> tuple[int, ...]:
+    """This thread's torch (OpenMP) thread count and, where torch has MKL, MKL's, as torch's own
+    report reads them."""
+    mkl = re.search(r"mkl_get_max_threads\(\) : (\d+)", torch.__config__.parallel_info())
+    return (torch.get_num_threads(), *([int(mkl.group(1))] if mkl else []))
+
+
+def test_every_thread_that_runs_a_piece_runs_its_ops_single_threaded(two_threads):
+    """Worker and caller alike: OpenMP's count and MKL's (its products read only their own). MKL's
+    stayed at 2 on the workers before, so each band-matrix product opened a 2-thread region: 4
+    threads on 2 cores, and every region's barrier waiting for a thread the OS had parked."""
+    seen: list[tuple[int, ...]] = []
+    lock = threading.Lock()
+
+    def piece() -> None:
+        with lock:
+            seen.append(_counts_here())
+
+    _pool.run([piece] * 64, _pool.width(64))
+    assert seen and set(seen) == {(1,) * len(seen[0])}, seen
+    assert _counts_here() == (2,) * len(seen[0])  # the caller's, restored

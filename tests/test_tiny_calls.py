@@ -210,7 +210,7 @@ def test_a_matrix_is_kept_by_all_that_decides_it(first: tuple[Any, ...], second:
 def test_a_repeated_call_reuses_its_matrices() -> None:
     _dense._MATRICES.clear()
     _blurred((1, 1, 16, 16), _plan(0))
-    kept = {k: _dense._MATRICES.find(k) for k in _dense._MATRICES.keys()}
+    kept = {k: _dense._MATRICES.find(k) for k in _dense._MATRICES}
     assert len(kept) == 2  # one per axis
     _blurred((1, 1, 16, 16), _plan(0))
     assert _dense._MATRICES.keys() == list(kept)

@@ -108,6 +108,9 @@ class KeptTensors(Generic[T]):
     def keys(self) -> list[tuple[object, ...]]:
         return list(self._entries)
 
+    def __iter__(self) -> Iterator[tuple[object, ...]]:
+        return iter(list(self._entries))
+
     def values(self) -> list[T]:
         return [entry.value for entry in self._entries.values()]
 

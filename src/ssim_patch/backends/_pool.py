@@ -5,11 +5,14 @@ hundred such ops opens a few hundred parallel regions, and each waits at a barri
 thread of the team. Beside a busy process the OS parks one of them now and then, and a region
 costs a scheduler time slice (issue 24: 4-40x slower than one thread). Here the pieces are the
 unit of parallel work instead: a pool of the library's own threads takes them one at a time from
-the call, each runs its ops single-threaded (torch releases the GIL inside them), and the call
-waits once, for the last piece. A parked thread delays only the piece it holds.
+the call, as the calling thread does, each running its ops single-threaded (torch releases the GIL
+inside them), and the call waits once, for the last piece. A parked thread delays only the piece
+it holds.
 
-A worker's ops run single-threaded because its OpenMP thread count, a per-thread setting, is set
-to 1 (``omp_set_num_threads`` in that thread only; torch reads it through ``omp_get_max_threads``).
+A worker's ops run single-threaded because its thread counts, per-thread settings, are set to 1:
+OpenMP's (``omp_set_num_threads`` in that thread only; torch reads it through
+``omp_get_max_threads``) and, where torch carries MKL, MKL's (``MKL_Set_Num_Threads_Local``: its
+matrix products read no other).
 Nothing of the user's process changes: not ``torch.set_num_threads``, not the environment, not
 the threads of any other thread. A call uses at most as many workers as its caller's
 ``torch.get_num_threads()``; where that is 1, or the OpenMP runtime is not found, or a worker's
@@ -61,24 +64,71 @@ class _Batch:
                 self.done.set()
 
 
-def _openmp() -> Optional[Callable[[int], None]]:
-    """``omp_set_num_threads`` of the OpenMP runtime torch loaded (found in /proc/self/maps), or
-    None where there is none to be found."""
+class _Counts:
+    """A thread's own thread counts: OpenMP's (``omp_set_num_threads``, which torch's parallel
+    loops and oneDNN read) and, where torch carries MKL, MKL's thread-local one
+    (``MKL_Set_Num_Threads_Local``: MKL's products read their own count, which torch sets per
+    thread on its first look, not OpenMP's)."""
+
+    def __init__(self, omp_set: Callable[[int], None], mkl: Optional[ctypes.CDLL]) -> None:
+        self.omp_set = omp_set
+        self.mkl_set: Optional[Callable[[int], int]] = None
+        self.mkl_get: Optional[Callable[[], int]] = None
+        if mkl is not None:
+            # the C interface (the lower-case names are Fortran's, which take pointers)
+            self.mkl_set = mkl.MKL_Set_Num_Threads_Local
+            self.mkl_set.argtypes, self.mkl_set.restype = [ctypes.c_int], ctypes.c_int
+            self.mkl_get = mkl.MKL_Get_Max_Threads
+            self.mkl_get.argtypes, self.mkl_get.restype = [], ctypes.c_int
+
+    def single(self) -> tuple[int, int]:
+        """This thread's ops single-threaded from here on; what :meth:`restore` puts back."""
+        before = torch.get_num_threads()  # torch sets a thread's counts once, on its first look
+        self.omp_set(1)
+        return before, (self.mkl_set(1) if self.mkl_set is not None else 0)
+
+    def restore(self, saved: tuple[int, int]) -> None:
+        self.omp_set(saved[0])
+        if self.mkl_set is not None:
+            self.mkl_set(saved[1])  # 0: MKL's global count again
+
+    def are_single(self) -> bool:
+        return torch.get_num_threads() == 1 and (self.mkl_get is None or self.mkl_get() == 1)
+
+
+def _loaded(*needles: str) -> list[str]:
+    """The absolute paths of the libraries loaded in this process whose file name holds one of
+    ``needles`` (from /proc/self/maps; none where it cannot be read)."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]}
+            paths = {line.split()[-1] for line in maps}
     except OSError:
-        return None
-    for path in sorted(paths):
-        if not os.path.isabs(path):
-            continue
+        return []
+    return sorted(p for p in paths if os.path.isabs(p) and any(n in p.rsplit("/", 1)[-1] for n in needles))
+
+
+def _counts() -> Optional[_Counts]:
+    """The setters of the OpenMP runtime torch loaded and of the MKL it carries, or None where no
+    OpenMP runtime is to be found (or MKL's thread-local setter, where torch has MKL)."""
+    omp_set = None
+    for path in _loaded("omp"):
         try:
-            setter = ctypes.CDLL(path).omp_set_num_threads
+            omp_set = ctypes.CDLL(path).omp_set_num_threads
         except (OSError, AttributeError):
             continue
-        setter.argtypes = [ctypes.c_int]
-        setter.restype = None
-        return setter
+        omp_set.argtypes, omp_set.restype = [ctypes.c_int], None
+        break
+    if omp_set is None:
+        return None
+    if not torch.backends.mkl.is_available():  # type: ignore[no-untyped-call]
+        return _Counts(omp_set, None)
+    for path in _loaded("libtorch_cpu", "libmkl"):
+        try:
+            lib = ctypes.CDLL(path)
+            lib.MKL_Set_Num_Threads_Local, lib.MKL_Get_Max_Threads  # noqa: B018 (present?)
+        except (OSError, AttributeError):
+            continue
+        return _Counts(omp_set, lib)
     return None
 
 
@@ -92,31 +142,30 @@ class _Pool:
         #: None until the first worker has checked that its ops run single-threaded.
         self.usable: Optional[bool] = None
         self.checked = threading.Event()
-        self.setter: Optional[Callable[[int], None]] = None
+        self.counts: Optional[_Counts] = None
 
     def grow(self, count: int) -> bool:
         """At least ``count`` workers; False where a worker's ops would not run single-threaded."""
         with self.lock:
             if self.usable is False:
                 return False
-            if self.setter is None:
-                self.setter = _openmp()
-            setter = self.setter
-            if setter is None:
+            if self.counts is None:
+                self.counts = _counts()
+            counts = self.counts
+            if counts is None:
                 self.usable = False
                 return False
             while self.workers < count:
                 threading.Thread(
-                    target=self._work, args=(setter,), name="ssim-patch-cpu", daemon=True
+                    target=self._work, args=(counts,), name="ssim-patch-cpu", daemon=True
                 ).start()
                 self.workers += 1
         self.checked.wait()
         return bool(self.usable)
 
-    def _work(self, setter: Callable[[int], None]) -> None:
-        torch.get_num_threads()  # torch sets a thread's OpenMP count once, on its first look
-        setter(1)
-        single = torch.get_num_threads() == 1
+    def _work(self, counts: _Counts) -> None:
+        counts.single()
+        single = counts.are_single()
         if self.usable is None:
             self.usable = single
             self.checked.set()
@@ -124,19 +173,24 @@ class _Pool:
             return
         while True:
             batch = self.tokens.get()
-            ran = 0
-            try:
-                # no_grad inside: inference_mode(False) turns grad mode on
-                with torch.inference_mode(batch.inference), torch.no_grad():
-                    task = batch.claim()
-                    while task is not None:
-                        task()
-                        ran += 1
-                        task = batch.claim()
-            except BaseException as error:  # handed to the caller
-                batch.finished(ran + 1, error)
-            else:
-                batch.finished(ran, None)
+            # no_grad inside: inference_mode(False) turns grad mode on
+            with torch.inference_mode(batch.inference), torch.no_grad():
+                _drain(batch)
+
+
+def _drain(batch: _Batch) -> None:
+    """Runs ``batch``'s pieces as long as there are any to take; an error is handed to the caller."""
+    ran = 0
+    try:
+        task = batch.claim()
+        while task is not None:
+            task()
+            ran += 1
+            task = batch.claim()
+    except BaseException as error:
+        batch.finished(ran + 1, error)
+    else:
+        batch.finished(ran, None)
 
 
 _POOL = _Pool()
@@ -153,7 +207,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def width(tasks: int, alone: bool = False) -> int:
-    """How many workers a call of ``tasks`` pieces runs on: ``min(tasks, torch.get_num_threads())``
+    """How many threads (the caller's among them) a call of ``tasks`` pieces runs on: ``min(tasks, torch.get_num_threads())``
     of the caller, or 0 where the caller runs them itself: one thread; one piece, unless ``alone``
     (a piece too large to run with no parallel region in it but on a worker); a dispatch or function
     mode active, whose handling is the caller thread's own; no single-threaded workers."""
@@ -163,16 +217,27 @@ def width(tasks: int, alone: bool = False) -> int:
         return 0
     if _get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled():
         return 0
-    return count if _POOL.grow(count) else 0
+    return count if _POOL.grow(max(1, count - 1)) else 0  # the caller is one of them
 
 
 def run(tasks: Sequence[Callable[[], None]], count: int) -> None:
-    """Runs ``tasks`` on ``count`` workers (from :func:`width`), under no_grad and the caller's
-    inference mode, and returns when all are done; the first exception is raised here."""
+    """Runs ``tasks`` on ``count`` threads (from :func:`width`): the caller and ``count - 1``
+    workers, under no_grad and the caller's inference mode, and returns when all are done; the
+    first exception is raised here. The caller takes pieces too, its ops single-threaded while it
+    does (its own OpenMP count, restored after): a worker the OS has not woken yet delays nothing,
+    and a call of one piece hands nothing over."""
     batch = _Batch(tasks, torch.is_inference_mode_enabled())
     pool = _POOL
-    for _ in range(count):
+    for _ in range(count - 1):
         pool.tokens.put(batch)
+    counts = pool.counts
+    assert counts is not None  # width() found them
+    saved = counts.single()
+    try:
+        with torch.no_grad():
+            _drain(batch)
+    finally:
+        counts.restore(saved)
     batch.done.wait()
     if batch.error is not None:
         raise batch.error
