@@ -42,6 +42,7 @@ def two_threads(monkeypatch):
     monkeypatch.setenv(backends.ENV, "cpu")
     monkeypatch.setattr(cpu, "_CHUNK", CHUNK)
     monkeypatch.setattr(_dense, "MAX_WORK", 0)  # the pieces, also for these small shapes
+    monkeypatch.setattr(cpu, "_SERIAL_FORWARD", 0)  # and on the workers, also without a gradient
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -225,3 +226,21 @@ def test_every_thread_that_runs_a_piece_runs_its_ops_single_threaded(two_threads
     _pool.run([piece] * 64, _pool.width(64))
     assert seen and set(seen) == {(1,) * len(seen[0])}, seen
     assert _counts_here() == (2,) * len(seen[0])  # the caller's, restored
+
+
+def test_a_small_forward_without_a_gradient_stays_on_the_callers_thread(two_threads, monkeypatch):
+    """Below ``_SERIAL_FORWARD`` samples a second thread costs more than it gives (measured beside
+    a busy loop): the pieces run on the caller alone, single-threaded; with a gradient, or above
+    the size, on two threads. Same numbers either way."""
+    x, y = _pair(SHAPES["planes"], seed=4)
+    monkeypatch.setattr(cpu, "_SERIAL_FORWARD", x.numel())
+    runs = _pieces_went_to_the_workers(monkeypatch)
+    small = ssim(x, y, data_range=1.0, reduction="none")
+    assert runs and all(count == 1 for _, count in runs), runs
+    runs.clear()
+    ssim(x.clone().requires_grad_(), y, data_range=1.0).backward()
+    assert runs and all(count == 2 for _, count in runs), runs
+    monkeypatch.setattr(cpu, "_SERIAL_FORWARD", x.numel() - 1)
+    runs.clear()
+    assert torch.equal(ssim(x, y, data_range=1.0, reduction="none"), small)
+    assert runs and all(count == 2 for _, count in runs), runs
