@@ -206,18 +206,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset)
 
 
-def width(tasks: int, alone: bool = False) -> int:
-    """How many threads (the caller's among them) a call of ``tasks`` pieces runs on: ``min(tasks, torch.get_num_threads())``
-    of the caller, or 0 where the caller runs them itself: one thread; one piece, unless ``alone``
-    (a piece too large to run with no parallel region in it but on a worker); a dispatch or function
-    mode active, whose handling is the caller thread's own; no single-threaded workers."""
+def width(tasks: int) -> int:
+    """How many threads, the caller's among them, a call of ``tasks`` pieces runs on (:func:`run`):
+    ``min(tasks, torch.get_num_threads())`` of the caller, at least 1 (one piece runs on the
+    caller alone, single-threaded, where it would open parallel regions); or 0 where the caller
+    runs them itself as it is: one thread; a dispatch or function mode active, whose handling is
+    the caller thread's own; no single-threaded workers."""
     threads = torch.get_num_threads()
-    count = min(tasks, threads)
-    if threads < 2 or (count < 2 and not alone):
+    if threads < 2:
         return 0
     if _get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled():
         return 0
-    return count if _POOL.grow(max(1, count - 1)) else 0  # the caller is one of them
+    count = max(1, min(tasks, threads))
+    return count if _POOL.grow(max(1, count - 1)) else 0
 
 
 def run(tasks: Sequence[Callable[[], None]], count: int) -> None:

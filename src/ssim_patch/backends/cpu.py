@@ -542,14 +542,13 @@ class CpuBackend:
         # parallel region): a piece of whole planes takes its own; bands of a plane share the
         # plane's, taken first, a plane a task.
         shift = x.new_empty((2, planes, *[1] * nd))
-        large = planes * math.prod(spatial) >= _CHUNK  # worth a worker alone
         if bands > 1:
 
             def plane_shift(work: Workspace, p: int) -> None:
                 del work
                 shift[:, p : p + 1].copy_(_algebra.sd_shift(xp[None, p : p + 1], yp[None, p : p + 1])[:, 0])
 
-            _run(plane_shift, [(p,) for p in range(planes)], x, alone=large)
+            _run(plane_shift, [(p,) for p in range(planes)], x)
         # Each piece's sums go to a row of its band; the rows are added in band order after
         # (the numbers of adding them as the bands come, in one thread).
         sums = x.new_zeros((bands, planes))
@@ -599,7 +598,7 @@ class CpuBackend:
                 kept["contrast"][1, p0:p1, r0:r1] = t.c_den
 
         tasks = [(p0, p1, b, r0, r1) for p0, p1, rows in pieces for b, (r0, r1) in enumerate(rows)]
-        _run(piece, tasks, x, alone=large, serial=keep is None and x.numel() <= _SERIAL_FORWARD)
+        _run(piece, tasks, x, serial=keep is None and x.numel() <= _SERIAL_FORWARD)
         size = math.prod(out) * channels
         per_image = _in_order(sums).view(n, channels).sum(1) / size
         extra: Optional[Tensor] = None
@@ -724,7 +723,7 @@ class CpuBackend:
             ]
             _run(rows, tasks, x)
         else:
-            _run(piece, list(enumerate(starts)), x, alone=planes * math.prod(spatial) >= _CHUNK)
+            _run(piece, list(enumerate(starts)), x)
         if c_parts is not None:
             c_sums = _in_order(c_parts)
         return (
@@ -746,14 +745,14 @@ def _run(
     piece: Callable[..., None],
     tasks: Sequence[tuple[int, ...]],
     x: Tensor,
-    alone: bool = False,
     serial: bool = False,
 ) -> None:
-    """``piece(work, *task)`` for every task: on the library's workers (:mod:`._pool`) where the
-    call has several pieces (or ``alone``: one too large to run here) and its caller several
-    threads, each in the worker's own workspace; else here, in order, in this thread's. ``serial``:
-    all on the caller's thread, its ops single-threaded (a call too small to gain from a second)."""
-    count = 0 if is_fake(x) or type(x) not in _PLAIN else _pool.width(len(tasks), alone)
+    """``piece(work, *task)`` for every task: where the caller has several threads, on it and the
+    library's workers (:mod:`._pool`), each thread's ops single-threaded, each in its own
+    workspace (one piece: on the caller alone); else here, in order, in this thread's workspace.
+    ``serial``: all on the caller's thread, single-threaded (a call too small to gain from a
+    second)."""
+    count = 0 if is_fake(x) or type(x) not in _PLAIN else _pool.width(len(tasks))
     if serial:
         count = min(count, 1)
     if count:
