@@ -6,10 +6,11 @@ formula in numpy, the mean of the whole map (the corrected SSIM crops nothing). 
 checks that it gives the patched numbers (within 1e-4) before timing anything.
 
 For each condition (quiet; beside a single-threaded busy loop; beside a process whose 8 Python
-threads run small torch ops: the script starts and stops them itself) and each thread count
-(torch's default, and 1; OpenCV is given the same), the contenders run in interleaved rounds in
-one process, the order rotating: OpenCV's forward, the patched forward and forward+backward, and
-torchmetrics unpatched (at 8x3x256x256 unless ``--unpatched-all``). It prints medians, the ratios
+threads run small torch ops: the script starts and stops them itself), the contenders at each
+thread count (torch's default, and 1; OpenCV is given the same) run in interleaved rounds in one
+process, the order rotating, so that a ratio compares calls made in the same minutes: OpenCV's
+forward, the patched forward and forward+backward, and torchmetrics unpatched (at 8x3x256x256
+unless ``--unpatched-all``). It prints medians, the ratios
 and issue 24's floors, with the machine and the load average beside each block.
 
     python benchmarks/bench_cpu.py              # minutes
@@ -232,13 +233,17 @@ def threads(count: int) -> Iterator[None]:
             cv2.setNumThreads(cv_before)
 
 
-def run_rounds(found: list[Contender], rounds: int) -> None:
-    for c in found:  # warm-up: scratch, the patch's first call
-        c.call()
+def run_rounds(found: list[tuple[int, Contender]], rounds: int) -> None:
+    """Each ``(thread count, contender)`` once as a warm-up, then ``rounds`` rounds, the order
+    rotating: the thread counts are compared in the same conditions, not in blocks minutes apart."""
+    for count, c in found:  # warm-up: scratch, the patch's first call
+        with threads(count):
+            c.call()
     for r in range(rounds):
         for i in range(len(found)):
-            c = found[(i + r) % len(found)]
-            c.times.append(c.call())
+            count, c = found[(i + r) % len(found)]
+            with threads(count):
+                c.times.append(c.call())
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -252,17 +257,22 @@ def measure(
     results: Results = {}
     for name in CONDITIONS:
         with condition(name, settle):
-            for count in counts:
-                with threads(count):
-                    say(f"\n## {name}, {count} thread{'s' * (count > 1)} (load {machine.load_average()})")
-                    say("| shape | " + " | ".join(_COLUMNS) + " |")
-                    say("|---" * (len(_COLUMNS) + 1) + "|")
-                    for shape in shapes:
-                        found = contenders(shape, all_unpatched or shape in (UNPATCHED_SHAPE, *QUICK_SHAPES))
-                        run_rounds(found, rounds)
-                        medians = {c.name: c.median * 1e3 for c in found}
-                        results[(name, count, shape_text(shape))] = medians
-                        say(_row(shape_text(shape), medians))
+            rows: dict[int, list[str]] = {count: [] for count in counts}
+            for shape in shapes:
+                unpatched = all_unpatched or shape in (UNPATCHED_SHAPE, *QUICK_SHAPES)
+                found = {count: contenders(shape, unpatched) for count in counts}
+                run_rounds([(count, c) for count in counts for c in found[count]], rounds)
+                for count in counts:
+                    medians = {c.name: c.median * 1e3 for c in found[count]}
+                    results[(name, count, shape_text(shape))] = medians
+                    rows[count].append(_row(shape_text(shape), medians))
+            load = machine.load_average()
+        for count in counts:
+            say(f"\n## {name}, {count} thread{'s' * (count > 1)} (load at the end {load})")
+            say("| shape | " + " | ".join(_COLUMNS) + " |")
+            say("|---" * (len(_COLUMNS) + 1) + "|")
+            for row in rows[count]:
+                say(row)
     return results
 
 
