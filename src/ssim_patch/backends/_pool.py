@@ -108,8 +108,8 @@ def _loaded(*needles: str) -> list[str]:
 
 
 def _counts() -> Optional[_Counts]:
-    """The setters of the OpenMP runtime torch loaded and of the MKL it carries, or None where no
-    OpenMP runtime is to be found (or MKL's thread-local setter, where torch has MKL)."""
+    """The setters of the OpenMP runtime torch loaded and of the MKL it carries (where it carries
+    MKL and its thread-local setter is found), or None where no OpenMP runtime is to be found."""
     omp_set = None
     for path in _loaded("omp"):
         try:
@@ -129,7 +129,7 @@ def _counts() -> Optional[_Counts]:
         except (OSError, AttributeError):
             continue
         return _Counts(omp_set, lib)
-    return None
+    return _Counts(omp_set, None)  # MKL's setter not found: its products keep their own count
 
 
 class _Pool:
@@ -225,8 +225,8 @@ def run(tasks: Sequence[Callable[[], None]], count: int) -> None:
     """Runs ``tasks`` on ``count`` threads (from :func:`width`): the caller and ``count - 1``
     workers, under no_grad and the caller's inference mode, and returns when all are done; the
     first exception is raised here. The caller takes pieces too, its ops single-threaded while it
-    does (its own OpenMP count, restored after): a worker the OS has not woken yet delays nothing,
-    and a call of one piece hands nothing over."""
+    does (its own OpenMP and MKL counts, restored after): a worker the OS has not woken yet delays
+    nothing, and a call of one piece hands nothing over."""
     batch = _Batch(tasks, torch.is_inference_mode_enabled())
     pool = _POOL
     for _ in range(count - 1):
