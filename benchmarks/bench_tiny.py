@@ -9,7 +9,8 @@ plan, the route and dispatch into the backend, and the backend's own ops. The sc
    ``update`` + ``compute``, MS-SSIM (3 scales, 1x1x48x48) and UQI, forward and forward+backward,
    with the aten ops and Python calls of each call (counts do not depend on the machine's load;
    the aten ops are counted under a dispatch mode, where a call takes the custom op: the same
-   backend ops).
+   backend ops, but for the CPU backend's pieces with more than one thread, which under a mode run
+   on the caller as it is rather than single-threaded: shifted sums instead of matrix products).
 2. **Breakdown** of the patched functional SSIM: torchmetrics and the adapter, argument handling
    and plan, route and dispatch (a plain eager call's: the ``autograd.Function``), the backend's
    own work; timed as nested calls.
