@@ -252,6 +252,11 @@ def forward(
     c_partial = _empty((2, planes, per_plane), x) if c_grads else sums
     shifts = _empty((2, n, channels), x) if keep is not None and not loss else sums
     two_c1 = _scalar(k.two_c1, x)
+    two_c2 = _scalar(k.two_c2, x)
+    four_eps = _scalar(k.four_eps, x) if k.four_eps is not None else two_c1
+    flat = _scalar(k.flat, x) if k.flat is not None else two_c1
+    taps_h = _taps(blur.taps[0] * 2, x.device)  # doubled: the kernels index it with no modulo
+    taps_w = _taps(blur.taps[1], x.device)
     bands = math.ceil(oh / launch.block_h)
     for strip0, strips, skip, gap, edge in _forward_launches(w, ow, block_w, len(blur.taps[1]), blur.pads[1]):
         kernels.ssim_forward_kernel[(_programs(planes * bands * strips, x.device, config),)](
@@ -259,12 +264,12 @@ def forward(
             y,
             *x.stride(),
             *y.stride(),
-            _taps(blur.taps[0] * 2, x.device),  # doubled: the kernels index it with no modulo
-            _taps(blur.taps[1], x.device),
+            taps_h,
+            taps_w,
             two_c1,
-            _scalar(k.two_c2, x),
-            _scalar(k.four_eps, x) if k.four_eps is not None else two_c1,
-            _scalar(k.flat, x) if k.flat is not None else two_c1,
+            two_c2,
+            four_eps,
+            flat,
             1.0 / (channels * oh * ow),  # the S map's gradient for a unit gradient per image
             sums,
             cs_sums,
@@ -403,6 +408,8 @@ def _backward_launch(
     assert out_x is not None and out_y is not None
     bands = math.ceil(h / launch.block_h)
     edge_w = _edge_block_w(config, block_w)
+    taps_h = _taps(blur.taps[0] * 2, x.device)  # doubled: the kernels index it with no modulo
+    taps_w = _taps(blur.taps[1], x.device)
     for strip0, strips, skip, gap, edge, strip_w in _strip_launches(w, block_w, edge_w, blur.pads[1]):
         kernels.ssim_backward_kernel[(_programs(n * channels * bands * strips, x.device, config),)](
             stack,
@@ -416,8 +423,8 @@ def _backward_launch(
             *y.stride(),
             *out_x.stride(),
             *out_y.stride(),
-            _taps(blur.taps[0] * 2, x.device),  # doubled: the kernels index it with no modulo
-            _taps(blur.taps[1], x.device),
+            taps_h,
+            taps_w,
             _taps(_edge_table(blur, h, w, edge), x.device),
             n * channels,
             channels,
