@@ -109,6 +109,9 @@ _SUITE_NEEDS = [
 #: packages is 4.5-5.6 GB installed (2.0.1-2.14.1, measured), and pip holds the downloaded
 #: wheels (about 3 GB) until it has installed them.
 _TORCH_VENV_BYTES = 10 * 2**30
+#: The exit status when a torch venv cannot be made for lack of disk (``EX_TEMPFAIL``): a caller
+#: such as CI may take it as "not run here" rather than as a failure.
+NO_DISK = 75
 
 
 def _torch_python(version: str, cache: pathlib.Path, requires: list[str]) -> pathlib.Path:
@@ -121,11 +124,13 @@ def _torch_python(version: str, cache: pathlib.Path, requires: list[str]) -> pat
         cache.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(cache).free
         if free < _TORCH_VENV_BYTES:
-            raise SystemExit(
+            print(
                 f"ssim-patch matrix: {free / 2**30:.1f} GiB free in {cache}; a venv with torch "
                 f"{version} (a CUDA build from the registry) needs about {_TORCH_VENV_BYTES / 2**30:.0f} "
-                "GiB while pip makes it: free some space, or pass --cache DIR on a larger disk"
+                "GiB while pip makes it: free some space, or pass --cache DIR on a larger disk",
+                file=sys.stderr,
             )
+            raise SystemExit(NO_DISK)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         numpy = "numpy<2" if Version(version) < Version("2.3") else "numpy"
         wanted = [f"torch=={version}", numpy, *_SUITE_NEEDS, *requires]
