@@ -229,10 +229,10 @@ def test_a_matrix_made_in_inference_mode_serves_a_later_loss(monkeypatch: pytest
     assert torch.equal(first, again.detach()) and leaf.grad is not None
 
 
-# --- kept 0-d constants (_dtypes.scalar) -----------------------------------------------------------
+# --- kept 0-d constants (_dtypes.kept) -------------------------------------------------------------
 
 #: (what differs, the first call's (value, dtype, device), the second call's); each pair differs in
-#: one field of ``_dtypes.scalar``'s key: dropping it from the key makes the second call wrong.
+#: one field of ``_dtypes.kept``'s key: dropping it from the key makes the second call wrong.
 SCALAR_PAIRS: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]] = [
     ("value", (2e-4, torch.float32, "cpu"), (1.8e-3, torch.float32, "cpu")),
     ("value: the sign of 0", (0.0, torch.float64, "cpu"), (-0.0, torch.float64, "cpu")),
