@@ -244,3 +244,26 @@ def test_a_small_forward_without_a_gradient_stays_on_the_callers_thread(two_thre
     runs.clear()
     assert torch.equal(ssim(x, y, data_range=1.0, reduction="none"), small)
     assert runs and all(count == 2 for _, count in runs), runs
+
+
+def test_a_dense_call_above_the_small_size_runs_single_threaded_on_the_caller(two_threads, monkeypatch):
+    """The dense path's larger calls (BLAS products, maps above torch's grain size) run on the
+    caller alone with its counts at 1, restored after; a small one as it is. Same numbers."""
+    x, y = _pair((1, 2, 40, 36), seed=5)
+    monkeypatch.setattr(_dense, "PRODUCT_FACTOR", 1 << 30)
+    seen: list[tuple[int, ...]] = []
+    real = _dense.blur
+
+    def blur(*args):
+        seen.append(_counts_here())
+        return real(*args)
+
+    monkeypatch.setattr(_dense, "blur", blur)
+    monkeypatch.setattr(_dense, "MAX_WORK", _dense.work(x) - 1)
+    alone = ssim(x, y, data_range=1.0, reduction="none")
+    assert seen and set(seen) == {(1,) * len(seen[0])}, seen
+    assert _counts_here() == (2,) * len(seen[0])
+    seen.clear()
+    monkeypatch.setattr(_dense, "MAX_WORK", _dense.work(x))
+    assert torch.equal(ssim(x, y, data_range=1.0, reduction="none"), alone)
+    assert seen and set(seen) == {(2,) * len(seen[0])}, seen

@@ -130,14 +130,49 @@ def test_a_16x16_call_dispatches_a_third_of_the_ops(monkeypatch: pytest.MonkeyPa
     assert _ops(loss) <= 95
 
 
-def test_which_calls_take_the_dense_path() -> None:
-    """Decided by the size of the call's largest product (its shape): small planes and batches."""
+def test_which_calls_take_the_dense_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decided by the size of the call's largest product (its shape): small planes and batches;
+    2-D calls up to 16 times larger where the products are BLAS products (float64, or float32 at
+    torch's "highest" matmul precision), not at "medium" (they would multiply in bfloat16)."""
     plan = Plan(_plan(0))
     assert _dense.takes(torch.empty(1, 1, 16, 16), plan)
     assert _dense.takes(torch.empty(4, 3, 16, 16), plan)
     assert _dense.takes(torch.empty(1, 1, 8, 8, 8), plan)
+    assert not _dense.takes(torch.empty(1, 1, 16, 17, 17, dtype=torch.float64), plan)  # 3-D, above 2^18
+    assert _dense.takes(torch.empty(1, 3, 32, 32), plan)
+    assert _dense.takes(torch.empty(1, 1, 64, 64), plan)
+    assert _dense.takes(torch.empty(1, 3, 64, 64, dtype=torch.float64), plan)
+    assert _dense.takes(torch.empty(1, 1, 96, 96), plan)
+    assert not _dense.takes(torch.empty(4, 3, 64, 64), plan)
+    assert not _dense.takes(torch.empty(1, 1, 128, 128), plan)
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
+    assert _dense.takes(torch.empty(4, 3, 16, 16), plan)
     assert not _dense.takes(torch.empty(1, 3, 32, 32), plan)
-    assert not _dense.takes(torch.empty(1, 1, 64, 64), plan)
+    assert _dense.takes(torch.empty(1, 3, 32, 32, dtype=torch.float64), plan)
+
+
+def test_dense_products_follow_the_matmul_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Matrix products at "highest" and for float64, broadcast sums otherwise: the same numbers to
+    float32's rounding, and the float64 product's."""
+    x, _ = _pair((2, 3, 20, 24))
+    blur = _plan(0)
+    spatial = (20, 24)
+    seen: list[str] = []
+    real = torch.matmul
+    monkeypatch.setattr(torch, "matmul", lambda *a: seen.append("matmul") or real(*a))
+    product = _dense.blur(x, blur, spatial)
+    back = _dense.blur_adjoint(x, blur, spatial)
+    assert seen == ["matmul"] * 4
+    seen.clear()
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
+    summed = _dense.blur(x, blur, spatial)
+    summed_back = _dense.blur_adjoint(x, blur, spatial)
+    assert seen == []
+    torch.testing.assert_close(product, summed, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(back, summed_back, rtol=1e-6, atol=1e-6)
+    exact = _dense.blur(x.double(), blur, spatial)
+    assert seen == ["matmul"] * 2
+    torch.testing.assert_close(product.double(), exact, rtol=1e-6, atol=1e-6)
 
 
 # --- the dense path: its matrices ----------------------------------------------------------------
@@ -190,7 +225,7 @@ PAIRS: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]] = [
     ("taps", ((1, 1, 16, 16), _plan(0)), ((1, 1, 16, 16), _plan(1))),
     ("padding", ((1, 1, 16, 16), _plan(1, "same")), ((1, 1, 16, 16), _plan(1, "valid"))),
     ("n", ((1, 1, 16, 16), _plan(1)), ((1, 1, 17, 17), _plan(1))),
-    ("axis (trailing ones)", ((1, 1, 16), _plan(1, nd=1)), ((1, 1, 16, 16), _plan(1))),
+    ("axis (trailing ones)", ((1, 1, 16, 16), _plan(1)), ((1, 1, 16, 5, 6), _plan(1, nd=3))),
     ("dtype", ((1, 1, 16, 16), _plan(1)), ((1, 1, 16, 16), _plan(1), torch.float32)),
     ("device", ((1, 1, 16, 16), _plan(1)), ((1, 1, 16, 16), _plan(1), torch.float64, "meta")),
 ]
@@ -209,10 +244,10 @@ def test_a_matrix_is_kept_by_all_that_decides_it(first: tuple[Any, ...], second:
 
 def test_a_repeated_call_reuses_its_matrices() -> None:
     _dense._MATRICES.clear()
-    _blurred((1, 1, 16, 16), _plan(0))
+    _blurred((1, 1, 16, 20), _plan(0))
     kept = {k: _dense._MATRICES.find(k) for k in _dense._MATRICES}
-    assert len(kept) == 2  # one per axis
-    _blurred((1, 1, 16, 16), _plan(0))
+    assert len(kept) == 2  # one per axis (a square plane's share one)
+    _blurred((1, 1, 16, 20), _plan(0))
     assert _dense._MATRICES.keys() == list(kept)
     assert all(_dense._MATRICES.find(k) is v for k, v in kept.items())
 

@@ -3,12 +3,13 @@
 For an axis of ``n`` samples the matrix ``A`` (``out x n``) holds the window's taps with the
 reflect padding folded in (a tap that reads a padded sample adds to the image sample it mirrors;
 "valid": the plain band), so ``W`` is one product per axis and ``W^T`` the same with ``A``
-transposed: no padding, no per-tap ops, no folding back. A product is a broadcast multiply and a
-sum over the axis, in the working precision (not a BLAS product, which
-``torch.set_float32_matmul_precision`` may send through bfloat16 on CPUs that have it). Its work
-grows as ``n`` times a shifted multiply-add's, so it is for small planes only (:func:`takes`):
-there a call's cost is the number of ops it dispatches, and this path dispatches about a third of
-the pieces' (16x16: 34 ops forward instead of 107).
+transposed: no padding, no per-tap ops, no folding back. On the last two axes, where the products
+keep the working precision (float64, or float32 at torch's "highest" matmul precision:
+``_dtypes.exact_products``), a product is a BLAS matrix product, one op; elsewhere (at "medium",
+which would multiply in bfloat16 on CPUs that have it; a 3-D image's first axis) a broadcast
+multiply and a sum over the axis. Its work grows as ``n`` times a shifted multiply-add's, so it is
+for small planes only (:func:`takes`): there a call's cost is the number of ops it dispatches, and
+this path dispatches about a third of the pieces' (16x16: 26 ops forward instead of 107).
 
 The whole batch at once, in fresh tensors (a small call allocates little); the same formula
 (``_formula``), the same kept tensors (``_algebra.TermsKept``) as the pieces, so the forward of
@@ -25,26 +26,44 @@ from torch import Tensor
 
 from ssim_patch import _filters, _formula
 from ssim_patch._torch_features import fake_mode_active, plain_eager
-from ssim_patch.backends import _algebra
+from ssim_patch.backends import _algebra, _dtypes
 from ssim_patch.backends._kept import KeptTensors
 from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
 
 #: A call takes this path where its largest product has at most this many elements: the stack of
 #: four maps times the longest axis. Measured against the pieces (torch 2.13, 1 thread, forward /
-#: forward+backward time): 1x1x16x16 (16384) 0.54 / 0.62, 1x1x32x32 0.67 / 0.73, 4x3x16x16 (196608)
-#: 0.94 / 0.85, 1x1x16x16x16 (262144) 1.03 / 1.02, 1x3x32x32 (393216) 0.99 / 1.01, 1x1x64x64 1.9 / 2.2.
+#: forward+backward time, products as broadcast multiplies and sums): 1x1x16x16 (16384) 0.54 / 0.62,
+#: 1x1x32x32 0.67 / 0.73, 4x3x16x16 (196608) 0.94 / 0.85, 1x1x16x16x16 (262144) 1.03 / 1.02,
+#: 1x3x32x32 (393216) 0.99 / 1.01, 1x1x64x64 1.9 / 2.2.
 MAX_WORK = 1 << 18
+#: 2-D calls whose products are BLAS products (:func:`ssim_patch.backends._dtypes.exact_products`)
+#: take this path up to ``MAX_WORK * PRODUCT_FACTOR`` (above ``MAX_WORK`` on the caller alone,
+#: single-threaded: ``cpu._on_dense``). Measured against the pieces (torch 2.13, torch's 2 threads,
+#: quiet; forward / forward+backward time): 1x3x32x32 0.45 / 0.58, 1x1x64x64 0.45 / 0.61,
+#: 4x3x32x32 0.46 / 0.58, 1x3x64x64 (3.1M) 0.57 / 0.66 (beside a busy loop 0.56 / 0.60),
+#: 1x1x96x96 (3.5M) 0.57 / 0.69; 4x3x64x64 (12.6M) 1.39 / 1.02.
+PRODUCT_FACTOR = 16
 #: Matrices already made, by everything that decides them (:func:`_matrix`); emptied at 64; safe
 #: across CUDA streams (:mod:`._kept`).
 _MATRICES: KeptTensors[Tensor] = KeptTensors()
 
 
-def takes(x: Tensor, plan: Plan) -> bool:
-    """True when a call on images ``x`` takes this path: its largest product (the four moment
-    maps of every plane times the longest axis, :data:`MAX_WORK`) is small."""
-    del plan
+def work(x: Tensor) -> int:
+    """A call's largest product on images ``x``: the four moment maps of every plane times the
+    longest axis."""
     spatial = x.shape[2:]
-    return 4 * x.shape[0] * x.shape[1] * math.prod(spatial) * max(spatial) <= MAX_WORK
+    return 4 * x.shape[0] * x.shape[1] * math.prod(spatial) * max(spatial)
+
+
+def takes(x: Tensor, plan: Plan) -> bool:
+    """True when a call on images ``x`` takes this path: its :func:`work` is at most
+    :data:`MAX_WORK`, or, for 2-D images whose products are BLAS products, ``MAX_WORK *
+    PRODUCT_FACTOR``."""
+    del plan
+    size = work(x)
+    if size <= MAX_WORK:
+        return True
+    return x.ndim == 4 and size <= MAX_WORK * PRODUCT_FACTOR and _dtypes.exact_products(x.dtype)
 
 
 def matrix_values(taps: tuple[float, ...], padding: _filters.Mode, n: int) -> list[list[float]]:
@@ -83,20 +102,30 @@ def _matrix(taps: tuple[float, ...], padding: _filters.Mode, n: int, trailing: i
 def blur(t: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Tensor:
     """``W t`` for ``t`` ``(..., *spatial)``: one product per axis."""
     nd = len(spatial)
+    products = _dtypes.exact_products(t.dtype)
     for i, taps in enumerate(blur.taps):
         trailing = nd - 1 - i
-        a = _matrix(taps, blur.padding, spatial[i], trailing, t)
-        t = torch.mul(t.unsqueeze(-trailing - 2), a).sum(-trailing - 1)
+        if products and trailing <= 1:  # the last two axes: a matrix product, one op
+            a = _matrix(taps, blur.padding, spatial[i], 0, t)  # (out, n)
+            t = torch.matmul(t, a.mT) if trailing == 0 else torch.matmul(a, t)
+        else:
+            a = _matrix(taps, blur.padding, spatial[i], trailing, t)
+            t = torch.mul(t.unsqueeze(-trailing - 2), a).sum(-trailing - 1)
     return t
 
 
 def blur_adjoint(g: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Tensor:
     """``W^T g`` for ``g`` ``(..., *out)``: one product per axis with ``A`` transposed."""
     nd = len(spatial)
+    products = _dtypes.exact_products(g.dtype)
     for i, taps in enumerate(blur.taps):
         trailing = nd - 1 - i
-        a = _matrix(taps, blur.padding, spatial[i], trailing, g)  # (out, n, 1, ...)
-        g = torch.mul(g.unsqueeze(-trailing - 1), a).sum(-trailing - 2)
+        if products and trailing <= 1:
+            a = _matrix(taps, blur.padding, spatial[i], 0, g)  # (out, n)
+            g = torch.matmul(g, a) if trailing == 0 else torch.matmul(a.mT, g)
+        else:
+            a = _matrix(taps, blur.padding, spatial[i], trailing, g)  # (out, n, 1, ...)
+            g = torch.mul(g.unsqueeze(-trailing - 1), a).sum(-trailing - 2)
     return g
 
 

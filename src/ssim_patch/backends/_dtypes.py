@@ -84,6 +84,21 @@ def kept(values: Union[float, tuple[float, ...]], like: Tensor) -> Tensor:
     return _KEPT.get(key, like.device, make)
 
 
+def exact_products(dtype: torch.dtype) -> bool:
+    """Whether CPU matrix products of ``dtype`` keep its precision: float64 always, float32 only
+    at torch's "highest" float32 matmul precision ("medium", which training scripts set for GPUs,
+    lets oneDNN multiply in bfloat16 on CPUs that have it). The setting is read per call: a
+    script may change it at any time."""
+    if dtype == torch.float64:
+        return True
+    if dtype != torch.float32:
+        return False
+    try:
+        return torch.get_float32_matmul_precision() == "highest"
+    except RuntimeError:  # set through torch's newer per-backend API as well: not known to be exact
+        return False
+
+
 def cast(x: Tensor, y: Tensor, backend: Backend) -> tuple[Tensor, Tensor]:
     """The images as ``backend`` reads them: float32 copies of float16 / bfloat16 ones for a
     backend that does not read those itself (differentiable: the gradient comes back in the

@@ -22,11 +22,12 @@ runs its pieces itself, as before.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Callable, Optional
 
 import torch
@@ -144,6 +145,13 @@ class _Pool:
         self.checked = threading.Event()
         self.counts: Optional[_Counts] = None
 
+    def caller_counts(self) -> Optional[_Counts]:
+        """The thread-count setters (found once), for a caller that runs single-threaded."""
+        with self.lock:
+            if self.counts is None:
+                self.counts = _counts()
+            return self.counts
+
     def grow(self, count: int) -> bool:
         """At least ``count`` workers; False where a worker's ops would not run single-threaded."""
         with self.lock:
@@ -219,6 +227,21 @@ def width(tasks: int) -> int:
         return 0
     count = max(1, min(tasks, threads))
     return count if _POOL.grow(max(1, count - 1)) else 0
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """The calling thread's ops single-threaded inside: its own OpenMP and MKL counts at 1,
+    restored after (a caller with one thread, or where no OpenMP runtime is found: as it is)."""
+    counts = _POOL.caller_counts() if torch.get_num_threads() > 1 else None
+    if counts is None:
+        yield
+        return
+    saved = counts.single()
+    try:
+        yield
+    finally:
+        counts.restore(saved)
 
 
 def run(tasks: Sequence[Callable[[], None]], count: int) -> None:

@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, TypeVar
 
 import torch
 from torch import Tensor
 
 from ssim_patch import _filters, _formula
 from ssim_patch._torch_features import is_fake
-from ssim_patch.backends import _algebra, _dense, _pool
+from ssim_patch.backends import _algebra, _dense, _dtypes, _pool
 from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
 from ssim_patch.backends._workspace import Workspace, workspace
 
@@ -68,19 +68,6 @@ def _products_here() -> bool:
     one thread): a product opens a parallel region where an elementwise op of a piece's size
     opens none, and a region per product is what the workers are there to avoid."""
     return torch.get_num_threads() == 1
-
-
-def _exact_products(dtype: torch.dtype) -> bool:
-    """Whether CPU matrix products of ``dtype`` keep its precision: float64 always, float32 only
-    at torch's "highest" float32 matmul precision ("medium", which training scripts set for GPUs,
-    lets oneDNN multiply in bfloat16 on CPUs that have it). The setting is read per call: a
-    script may change it at any time."""
-    if dtype == torch.float64:
-        return True
-    try:
-        return torch.get_float32_matmul_precision() == "highest"
-    except RuntimeError:  # set through torch's newer per-backend API as well: not known to be exact
-        return False
 
 
 def source_rows(n: int, k: int, mode: _filters.Mode, lo: int, hi: int) -> Tensor:
@@ -133,7 +120,7 @@ class BandBlur:
         2-D, where this thread's ops run single-threaded: :meth:`_banded` (matrix products);
         else the shifted multiply-adds of :meth:`filter`, which open no parallel region of their
         own where a piece is small."""
-        if len(self.spatial) == 2 and _products_here() and _exact_products(xb.dtype):
+        if len(self.spatial) == 2 and _products_here() and _dtypes.exact_products(xb.dtype):
             return self._banded(xb, yb, shift)
         stack = self.work.take("stack", (4, *xb.shape), xb)
         sd, squares = stack.tensor_split(2)
@@ -412,7 +399,7 @@ class BandBlur:
         its buffers were taken for: window, shape, dtype, device and inference mode.
 
         2-D, where this thread's ops run single-threaded: :meth:`_banded_adjoint`."""
-        if len(self.spatial) == 2 and g.ndim == 4 and _products_here() and _exact_products(g.dtype):
+        if len(self.spatial) == 2 and g.ndim == 4 and _products_here() and _dtypes.exact_products(g.dtype):
             return self._banded_adjoint(g, slot)
         key = (
             "adjoint",
@@ -529,7 +516,7 @@ class CpuBackend:
         self, x: Tensor, y: Tensor, k: _formula.Constants, plan: Plan, keep: Optional[Needs]
     ) -> tuple[Tensor, Optional[Tensor], Optional[Kept]]:
         if _dense.takes(x, plan):
-            return _dense.forward(x, y, k, plan, keep)
+            return _on_dense(x, lambda: _dense.forward(x, y, k, plan, keep))
         n, channels, *spatial_list = x.shape
         spatial = tuple(spatial_list)
         planes, nd = n * channels, len(spatial)
@@ -632,7 +619,7 @@ class CpuBackend:
         held = _algebra.TermsKept.of(plan, kept)
         up = _algebra.scaled_upstream(held, g_image, g_extra, plan, x, needs)
         if _dense.takes(x, plan):
-            return _dense.backward(x, y, k, held, up, plan, needs)
+            return _on_dense(x, lambda: _dense.backward(x, y, k, held, up, plan, needs))
         n, channels, *spatial_list = x.shape
         spatial = tuple(spatial_list)
         planes, nd = n * channels, len(spatial)
@@ -712,7 +699,7 @@ class CpuBackend:
                         g.mul_(scale_p[p : p + 1])
 
         large = held.adjoints is not None and nd == 2 and math.prod(out) > _CHUNK and (needs.x or needs.y)
-        if large and _exact_products(x.dtype) and (_products_here() or _pool.width(2) > 0):
+        if large and _dtypes.exact_products(x.dtype) and (_products_here() or _pool.width(2) > 0):
             # one plane is more than a piece: bands of its rows, each from the rows of the
             # adjoint maps that reach it
             band = max(8, _CHUNK // spatial[1])
@@ -739,6 +726,19 @@ def _in_order(parts: Tensor) -> Tensor:
     for part in parts[1:]:
         total = total + part
     return total
+
+
+_T = TypeVar("_T")
+
+
+def _on_dense(x: Tensor, call: Callable[[], _T]) -> _T:
+    """``call()``, a call of the dense path on images ``x``: as it is where it is small (its ops
+    below torch's grain size); above ``_dense.MAX_WORK`` on the caller's thread, single-threaded
+    (its products and maps would open parallel regions, each waiting for every thread)."""
+    if _dense.work(x) <= _dense.MAX_WORK:
+        return call()
+    with _pool.alone():
+        return call()
 
 
 def _run(
