@@ -405,20 +405,23 @@ def _backend_alone(
     backend: Any, x: torch.Tensor, y: torch.Tensor, c1: float, c2: float, plan: Any, loss: bool
 ) -> Fn:
     """The backend's own work for one call, no op around it: its forward, and for a loss its
-    backward from what the forward kept (the gradient of x only)."""
+    backward from what the forward kept (the gradient of x only); below autograd, as the custom
+    op runs it (where the op counts of the breakdown are taken): a composite op (``matmul``)
+    is one op there, not the ops it decomposes into above autograd."""
     from ssim_patch.backends._dtypes import constants
     from ssim_patch.backends._protocol import Needs
 
     unit = torch.full((1,), -1.0)
 
     def run() -> object:
-        k = constants(c1, c2, plan, x)
-        if not loss:
-            return backend.forward(x, y, k, plan, None)
-        needs = Needs(True, False, False, False)
-        _, _, kept = backend.forward(x, y, k, plan, needs)
-        assert kept is not None
-        return backend.backward(x, y, k, kept, unit, None, plan, needs)
+        with torch._C._AutoDispatchBelowAutograd():
+            k = constants(c1, c2, plan, x)
+            if not loss:
+                return backend.forward(x, y, k, plan, None)
+            needs = Needs(True, False, False, False)
+            _, _, kept = backend.forward(x, y, k, plan, needs)
+            assert kept is not None
+            return backend.backward(x, y, k, kept, unit, None, plan, needs)
 
     return run
 
