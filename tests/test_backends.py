@@ -330,3 +330,25 @@ def test_a_backend_that_does_not_load_is_named_with_the_reason(monkeypatch):
         "not load here (RuntimeError: 0 active drivers). Backends that can: conv, cpu, traced (or unset "
         "SSIM_PATCH_BACKEND for auto)."
     )
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 16, 16), (2, 3, 23, 19)], ids=["16x16", "2x3x23x19"])
+def test_cpu_autocast_changes_no_number(shape, backend):
+    """Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (a training loop's mixed precision)
+    the float32 values and gradients are those without it: the dense path's matrix products and
+    the conv backend's convolutions, which autocast would run in bfloat16 (an SSIM off by 1e-3,
+    gradients by 1%), run in float32."""
+    x, y = (t.float() for t in _pair(shape, seed=7))
+
+    def run() -> tuple[torch.Tensor, ...]:
+        a = x.clone().requires_grad_()
+        out = ssim_patch.ssim(a, y, data_range=1.0, reduction="none", return_full_image=True)
+        (grad,) = torch.autograd.grad(out[0].sum() + out[1].mean(), a)
+        return out[0].detach(), out[1].detach(), grad
+
+    plain = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = run()
+    for p, m in zip(plain, mixed):
+        assert m.dtype == torch.float32
+        torch.testing.assert_close(m, p, rtol=1e-5, atol=1e-6)

@@ -44,6 +44,25 @@ def test_fake_tensors_are_told_apart():
         assert is_fake(fake) and fake_mode_active(fake)
 
 
+@pytest.mark.filterwarnings("ignore:torch.is_autocast_cpu_enabled:DeprecationWarning")
+@pytest.mark.parametrize(
+    "by_device_type", [True, False], ids=["per device type (2.4 on)", "cpu and cuda (2.0-2.3)"]
+)
+def test_autocast_is_told_on_and_off_per_device_type(monkeypatch, by_device_type):
+    if by_device_type and not hasattr(torch, "get_autocast_dtype"):
+        pytest.skip("this torch has no torch.get_autocast_dtype")
+    if not by_device_type and not hasattr(torch, "is_autocast_cpu_enabled"):
+        pytest.skip("this torch has no torch.is_autocast_cpu_enabled")
+    probe = _torch_features._autocast_probe(by_device_type)
+    assert not probe("cpu") and not probe("cuda") and not probe("meta")  # meta: no autocast, no error
+    monkeypatch.setattr(_torch_features, "autocast_on", probe)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert probe("cpu") and not probe("cuda") and not probe("meta")
+        with _torch_features.autocast_off("cpu"):
+            assert not probe("cpu")
+        assert probe("cpu")
+
+
 @pytest.mark.parametrize("mark", ["dynamo_constant", "constant_under_old_dynamo"])
 def test_dynamo_constants_are_marked_as_assume_constant_result_does(monkeypatch, mark):
     dynamo = pytest.importorskip("torch._dynamo")

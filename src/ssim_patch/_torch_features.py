@@ -14,15 +14,19 @@ the few torch internals the engine reads that moved between torch 2.0 and the ne
 - :func:`exporting`: ``torch.export`` records, strict or not: torch's own flag where it has one
   (``torch.compiler.is_exporting``: 2.11 has it, 2.4 not), else the flag that only torch.export
   sets (2.4: non-strict), and dynamo's own export mode (strict), read while dynamo traces.
+- :func:`autocast_on`: ``torch.is_autocast_enabled(device_type)`` (2.4 on, with
+  ``torch.get_autocast_dtype``); before, ``torch.is_autocast_cpu_enabled`` and CUDA's
+  ``torch.is_autocast_enabled()``. :func:`autocast_off`: a region without it.
 - :func:`plain_eager`: no dispatch mode on (``torch._C._len_torch_dispatch_stack``, 2.0 on) and
   a tensor of no subclass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, ContextManager, Optional, TypeVar
 
 import torch
 import torch._guards
@@ -201,3 +205,46 @@ def plain_eager(like: Tensor) -> bool:
     mode, no ``make_fx`` or AOT tracing, no functionalization, no mode of a user's. False where
     torch cannot tell."""
     return type(like) in _PLAIN and _dispatch_modes is not None and _dispatch_modes() == 0
+
+
+def _autocast_probe(by_device_type: Optional[bool] = None) -> Callable[[str], bool]:
+    """``by_device_type``: torch's one call for every device type (2.4 on, found by
+    ``torch.get_autocast_dtype``); else the CPU and CUDA calls of torch 2.0-2.3."""
+    if by_device_type is None:
+        by_device_type = hasattr(torch, "get_autocast_dtype")
+    if by_device_type:
+        available: Any = getattr(torch.amp, "is_autocast_available", None)
+        known: dict[str, bool] = {}  # device types autocast has (asking about another raises)
+
+        def probe(device_type: str) -> bool:
+            has = known.get(device_type)
+            if has is None:
+                has = (
+                    bool(available(device_type)) if available is not None else device_type in ("cpu", "cuda")
+                )
+                known[device_type] = has
+            return has and bool(torch.is_autocast_enabled(device_type))
+
+        return probe
+
+    def old_probe(device_type: str) -> bool:
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        if device_type == "cuda":
+            return bool(torch.is_autocast_enabled())
+        return False
+
+    return old_probe
+
+
+#: True while autocast is on for a device type ("cpu", "cuda"): matrix products and
+#: convolutions there would run in bfloat16 or float16.
+autocast_on: Callable[[str], bool] = _autocast_probe()
+
+
+def autocast_off(device_type: str) -> ContextManager[Any]:
+    """A region where autocast is off for ``device_type`` (nothing to enter where it is off
+    already: entering ``torch.autocast`` costs a few microseconds)."""
+    if autocast_on(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -4,10 +4,10 @@ For an axis of ``n`` samples the matrix ``A`` (``out x n``) holds the window's t
 reflect padding folded in (a tap that reads a padded sample adds to the image sample it mirrors;
 "valid": the plain band), so ``W`` is one product per axis and ``W^T`` the same with ``A``
 transposed: no padding, no per-tap ops, no folding back. On the last two axes, where the products
-keep the working precision (float64, or float32 at torch's "highest" matmul precision:
-``_dtypes.exact_products``), a product is a BLAS matrix product, one op; elsewhere (at "medium",
-which would multiply in bfloat16 on CPUs that have it; a 3-D image's first axis) a broadcast
-multiply and a sum over the axis. Its work grows as ``n`` times a shifted multiply-add's, so it is
+keep the working precision (float64, or float32 at torch's "highest" matmul precision, CPU
+autocast off: :func:`products`), a product is a BLAS matrix product, one op; elsewhere (at
+"medium" or under autocast, which would multiply in bfloat16; a 3-D image's first axis) a
+broadcast multiply and a sum over the axis. Its work grows as ``n`` times a shifted multiply-add's, so it is
 for small planes only (:func:`takes`): there a call's cost is the number of ops it dispatches, and
 this path dispatches about a quarter of the pieces' ops (16x16: 29 forward instead of 128).
 
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ssim_patch import _filters, _formula
-from ssim_patch._torch_features import fake_mode_active, plain_eager
+from ssim_patch._torch_features import autocast_on, fake_mode_active, plain_eager
 from ssim_patch.backends import _algebra, _dtypes
 from ssim_patch.backends._kept import KeptTensors
 from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
@@ -63,7 +63,14 @@ def takes(x: Tensor, plan: Plan) -> bool:
     size = work(x)
     if size <= MAX_WORK:
         return True
-    return x.ndim == 4 and size <= MAX_WORK * PRODUCT_FACTOR and _dtypes.exact_products(x.dtype)
+    return x.ndim == 4 and size <= MAX_WORK * PRODUCT_FACTOR and products(x.dtype)
+
+
+def products(dtype: torch.dtype) -> bool:
+    """Whether this path's products may be BLAS products (``torch.matmul``): where they keep
+    ``dtype``'s precision (:func:`ssim_patch.backends._dtypes.exact_products`) and CPU autocast
+    is off (it would run ``matmul`` in bfloat16)."""
+    return _dtypes.exact_products(dtype) and not autocast_on("cpu")
 
 
 def matrix_values(taps: tuple[float, ...], padding: _filters.Mode, n: int) -> list[list[float]]:
@@ -102,10 +109,10 @@ def _matrix(taps: tuple[float, ...], padding: _filters.Mode, n: int, trailing: i
 def blur(t: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Tensor:
     """``W t`` for ``t`` ``(..., *spatial)``: one product per axis."""
     nd = len(spatial)
-    products = _dtypes.exact_products(t.dtype)
+    blas = products(t.dtype)
     for i, taps in enumerate(blur.taps):
         trailing = nd - 1 - i
-        if products and trailing <= 1:  # the last two axes: a matrix product, one op
+        if blas and trailing <= 1:  # the last two axes: a matrix product, one op
             a = _matrix(taps, blur.padding, spatial[i], 0, t)  # (out, n)
             t = torch.matmul(t, a.mT) if trailing == 0 else torch.matmul(a, t)
         else:
@@ -117,10 +124,10 @@ def blur(t: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Tensor:
 def blur_adjoint(g: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Tensor:
     """``W^T g`` for ``g`` ``(..., *out)``: one product per axis with ``A`` transposed."""
     nd = len(spatial)
-    products = _dtypes.exact_products(g.dtype)
+    blas = products(g.dtype)
     for i, taps in enumerate(blur.taps):
         trailing = nd - 1 - i
-        if products and trailing <= 1:
+        if blas and trailing <= 1:
             a = _matrix(taps, blur.padding, spatial[i], 0, g)  # (out, n)
             g = torch.matmul(g, a) if trailing == 0 else torch.matmul(a.mT, g)
         else:

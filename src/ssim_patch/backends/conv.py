@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssim_patch import _filters, _formula
-from ssim_patch._torch_features import META_REFLECT_PAD2D_OUT, fake_mode_active
+from ssim_patch._torch_features import META_REFLECT_PAD2D_OUT, autocast_off, fake_mode_active
 from ssim_patch.backends import _algebra
 from ssim_patch.backends._kept import KeptTensors
 from ssim_patch.backends._protocol import Backend, Grads, Kept, Needs, Plan
@@ -92,7 +92,7 @@ def _conv(t: Tensor, weights: tuple[Tensor, ...], transposed: bool = False) -> T
         conv = F.conv_transpose2d if transposed else F.conv2d
     else:
         conv = F.conv_transpose3d if transposed else F.conv3d
-    with exact_fp32(t.device):
+    with exact_fp32(t.device), autocast_off(t.device.type):  # the convolutions in the maps' dtype
         for weight in weights:
             t = conv(t, weight.expand(maps, *weight.shape[1:]), groups=maps)
     return t
