@@ -18,6 +18,7 @@ from ssim_patch import _filters, backends
 from ssim_patch.backends import _custom_op, _dense, _route
 from ssim_patch.backends._protocol import Needs, Plan
 from tests.helpers import reference_torch as ref
+from tests.helpers.autocast import assert_autocast_changes_nothing
 from tests.helpers.flat_images import image_pair
 from tests.helpers.gradients import within
 
@@ -339,16 +340,4 @@ def test_cpu_autocast_changes_no_number(shape, backend):
     the conv backend's convolutions, which autocast would run in bfloat16 (an SSIM off by 1e-3,
     gradients by 1%), run in float32."""
     x, y = (t.float() for t in _pair(shape, seed=7))
-
-    def run() -> tuple[torch.Tensor, ...]:
-        a = x.clone().requires_grad_()
-        out = ssim_patch.ssim(a, y, data_range=1.0, reduction="none", return_full_image=True)
-        (grad,) = torch.autograd.grad(out[0].sum() + out[1].mean(), a)
-        return out[0].detach(), out[1].detach(), grad
-
-    plain = run()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = run()
-    for p, m in zip(plain, mixed):
-        assert m.dtype == torch.float32
-        torch.testing.assert_close(m, p, rtol=1e-5, atol=1e-6)
+    assert_autocast_changes_nothing(x, y, "cpu", torch.bfloat16)

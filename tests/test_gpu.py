@@ -10,6 +10,7 @@ import torch
 
 from benchmarks import gpu_accuracy, gpu_host_sync, report
 from benchmarks.cases import MODE_LABELS, shape_text
+from tests.helpers.autocast import assert_autocast_changes_nothing
 
 pytestmark = [
     pytest.mark.cuda,
@@ -46,23 +47,9 @@ def test_cuda_autocast_changes_no_number(backend: str, monkeypatch: pytest.Monke
     """Under ``torch.autocast("cuda")`` (float16) the float32 values and gradients are those
     without it: the conv backend's convolutions (autocast would run them in float16) run in
     float32; Triton's kernels never read autocast."""
-    import ssim_patch
-
     if backend != "auto":
         monkeypatch.setenv("SSIM_PATCH_BACKEND", backend)
     gen = torch.Generator().manual_seed(7)
     x = torch.rand(2, 3, 40, 36, generator=gen).cuda()
     y = (x + 0.1 * torch.rand(2, 3, 40, 36, generator=gen).cuda()).clamp(0, 1)
-
-    def run() -> tuple[torch.Tensor, ...]:
-        a = x.clone().requires_grad_()
-        out = ssim_patch.ssim(a, y, data_range=1.0, reduction="none", return_full_image=True)
-        (grad,) = torch.autograd.grad(out[0].sum() + out[1].mean(), a)
-        return out[0].detach(), out[1].detach(), grad
-
-    plain = run()
-    with torch.autocast("cuda"):
-        mixed = run()
-    for p, m in zip(plain, mixed):
-        assert m.dtype == torch.float32
-        torch.testing.assert_close(m, p, rtol=1e-5, atol=1e-6)
+    assert_autocast_changes_nothing(x, y, "cuda")
