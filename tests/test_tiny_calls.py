@@ -132,47 +132,59 @@ def test_a_16x16_call_dispatches_a_third_of_the_ops(monkeypatch: pytest.MonkeyPa
 
 def test_which_calls_take_the_dense_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Decided by the size of the call's largest product (its shape): small planes and batches;
-    2-D calls up to 16 times larger where the products are BLAS products (float64, or float32 at
-    torch's "highest" matmul precision), not at "medium" (they would multiply in bfloat16)."""
+    where the products are BLAS products (float64, or float32 at torch's "highest" matmul
+    precision; not at "medium", where they would multiply in bfloat16) 2-D calls up to 16 times
+    larger and 3-D calls up to 1024 times."""
     plan = Plan(_plan(0))
     assert _dense.takes(torch.empty(1, 1, 16, 16), plan)
     assert _dense.takes(torch.empty(4, 3, 16, 16), plan)
     assert _dense.takes(torch.empty(1, 1, 8, 8, 8), plan)
-    assert not _dense.takes(torch.empty(1, 1, 16, 17, 17, dtype=torch.float64), plan)  # 3-D, above 2^18
     assert _dense.takes(torch.empty(1, 3, 32, 32), plan)
     assert _dense.takes(torch.empty(1, 1, 64, 64), plan)
     assert _dense.takes(torch.empty(1, 3, 64, 64, dtype=torch.float64), plan)
     assert _dense.takes(torch.empty(1, 1, 96, 96), plan)
     assert not _dense.takes(torch.empty(4, 3, 64, 64), plan)
     assert not _dense.takes(torch.empty(1, 1, 128, 128), plan)
+    assert _dense.takes(torch.empty(1, 1, 32, 32, 32), plan)
+    assert _dense.takes(torch.empty(4, 1, 64, 64, 64), plan)  # 2^28
+    assert not _dense.takes(torch.empty(4, 1, 64, 64, 65), plan)
+    assert not _dense.takes(torch.empty(1, 1, 128, 128, 128), plan)
     monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
     assert _dense.takes(torch.empty(4, 3, 16, 16), plan)
     assert not _dense.takes(torch.empty(1, 3, 32, 32), plan)
+    assert not _dense.takes(torch.empty(1, 1, 32, 32, 32), plan)
     assert _dense.takes(torch.empty(1, 3, 32, 32, dtype=torch.float64), plan)
 
 
-def test_dense_products_follow_the_matmul_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Matrix products at "highest" and for float64, broadcast sums otherwise: the same numbers to
-    float32's rounding, and the float64 product's."""
-    x, _ = _pair((2, 3, 20, 24))
-    blur = _plan(0)
-    spatial = (20, 24)
+@pytest.mark.parametrize("shape", [(2, 3, 20, 24), (2, 1, 9, 20, 14)], ids=["2d", "3d"])
+def test_dense_products_follow_the_matmul_precision(
+    shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Matrix products (one an axis) at "highest" and for float64, broadcast sums otherwise: the
+    same numbers to float32's rounding, and the float64 product's; W^T of a non-contiguous
+    gradient too."""
+    x, _ = _pair(shape)
+    nd = len(shape) - 2
+    blur = _plan(0, nd=nd)
+    spatial = shape[2:]
+    g = x.transpose(-1, -2).contiguous().transpose(-1, -2)  # the same values, other strides
     seen: list[str] = []
     real = torch.matmul
     monkeypatch.setattr(torch, "matmul", lambda *a: seen.append("matmul") or real(*a))
     product = _dense.blur(x, blur, spatial)
-    back = _dense.blur_adjoint(x, blur, spatial)
-    assert seen == ["matmul"] * 4
+    back = _dense.blur_adjoint(g, blur, spatial)
+    assert seen == ["matmul"] * 2 * nd
     seen.clear()
     monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
     summed = _dense.blur(x, blur, spatial)
-    summed_back = _dense.blur_adjoint(x, blur, spatial)
+    summed_back = _dense.blur_adjoint(g, blur, spatial)
     assert seen == []
     torch.testing.assert_close(product, summed, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(back, summed_back, rtol=1e-6, atol=1e-6)
     exact = _dense.blur(x.double(), blur, spatial)
-    assert seen == ["matmul"] * 2
+    assert seen == ["matmul"] * nd
     torch.testing.assert_close(product.double(), exact, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(exact, _filters.blur(x.double(), blur), rtol=1e-12, atol=1e-12)
 
 
 # --- the dense path: its matrices ----------------------------------------------------------------
@@ -231,8 +243,12 @@ PAIRS: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]] = [
 ]
 
 
+@pytest.mark.parametrize("blas", [True, False], ids=["products", "broadcast sums"])
 @pytest.mark.parametrize("first, second", [p[1:] for p in PAIRS], ids=[p[0] for p in PAIRS])
-def test_a_matrix_is_kept_by_all_that_decides_it(first: tuple[Any, ...], second: tuple[Any, ...]) -> None:
+def test_a_matrix_is_kept_by_all_that_decides_it(
+    first: tuple[Any, ...], second: tuple[Any, ...], blas: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_dense, "products", lambda dtype: blas)
     _dense._MATRICES.clear()
     _blurred(*first)
     got, want = _blurred(*second), _expected(*second)

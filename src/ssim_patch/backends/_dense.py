@@ -3,12 +3,12 @@
 For an axis of ``n`` samples the matrix ``A`` (``out x n``) holds the window's taps with the
 reflect padding folded in (a tap that reads a padded sample adds to the image sample it mirrors;
 "valid": the plain band), so ``W`` is one product per axis and ``W^T`` the same with ``A``
-transposed: no padding, no per-tap ops, no folding back. On the last two axes, where the products
-keep the working precision (float64, or float32 at torch's "highest" matmul precision, CPU
-autocast off: :func:`products`), a product is a BLAS matrix product, one op; elsewhere (at
-"medium" or under autocast, which would multiply in bfloat16; a 3-D image's first axis) a
-broadcast multiply and a sum over the axis. Its work grows as ``n`` times a shifted multiply-add's, so it is
-for small planes only (:func:`takes`): there a call's cost is the number of ops it dispatches, and
+transposed: no padding, no per-tap ops, no folding back. Where the products keep the working
+precision (float64, or float32 at torch's "highest" matmul precision, CPU autocast off:
+:func:`products`), a product is a BLAS matrix product, one op (on an axis before the last, the
+axes after it flattened); elsewhere (at "medium" or under autocast, which would multiply in
+bfloat16) a broadcast multiply and a sum over the axis. Its work grows as ``n`` times a shifted
+multiply-add's, so it is for small planes only (:func:`takes`): there a call's cost is the number of ops it dispatches, and
 this path dispatches about a quarter of the pieces' ops (16x16: 29 forward instead of 128).
 
 The whole batch at once, in fresh tensors (a small call allocates little); the same formula
@@ -36,13 +36,19 @@ from ssim_patch.backends._protocol import Grads, Kept, Needs, Plan
 #: 1x1x32x32 0.67 / 0.73, 4x3x16x16 (196608) 0.94 / 0.85, 1x1x16x16x16 (262144) 1.03 / 1.02,
 #: 1x3x32x32 (393216) 0.99 / 1.01, 1x1x64x64 1.9 / 2.2.
 MAX_WORK = 1 << 18
-#: 2-D calls whose products are BLAS products (:func:`ssim_patch.backends._dtypes.exact_products`)
+#: Calls whose products are BLAS products (:func:`ssim_patch.backends._dtypes.exact_products`)
 #: take this path up to ``MAX_WORK * PRODUCT_FACTOR`` (above ``MAX_WORK`` on the caller alone,
 #: single-threaded: ``cpu._on_dense``). Measured against the pieces (torch 2.13, torch's 2 threads,
 #: quiet; forward / forward+backward time): 1x3x32x32 0.45 / 0.58, 1x1x64x64 0.45 / 0.61,
 #: 4x3x32x32 0.46 / 0.58, 1x3x64x64 (3.1M) 0.57 / 0.66 (beside a busy loop 0.56 / 0.60),
 #: 1x1x96x96 (3.5M) 0.57 / 0.69; 4x3x64x64 (12.6M) 1.39 / 1.02.
 PRODUCT_FACTOR = 16
+#: The same for 3-D calls, whose pieces blur by shifted multiply-adds (no band products): the
+#: dense path / the pieces, torch's 2 threads, forward / forward+backward time (measured beside
+#: a CI run): 1x1x32x32x32 (4.2M) 0.41 / 0.80, 2x1x48x48x48 (42M) 0.53 / 0.48, 1x1x64x64x64
+#: 0.64 / 0.55, 4x1x64x64x64 (268M) 0.48 / 0.92, 1x1x96x96x96 (340M) 0.60 / 0.65; 1x1x128x128x128
+#: (1.07G) 1.34 / 0.77. Up to 2^28, the largest call's maps take under 100 MB.
+VOLUME_FACTOR = 1 << 10
 #: Matrices already made, by everything that decides them (:func:`_matrix`); emptied at 64; safe
 #: across CUDA streams (:mod:`._kept`).
 _MATRICES: KeptTensors[Tensor] = KeptTensors()
@@ -57,13 +63,14 @@ def work(x: Tensor) -> int:
 
 def takes(x: Tensor, plan: Plan) -> bool:
     """True when a call on images ``x`` takes this path: its :func:`work` is at most
-    :data:`MAX_WORK`, or, for 2-D images whose products are BLAS products, ``MAX_WORK *
-    PRODUCT_FACTOR``."""
+    :data:`MAX_WORK`, or, where its products are BLAS products, ``MAX_WORK * PRODUCT_FACTOR``
+    (2-D) or ``MAX_WORK * VOLUME_FACTOR`` (3-D)."""
     del plan
     size = work(x)
     if size <= MAX_WORK:
         return True
-    return x.ndim == 4 and size <= MAX_WORK * PRODUCT_FACTOR and products(x.dtype)
+    factor = PRODUCT_FACTOR if x.ndim == 4 else VOLUME_FACTOR
+    return size <= MAX_WORK * factor and products(x.dtype)
 
 
 def products(dtype: torch.dtype) -> bool:
@@ -106,15 +113,26 @@ def _matrix(taps: tuple[float, ...], padding: _filters.Mode, n: int, trailing: i
     return _MATRICES.get((taps, padding, n, trailing, like.dtype, like.device), like.device, make)
 
 
+def _product(a: Tensor, t: Tensor, trailing: int) -> Tensor:
+    """``a`` ``(out, n)`` times ``t`` along its axis ``-trailing - 1``, one matrix product: on
+    the last axis ``t a^T``; on another ``a t``, the axes after it flattened into one."""
+    if trailing == 0:
+        return torch.matmul(t, a.mT)
+    if trailing == 1:
+        return torch.matmul(a, t)
+    rest = t.shape[t.ndim - trailing :]
+    flat = t.reshape(*t.shape[: t.ndim - trailing], -1)
+    return torch.matmul(a, flat).view(*flat.shape[:-2], a.shape[0], *rest)
+
+
 def blur(t: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Tensor:
     """``W t`` for ``t`` ``(..., *spatial)``: one product per axis."""
     nd = len(spatial)
     blas = products(t.dtype)
     for i, taps in enumerate(blur.taps):
         trailing = nd - 1 - i
-        if blas and trailing <= 1:  # the last two axes: a matrix product, one op
-            a = _matrix(taps, blur.padding, spatial[i], 0, t)  # (out, n)
-            t = torch.matmul(t, a.mT) if trailing == 0 else torch.matmul(a, t)
+        if blas:
+            t = _product(_matrix(taps, blur.padding, spatial[i], 0, t), t, trailing)
         else:
             a = _matrix(taps, blur.padding, spatial[i], trailing, t)
             t = torch.mul(t.unsqueeze(-trailing - 2), a).sum(-trailing - 1)
@@ -127,9 +145,8 @@ def blur_adjoint(g: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Te
     blas = products(g.dtype)
     for i, taps in enumerate(blur.taps):
         trailing = nd - 1 - i
-        if blas and trailing <= 1:
-            a = _matrix(taps, blur.padding, spatial[i], 0, g)  # (out, n)
-            g = torch.matmul(g, a) if trailing == 0 else torch.matmul(a.mT, g)
+        if blas:
+            g = _product(_matrix(taps, blur.padding, spatial[i], 0, g).mT, g, trailing)
         else:
             a = _matrix(taps, blur.padding, spatial[i], trailing, g)  # (out, n, 1, ...)
             g = torch.mul(g.unsqueeze(-trailing - 1), a).sum(-trailing - 2)
