@@ -8,8 +8,9 @@ precision (float64, or float32 at torch's "highest" matmul precision, CPU autoca
 :func:`products`), a product is a BLAS matrix product, one op (on an axis before the last, the
 axes after it flattened); elsewhere (at "medium" or under autocast, which would multiply in
 bfloat16) a broadcast multiply and a sum over the axis. Its work grows as ``n`` times a shifted
-multiply-add's, so it is for small planes only (:func:`takes`): there a call's cost is the number of ops it dispatches, and
-this path dispatches about a quarter of the pieces' ops (16x16: 29 forward instead of 128).
+multiply-add's, so it is for small planes only (:func:`takes`): there a call's cost is the number
+of ops it dispatches, and this path dispatches about a quarter of the pieces' ops (16x16: 29
+forward instead of 128).
 
 The whole batch at once, in fresh tensors (a small call allocates little); the same formula
 (``_formula``), the same kept tensors (``_algebra.TermsKept``) as the pieces, so the forward of
