@@ -401,6 +401,22 @@ def breakdown(rounds: int, clock: str) -> list[str]:
     return _table(["pass", "part", "us", "share", "aten ops", "Python calls"], rows)
 
 
+@contextlib.contextmanager
+def _below_autograd() -> Iterator[None]:
+    """Dispatch below autograd inside: torch's guard, a context manager from torch 2.1 on; on
+    torch 2.0 an object that holds the guard while it lives."""
+    guard_type: Any = torch._C._AutoDispatchBelowAutograd
+    if hasattr(guard_type, "__enter__"):
+        with guard_type():
+            yield
+        return
+    guard = guard_type()
+    try:
+        yield
+    finally:
+        del guard
+
+
 def _backend_alone(
     backend: Any, x: torch.Tensor, y: torch.Tensor, c1: float, c2: float, plan: Any, loss: bool
 ) -> Fn:
@@ -414,7 +430,7 @@ def _backend_alone(
     unit = torch.full((1,), -1.0)
 
     def run() -> object:
-        with torch._C._AutoDispatchBelowAutograd():
+        with _below_autograd():
             k = constants(c1, c2, plan, x)
             if not loss:
                 return backend.forward(x, y, k, plan, None)
