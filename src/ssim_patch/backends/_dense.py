@@ -114,16 +114,18 @@ def _matrix(taps: tuple[float, ...], padding: _filters.Mode, n: int, trailing: i
     return _MATRICES.get((taps, padding, n, trailing, like.dtype, like.device), like.device, make)
 
 
-def _product(a: Tensor, t: Tensor, trailing: int) -> Tensor:
-    """``a`` ``(out, n)`` times ``t`` along its axis ``-trailing - 1``, one matrix product: on
-    the last axis ``t a^T``; on another ``a t``, the axes after it flattened into one."""
+def _product(a: Tensor, t: Tensor, trailing: int, transposed: bool = False) -> Tensor:
+    """``a`` ``(out, n)`` (``transposed``: ``a^T``) times ``t`` along its axis ``-trailing - 1``,
+    one matrix product: on the last axis ``t a^T``; on another ``a t``, the axes after it
+    flattened into one."""
     if trailing == 0:
-        return torch.matmul(t, a.mT)
+        return torch.matmul(t, a if transposed else a.mT)
+    m = a.mT if transposed else a
     if trailing == 1:
-        return torch.matmul(a, t)
+        return torch.matmul(m, t)
     rest = t.shape[t.ndim - trailing :]
     flat = t.reshape(*t.shape[: t.ndim - trailing], -1)
-    return torch.matmul(a, flat).view(*flat.shape[:-2], a.shape[0], *rest)
+    return torch.matmul(m, flat).view(*flat.shape[:-2], m.shape[0], *rest)
 
 
 def blur(t: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Tensor:
@@ -147,7 +149,7 @@ def blur_adjoint(g: Tensor, blur: _filters.Blur, spatial: tuple[int, ...]) -> Te
     for i, taps in enumerate(blur.taps):
         trailing = nd - 1 - i
         if blas:
-            g = _product(_matrix(taps, blur.padding, spatial[i], 0, g).mT, g, trailing)
+            g = _product(_matrix(taps, blur.padding, spatial[i], 0, g), g, trailing, transposed=True)
         else:
             a = _matrix(taps, blur.padding, spatial[i], trailing, g)  # (out, n, 1, ...)
             g = torch.mul(g.unsqueeze(-trailing - 1), a).sum(-trailing - 2)
