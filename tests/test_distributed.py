@@ -205,10 +205,30 @@ def _data() -> dict[str, object]:
     return {"preds": preds, "target": target, "kwargs": {"sigma": SIGMA, "data_range": 1.0}}
 
 
-@pytest.mark.skipif(
+def _two_ranks(tmp_path: Path, data_path: Path) -> list[str]:
+    """Runs the two ranks of dist_worker.py; how far each got."""
+    stages = [tmp_path / f"rank{r}.stage" for r in range(2)]
+    try:
+        mp.spawn(
+            dist_worker.run,
+            args=(2, str(tmp_path / "rendezvous"), str(data_path), str(tmp_path)),
+            nprocs=2,
+            join=True,
+            start_method="spawn",
+        )
+    except mp.ProcessExitedException as exc:  # say how far each rank got
+        got = [p.read_text() if p.exists() else "not started" for p in stages]
+        raise AssertionError(f"{exc}; how far each rank got: {got}") from exc
+    return [p.read_text() for p in stages]
+
+
+GLOO = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
     reason="torch.distributed with gloo is unavailable",
 )
+
+
+@GLOO
 @pytest.mark.ssim_unpatched
 def test_two_ranks_patched_by_the_environment_alone(tmp_path, monkeypatch):
     source = Path(dist_worker.__file__).read_text()
@@ -227,19 +247,21 @@ def test_two_ranks_patched_by_the_environment_alone(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SSIM_PATCH_AUTO", "1")
     monkeypatch.delenv("SSIM_PATCH_PADDING", raising=False)
-    try:
-        mp.spawn(
-            dist_worker.run,
-            args=(2, str(tmp_path / "rendezvous"), str(data_path), str(tmp_path)),
-            nprocs=2,
-            join=True,
-            start_method="spawn",
-        )
-    except mp.ProcessExitedException as exc:  # say how far each rank got
-        stages = {r: (tmp_path / f"rank{r}.stage") for r in range(2)}
-        got = {r: (p.read_text() if p.exists() else "not started") for r, p in stages.items()}
-        raise AssertionError(f"{exc}; how far each rank got: {got}") from exc
+    _two_ranks(tmp_path, data_path)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for report in reports:
         assert report["startup_hook_loaded"] and report["hook_point_wrapped"], report
         np.testing.assert_allclose(report["value"], reference, atol=1e-5, rtol=0)
+
+
+@GLOO
+@pytest.mark.ssim_unpatched
+def test_a_rank_whose_group_destructor_hangs_still_leaves(tmp_path, monkeypatch):
+    """torch 2.1.2's gloo once hung a rank for good in the process group's destructor (CI): each
+    rank destroys its group from a thread it waits for a bounded time, then leaves."""
+    data_path = tmp_path / "data.pt"
+    torch.save(_data(), data_path)
+    monkeypatch.setenv("SSIM_PATCH_AUTO", "1")
+    monkeypatch.setenv("DIST_WORKER_DESTROY_HANGS", "1")
+    monkeypatch.setenv("DIST_WORKER_DESTROY_SECONDS", "1")
+    assert _two_ranks(tmp_path, data_path) == ["left the group undestroyed"] * 2

@@ -6,10 +6,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+#: How long a rank waits for its process group's destruction before it leaves anyway.
+DESTROY_SECONDS = float(os.environ.get("DIST_WORKER_DESTROY_SECONDS", "20"))
+
+
+def _destroy() -> None:
+    """``dist.destroy_process_group()``; with ``DIST_WORKER_DESTROY_HANGS=1`` (the test of a hung
+    destructor) it destroys the group, then never returns."""
+    dist.destroy_process_group()
+    if os.environ.get("DIST_WORKER_DESTROY_HANGS") == "1":
+        threading.Event().wait()
 
 
 def _stage(out_dir: str, rank: int, stage: str) -> None:
@@ -26,7 +38,11 @@ def run(rank: int, world_size: int, rendezvous: str, data_path: str, out_dir: st
     rank 0. A rank that got through leaves with ``os._exit(0)`` after destroying the process
     group: twice in CI (1 run of ~1800 tests in 5) rank 0 aborted with gloo's "terminate called
     without an active exception", which is what a C++ thread still joinable when its object is
-    destroyed gives, as in the interpreter's and the C++ runtime's teardown that this skips."""
+    destroyed gives, as in the interpreter's and the C++ runtime's teardown that this skips.
+    The group is destroyed from a thread the rank waits for at most :data:`DESTROY_SECONDS`:
+    on torch 2.1.2 a rank hung for good in ``ProcessGroupGloo``'s destructor (CI, after the
+    barrier): it held the GIL and waited for a mutex that gloo's work thread held while it
+    waited for the GIL to free a tensor."""
     _stage(out_dir, rank, "started")
     dist.init_process_group(
         "gloo",
@@ -59,8 +75,10 @@ def run(rank: int, world_size: int, rendezvous: str, data_path: str, out_dir: st
         dist.barrier()
         _stage(out_dir, rank, "passed the barrier")
     finally:
-        dist.destroy_process_group()
-    _stage(out_dir, rank, "destroyed the group")
+        closer = threading.Thread(target=_destroy, daemon=True)
+        closer.start()
+        closer.join(DESTROY_SECONDS)  # waiting releases the GIL
+    _stage(out_dir, rank, "left the group undestroyed" if closer.is_alive() else "destroyed the group")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
