@@ -251,17 +251,10 @@ def run(tasks: Sequence[Callable[[], None]], count: int) -> None:
     does (its own OpenMP and MKL counts, restored after): a worker the OS has not woken yet delays
     nothing, and a call of one piece hands nothing over."""
     batch = _Batch(tasks, torch.is_inference_mode_enabled())
-    pool = _POOL
     for _ in range(count - 1):
-        pool.tokens.put(batch)
-    counts = pool.counts
-    assert counts is not None  # width() found them
-    saved = counts.single()
-    try:
-        with torch.no_grad():
-            _drain(batch)
-    finally:
-        counts.restore(saved)
+        _POOL.tokens.put(batch)
+    with alone(), torch.no_grad():  # width() found the counts: the caller's are set to 1
+        _drain(batch)
     batch.done.wait()
     if batch.error is not None:
         raise batch.error
