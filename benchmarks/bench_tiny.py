@@ -26,10 +26,14 @@ plan, the route and dispatch into the backend, and the backend's own ops. The sc
 6. **Triton's launcher** (CUDA with Triton only): the patched call with the real kernels vs the
    recorder; the difference per launch is the launcher's host cost.
 
+Each switch of the patch (or of the backend) is followed by one untimed call: ``revert()`` and
+``apply()`` walk every loaded module and leave the CPU's caches cold, and the call right after a
+switch costs 1.5-2x in either state, which no process that applies the patch once pays
+(``--cold`` times that call instead).
 Times are medians of ``--rounds`` calls, in microseconds, of wall-clock time (``--clock wall``) or
 of the calling thread's CPU time (``--clock cpu``: less disturbed by other processes on busy
 cores; the OpenMP workers' time is left out, which for tiny calls is their spin-waiting).
-Usage: ``python benchmarks/bench_tiny.py [--threads 1 2] [--clock cpu] [--quick] [--out FILE]``.
+Usage: ``python benchmarks/bench_tiny.py [--threads 1 2] [--clock cpu] [--cold] [--quick] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ TINY = (1, 1, 16, 16)
 MS_IMAGE, MS_BETAS = (1, 1, 48, 48), (0.3, 0.3, 0.4)
 #: Shapes for the backends at small sizes.
 SMALL_SHAPES = ((1, 1, 16, 16), (1, 3, 32, 32), (4, 3, 64, 64))
+#: Time the first call after each switch of the patch (``--cold``; see :func:`interleaved`).
+COLD = False
 #: Backends that run CPU tensors.
 CPU_BACKENDS = ("cpu", "conv", "traced")
 
@@ -81,7 +87,10 @@ def interleaved(
 ) -> dict[str, float]:
     """Median seconds of each call over ``rounds`` rounds, every call once a round in a rotating
     order (a slow spell of the machine is shared). ``states[name]()`` runs before ``name``'s
-    call, outside the timed region (patch on or off)."""
+    call, outside the timed region (patch on or off), and then, unless ``COLD``, the call once
+    untimed: ``apply()`` and ``revert()`` rebind names in every loaded module (~0.4 ms), which
+    leaves the CPU's caches cold, and the first call after a switch takes 1.5-2x its steady time
+    in either state, a cost no process that applies the patch once pays."""
     now = _clock(clock)
     names = list(calls)
     for name in names:  # warm-up: first calls build caches, workspaces, plans
@@ -99,6 +108,8 @@ def interleaved(
             for name in names[shift:] + names[:shift]:
                 if states:
                     states[name]()
+                    if not COLD:
+                        calls[name]()
                 start = now()
                 calls[name]()
                 times[name].append(now() - start)
@@ -667,6 +678,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="wall",
         help="wall-clock time, or the calling thread's CPU time (steadier on busy cores); default wall",
     )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="time the first call after each switch of the patch (caches left cold by the switch)",
+    )
     parser.add_argument("--quick", action="store_true", help="a dry run in seconds: few rounds, one shape")
     parser.add_argument("--out", type=Path, help="also write the report (Markdown) to this file")
     return parser
@@ -674,12 +690,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def report(args: argparse.Namespace) -> list[str]:
     """The whole report as Markdown lines."""
+    global COLD
+    COLD = args.cold
     rounds = 2 if args.quick else args.rounds
     shapes = SMALL_SHAPES[:1] if args.quick else SMALL_SHAPES
+    after = "the first call after each switch" if COLD else "a call untimed after each switch"
     lines = [
         "# Host time of tiny calls",
         "",
-        f"- {machine.utc_now()}; clock: {args.clock}; medians of {rounds} calls, interleaved",
+        f"- {machine.utc_now()}; clock: {args.clock}; medians of {rounds} calls, interleaved, {after}",
         *machine.machine_lines(),
         "",
     ]
