@@ -91,6 +91,27 @@ def test_values_and_gradients_match_the_reference(window, output, padding, backe
         _close(g, e)
 
 
+@pytest.mark.parametrize("asked", ["x", "y"])
+@pytest.mark.parametrize("window", list(WINDOWS))
+def test_the_gradient_of_one_image_alone_matches_the_reference(window, asked, backend):
+    """A loss that asks one image's gradient (the backward then forms that image's shifted
+    difference alone): x's, then y's, against the reference, as a weighted loss of the per-image
+    SSIM and of 1 - SSIM."""
+    shape, kw = WINDOWS[window]
+    x, y = _pair(shape)
+    for sign in (1.0, -1.0):
+        images = [x.clone(), y.clone()]
+        leaf = images[asked == "y"].requires_grad_()
+        out = ssim_patch.ssim(*images, data_range=1.3, reduction="none", **kw)
+        refs = [x.clone(), y.clone()]
+        ref_leaf = refs[asked == "y"].requires_grad_()
+        expected = ref.ssim(*refs, data_range=1.3, **kw)[0]
+        w = sign * torch.linspace(0.5, 1.5, expected.numel(), dtype=torch.float64)
+        (g,) = torch.autograd.grad((out * w).sum(), leaf)
+        (e,) = torch.autograd.grad((expected * w).sum(), ref_leaf)
+        _close(g, e)
+
+
 SHAPES = [(1, 1, 16, 16), (2, 3, 23, 19), (1, 2, 40, 33), (1, 1, 7, 8, 9), (2, 2, 9, 11, 12)]
 
 
@@ -104,6 +125,11 @@ def test_identical_images_give_a_gradient_of_exactly_zero(shape, dtype, data_ran
         out = ssim_patch.ssim(preds, x.clone(), data_range=data_range, reduction="none", **output)
         loss = sum(o.sum() for o in out) if isinstance(out, tuple) else out.sum()
         (g,) = torch.autograd.grad(loss, preds)
+        assert g.abs().max().item() == 0.0, (output, g.abs().max().item())
+        target = x.clone().requires_grad_()
+        out = ssim_patch.ssim(x.clone(), target, data_range=data_range, reduction="none", **output)
+        loss = sum(o.sum() for o in out) if isinstance(out, tuple) else out.sum()
+        (g,) = torch.autograd.grad(loss, target)
         assert g.abs().max().item() == 0.0, (output, g.abs().max().item())
         a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
         out = ssim_patch.ssim(a, b, data_range=data_range, reduction="none", **output)

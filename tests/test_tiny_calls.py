@@ -9,6 +9,7 @@ Values and gradients of both cpu paths against the float64 reference are in test
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import pytest
@@ -315,6 +316,7 @@ def _plan_eps(eps: Any) -> Plan:
 CONSTANT_PAIRS: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]] = [
     ("c1", (1e-4, 9e-4, None, torch.float32, "cpu"), (2e-4, 9e-4, None, torch.float32, "cpu")),
     ("c2", (1e-4, 9e-4, None, torch.float32, "cpu"), (1e-4, 8e-4, None, torch.float32, "cpu")),
+    ("c2: zero", (1e-4, 9e-4, None, torch.float32, "cpu"), (1e-4, 0.0, None, torch.float32, "cpu")),
     ("eps: none", (0.0, 0.0, None, torch.float64, "cpu"), (0.0, 0.0, 1e-8, torch.float64, "cpu")),
     ("eps", (0.0, 0.0, 1e-8, torch.float64, "cpu"), (0.0, 0.0, 3e-8, torch.float64, "cpu")),
     ("dtype", (0.0, 0.0, 1e-8, torch.float64, "cpu"), (0.0, 0.0, 1e-8, torch.float32, "cpu")),
@@ -331,11 +333,13 @@ def test_kept_constants_are_kept_by_all_that_decides_them(
     _dtypes.constants(c1, c2, _plan_eps(eps), torch.empty(0, dtype=dtype, device=device))
     c1, c2, eps, dtype, device = second
     got = _dtypes.constants(c1, c2, _plan_eps(eps), torch.empty(0, dtype=dtype, device=device))
-    want = _formula.constants(c1, c2, eps, torch.empty(0, dtype=dtype))
+    want = _formula.constants(c1, c2, eps, torch.empty(0, dtype=dtype), torch.tensor((-1.0, 1.0), dtype=dtype))
     assert [t is None for t in got] == [t is None for t in want]
     for g, w in zip(got, want):
-        if g is not None:
-            assert (g.shape, g.dtype, g.device.type) == ((), dtype, device)
+        if isinstance(g, bool):  # c2_zero
+            assert g == w
+        elif g is not None:
+            assert (g.shape, g.dtype, g.device.type) == (w.shape, dtype, device)
             assert device == "meta" or torch.equal(g, w)
 
 
@@ -344,24 +348,30 @@ def test_kept_constants_are_kept_by_all_that_decides_them(
     reason=f"torch {torch.__version__} has no meta kernel for reflection_pad2d.out: on meta the conv route "
     "pads out of place and copies, one op more than on CUDA",
 )
-def test_the_conv_route_of_a_16x16_call_launches_fewer_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("metric, forward_most, loss_most", [("ssim", 22, 47), ("uqi", 26, 52)])
+def test_the_conv_route_of_a_16x16_call_launches_fewer_kernels(
+    metric: str, forward_most: int, loss_most: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The conv route (CUDA without Triton) at 1x1x16x16 on meta, steady state: at most 22 writing
-    ops (kernel launches on CUDA) forward, 54 for a loss forward and backward (the leaf's clone
-    included; were 25 and 67: no constant filled, x + y and x - y in one op, the c sums in one sum
-    and scaled only where c1 or c2 needs a gradient, the own shifts in two ops)."""
+    ops (kernel launches on CUDA) forward, 47 for a loss forward and backward (the leaf's clone
+    included; were 25 and 67: no constant filled, x + y and x - y in one op, the c sums summed only
+    where c1 or c2 needs a gradient, the own shifts in two ops; the moments' gradients as pairs,
+    ``(a - b, a + b)`` in one op; one image's shifted difference in two). UQI: 26 and 52 (were 27
+    and 63: C_den without the zero c2, the flat windows found once)."""
     monkeypatch.setenv("SSIM_PATCH_BACKEND", "conv")
     x, y = (torch.empty(1, 1, 16, 16, device="meta") for _ in range(2))
+    similarity = ssim_patch.uqi if metric == "uqi" else functools.partial(ssim_patch.ssim, data_range=1.0)
 
     def forward() -> object:
         with torch.no_grad():
-            return ssim_patch.ssim(x, y, data_range=1.0)
+            return similarity(x, y)
 
     def loss() -> object:
         leaf = x.clone().requires_grad_()
-        ssim_patch.ssim(leaf, y, data_range=1.0).backward()
+        similarity(leaf, y).backward()
         return leaf.grad
 
-    for fn, most in ((forward, 22), (loss, 54)):
+    for fn, most in ((forward, forward_most), (loss, loss_most)):
         fn()
         with DispatchCounter() as counter:
             fn()
@@ -386,7 +396,7 @@ def test_a_repeated_call_takes_its_constants_from_the_kept_ones(monkeypatch: pyt
         loss()
     assert counter.counts.by_op["aten.full.default"] == 0, dict(counter.counts.by_op)
     assert len(_dtypes._CONSTANTS) == 1  # 2 c1, 2 c2
-    assert len(_dtypes._KEPT) == 3  # 1 / 121, 2 / 121, (1, -1)
+    assert len(_dtypes._KEPT) == 4  # 1 / 121, 2 / 121, (1, -1), (-1, 1)
 
 
 def test_constants_made_in_inference_mode_serve_a_later_double_backward() -> None:
@@ -396,7 +406,7 @@ def test_constants_made_in_inference_mode_serve_a_later_double_backward() -> Non
     x, y = _pair((1, 1, 16, 16), torch.float64)
     with torch.inference_mode():
         first = ssim_patch.ssim(x, y, data_range=1.0)
-    kept = [t for k in _dtypes._CONSTANTS.values() for t in k if t is not None]
+    kept = [t for k in _dtypes._CONSTANTS.values() for t in k if isinstance(t, torch.Tensor)]
     assert kept and not any(t.is_inference() for t in kept)
     leaf = x.clone().requires_grad_()
     again = ssim_patch.ssim(leaf, y, data_range=1.0)

@@ -46,18 +46,26 @@ FLAT_EPS = 32
 
 class Constants(NamedTuple):
     """``2 c1``, ``2 c2``, ``4 eps`` (None for SSIM) and the flat-window tolerance ``flat`` (UQI's;
-    None for SSIM), as 0-d tensors."""
+    None for SSIM), as 0-d tensors; ``signs``, ``(-1, 1)``, for the pairs ``(p - q, p + q)`` that
+    one ``addcmul`` makes; ``c2_zero``: ``c2`` is the number 0 (UQI), so ``C_den`` needs no add."""
 
     two_c1: Tensor
     two_c2: Tensor
     four_eps: Optional[Tensor]
     flat: Optional[Tensor] = None
+    signs: Optional[Tensor] = None
+    c2_zero: bool = False
 
 
 def constants(
-    c1: Union[float, Tensor], c2: Union[float, Tensor], eps: Optional[float], like: Tensor
+    c1: Union[float, Tensor],
+    c2: Union[float, Tensor],
+    eps: Optional[float],
+    like: Tensor,
+    signs: Optional[Tensor] = None,
 ) -> Constants:
-    """The constants in ``like``'s dtype and device (numbers become 0-d tensors, one fill each).
+    """The constants in ``like``'s dtype and device (numbers become 0-d tensors, one fill each);
+    ``signs`` where the caller has them (else :func:`adjoints` makes them where it needs them).
 
     With ``eps`` (UQI), also ``flat = FLAT_EPS * finfo(like.dtype).eps``, the compute dtype's."""
 
@@ -66,10 +74,21 @@ def constants(
             return value * factor
         return torch.full((), value * factor, dtype=like.dtype, device=like.device)
 
+    c2_zero = not isinstance(c2, Tensor) and c2 == 0
     if eps is None:
-        return Constants(scaled(c1, 2), scaled(c2, 2), None)
+        return Constants(scaled(c1, 2), scaled(c2, 2), None, None, signs, c2_zero)
     flat = scaled(torch.finfo(like.dtype).eps, FLAT_EPS)
-    return Constants(scaled(c1, 2), scaled(c2, 2), scaled(eps, 4), flat)
+    return Constants(scaled(c1, 2), scaled(c2, 2), scaled(eps, 4), flat, signs, c2_zero)
+
+
+def _signs(k: Constants, like: Tensor) -> Tensor:
+    """``k.signs`` shaped ``(2, 1, ...)`` to pair with maps like ``like`` ``(2, ...)``; made where
+    ``k`` has none (two fills: no host-to-device copy, which CUDA graph capture forbids)."""
+    signs = k.signs
+    if signs is None:
+        signs = torch.ones(2, dtype=like.dtype, device=like.device)
+        signs[0].fill_(-1.0)
+    return signs.view(2, *[1] * (like.ndim - 1))
 
 
 class Terms(NamedTuple):
@@ -79,6 +98,7 @@ class Terms(NamedTuple):
     c_num: Tensor
     c_den: Tensor
     means: Optional[Tensor] = None  # (2, ...): mu less the shift, where at hand
+    flat: Optional[Tensor] = None  # UQI's flat windows, where at hand (else C_den == 0 tells)
 
 
 #: Where a map-sized result goes: ``buffers(name, like)`` is a tensor of ``like``'s shape and
@@ -106,14 +126,19 @@ def terms(
     reused = buffers("clamped", means)
     clamped = torch.clamp_min(var, 0, out=reused)
     var = var + (clamped - var).detach() if straight_through else clamped
+    flat = None
     if k.flat is not None:  # UQI: a flat window has no variance, and none to differentiate
         flat = clamped.sum(0) <= k.flat * squares.sum(0)
         var = var.masked_fill(flat, 0) if reused is None else var.masked_fill_(flat, 0)
     v_s, v_d = var.unbind(0)
-    c_den = torch.add(k.two_c2, v_s, out=buffers("c_den", v_s))
-    c_den = torch.add(c_den, v_d, out=buffers("c_den", v_s))
+    if k.c2_zero:  # 0 + v_s is v_s: the same number, one op fewer
+        c_den = torch.add(v_s, v_d, out=buffers("c_den", v_s))
+    else:
+        c_den = torch.add(k.two_c2, v_s, out=buffers("c_den", v_s))
+        c_den = torch.add(c_den, v_d, out=buffers("c_den", v_s))
     c_num = torch.add(c_den, v_d, alpha=-2, out=buffers("c_num", v_s))
-    return Terms(mu=torch.add(means, shift, out=buffers("mu", means)), c_num=c_num, c_den=c_den, means=means)
+    mu = torch.add(means, shift, out=buffers("mu", means))
+    return Terms(mu, c_num, c_den, means, flat)
 
 
 def luminance(mu_s: Tensor, mu_d: Tensor, k: Constants, buffers: Buffers = fresh) -> tuple[Tensor, Tensor]:
@@ -207,7 +232,8 @@ def adjoints(
             twice_grad_map = torch.mul(grad_map, 2, out=buffers("2 grad_map", grad_map))
         u = torch.div(twice_grad_map, den, out=reused)
         if k.flat is not None:  # UQI: a window with no variance contributes no gradient (see terms)
-            u = u.masked_fill(t.c_den == 0, 0) if reused is None else u.masked_fill_(t.c_den == 0, 0)
+            flat = t.flat if t.flat is not None else t.c_den == 0
+            u = u.masked_fill(flat, 0) if reused is None else u.masked_fill_(flat, 0)
         v = torch.mul(u, made.s, out=buffers("v", den))  # u S, with S exactly as the forward has it
         a = torch.mul(u, t.c_num, out=buffers("a", den))
         b = torch.mul(v, t.c_den, out=buffers("b", den))
@@ -223,21 +249,21 @@ def adjoints(
         c = torch.add(c, h, out=into_cross if out is not None else buffers("c+h", t.c_den))
         cs = torch.div(t.c_num, t.c_den, out=buffers("cs_adj", t.c_den))
         d = torch.addcmul(d, h, cs, out=into_sq if out is not None else buffers("d+h", t.c_den))
-    # L depends on mu_s, mu_d; C on v_s = m2 - m0^2, v_d = m3 - m1^2; m0 = mu_s - a_s, m1 = mu_d - a_d.
-    # 2 (A + B), 2 (A - B), 2 (C + D), 2 (C - D); a and b (c and d) have one shape.
-    ab = torch.sub(a, b, out=buffers("ab", a))
-    a_b = torch.add(a, b, out=buffers("a+b", a))
-    cd = torch.sub(c, d, out=buffers("cd", c))
-    c_d = torch.add(c, d, out=buffers("c+d", c))
-    mu_s, mu_d = t.mu.unbind(0)
-    m0, m1 = (t.means if t.means is not None else torch.sub(t.mu, shift, out=buffers("m", t.mu))).unbind(0)
-    g_m0 = torch.mul(mu_s, ab, out=buffers("g_m0", mu_s))
-    g_m0 = torch.addcmul(g_m0, m0, cd, value=-1, out=buffers("g_m0", mu_s))
-    g_m1 = torch.mul(m1, c_d, out=buffers("g_m1", m1))
-    g_m1 = torch.addcmul(g_m1, mu_d, a_b, value=-1, out=buffers("g_m1", m1))
+    # L depends on mu_s, mu_d; C on v_s = m2 - m0^2, v_d = m3 - m1^2; m0 = mu_s - a_s, m1 = mu_d - a_d:
+    #   g_m0 = mu_s (a - b) - m0 (c - d),   g_m1 = m1 (c + d) - mu_d (a + b)
+    # as pairs: (g_m0, -g_m1) = mu (a - b, a + b) - means (c - d, c + d), rows by rows, in two ops.
+    # (a and b, c and d, have one shape; the pairs are exactly the differences and sums.)
+    sign = _signs(k, t.mu)
+    full = t.mu.shape[1:]
+    ab = torch.addcmul(a, sign, b, out=buffers("a-b, a+b", t.mu) if a.shape == full else None)
+    cd = torch.addcmul(c, sign, d, out=buffers("c-d, c+d", t.mu) if c.shape == full else None)
+    means = t.means if t.means is not None else torch.sub(t.mu, shift, out=buffers("m", t.mu))
+    g_m = torch.mul(t.mu, ab, out=buffers("g_m", t.mu))
+    g_m = torch.addcmul(g_m, means, cd, value=-1, out=buffers("g_m", t.mu))
+    g_m0, minus_g_m1 = g_m.unbind(0)
     g_x = g_y = None
     if need_x:
-        g_x = torch.add(g_m0, g_m1, out=into_x if into_x is not None else buffers("g_x", g_m0))
+        g_x = torch.sub(g_m0, minus_g_m1, out=into_x if into_x is not None else buffers("g_x", g_m0))
     if need_y:
-        g_y = torch.sub(g_m0, g_m1, out=into_y if into_y is not None else buffers("g_y", g_m0))
-    return Adjoints(g_x, g_y, g_sq=d, g_cross=c, g_c1=ab, g_c2=cd)
+        g_y = torch.add(g_m0, minus_g_m1, out=into_y if into_y is not None else buffers("g_y", g_m0))
+    return Adjoints(g_x, g_y, g_sq=d, g_cross=c, g_c1=ab[0], g_c2=cd[0])

@@ -183,8 +183,8 @@ def forward(
     adjoints = torch.stack(_algebra.adjoint_stack(adj))
     if keep.c1 or keep.c2:
         c_sums = torch.stack((adj.g_c1.sum(dims[1:]), adj.g_c2.sum(dims[1:])))
-    else:
-        c_sums = x.new_zeros((2, *x.shape[:2]))
+    else:  # never read: a backward asked for c1's or c2's gradient recomputes
+        c_sums = x.new_empty((2, *x.shape[:2]))
     held = _algebra.TermsKept(shift, adjoints=adjoints, c_sums=c_sums)
     return per_image, extra, held.tensors(plan)
 
@@ -204,8 +204,12 @@ def backward(
     gx = gy = None
     if needs.x or needs.y:
         back = _algebra.unstack(blur_adjoint(stacked, plan.blur, tuple(x.shape[2:])), needs.x, needs.y)
-        a_x, a_y = _algebra.own_shifts(held.shift)
-        gx, gy = _algebra.combine(back, x - a_x, y - a_y, in_place=True)
+        if needs.x and needs.y:
+            a_x, a_y = _algebra.own_shifts(held.shift)
+            gx, gy = _algebra.combine(back, x - a_x, y - a_y, in_place=True)
+        else:
+            own, diff = _algebra.one_shifted(x, y, held.shift, needs.x)
+            gx, gy = _algebra.combine(back, own, own, in_place=True, difference=diff)
         if up.scale is not None:
             gx = None if gx is None else gx.mul_(up.scale)
             gy = None if gy is None else gy.mul_(up.scale)

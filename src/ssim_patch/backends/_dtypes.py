@@ -37,13 +37,15 @@ def constants(c1: Scalar, c2: Scalar, plan: Plan, x: Tensor) -> _formula.Constan
     constant made is a fill launch)."""
     dtype = compute_dtype(x.dtype)
     like = x if x.dtype == dtype else x.new_empty((), dtype=dtype)
-    if isinstance(c1, Tensor) or isinstance(c2, Tensor) or not keeps(like):
+    if not keeps(like):
         return _formula.constants(c1, c2, plan.eps, like)
+    if isinstance(c1, Tensor) or isinstance(c2, Tensor):
+        return _formula.constants(c1, c2, plan.eps, like, kept((-1.0, 1.0), like))
     key = (repr(c1), repr(c2), repr(plan.eps), like.dtype, like.device)
 
     def make() -> _formula.Constants:
         with torch.inference_mode(False):
-            return _formula.constants(c1, c2, plan.eps, like)
+            return _formula.constants(c1, c2, plan.eps, like, kept((-1.0, 1.0), like))
 
     return _CONSTANTS.get(key, like.device, make)
 

@@ -170,23 +170,12 @@ class ConvBackend:
         into = x.new_empty((_algebra.adjoint_rows(keep), *made.s.shape))
         unit = _algebra.unit_gradient(made.s.shape, x)
         twice = _algebra.unit_gradient(made.s.shape, x, factor=2)
-        g_c = x.new_empty((2, *made.s.shape))  # g_c1, g_c2 written as rows: one sum for both
-        rows = {"ab": g_c[0], "cd": g_c[1]}
-        adj = _formula.adjoints(
-            t,
-            shift,
-            k,
-            unit,
-            None,
-            keep.x,
-            keep.y,
-            made,
-            out=into,
-            buffers=lambda name, like: rows.get(name),
-            twice_grad_map=twice,
-        )
-        assert adj.g_c1 is rows["ab"] and adj.g_c2 is rows["cd"]
-        c_sums = g_c.sum(tuple(range(3, g_c.ndim)))
+        adj = _formula.adjoints(t, shift, k, unit, None, keep.x, keep.y, made, out=into, twice_grad_map=twice)
+        if keep.c1 or keep.c2:
+            dims = tuple(range(2, made.s.ndim))
+            c_sums = torch.stack((adj.g_c1.sum(dims), adj.g_c2.sum(dims)))
+        else:  # never read: a backward asked for c1's or c2's gradient recomputes
+            c_sums = x.new_empty((2, n, channels))
         return per_image, extra, _algebra.TermsKept(shift, adjoints=into, c_sums=c_sums).tensors(plan)
 
     def kept_like(self, x: Tensor, plan: Plan, keep: Needs) -> Kept:
@@ -210,7 +199,11 @@ class ConvBackend:
         gx = gy = None
         if needs.x or needs.y:
             back = _algebra.unstack(conv_blur_adjoint(adj_stack, plan.blur, x), needs.x, needs.y)
-            gx, gy = _algebra.combine(back, *_algebra.shifted(x, y, held.shift), in_place=True)
+            if needs.x and needs.y:
+                gx, gy = _algebra.combine(back, *_algebra.shifted(x, y, held.shift), in_place=True)
+            else:
+                own, diff = _algebra.one_shifted(x, y, held.shift, needs.x)
+                gx, gy = _algebra.combine(back, own, own, in_place=True, difference=diff)
             if up.scale is not None:
                 gx, gy = (None if g is None else g.mul_(up.scale) for g in (gx, gy))
         return (gx, gy, *_algebra.constant_grads(c_sums, needs))
