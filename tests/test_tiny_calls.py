@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ssim_patch
 from benchmarks.dispatch_count import DispatchCounter
-from ssim_patch import _filters, _formula
+from ssim_patch import _filters, _formula, _torch_features
 from ssim_patch._torch_features import META_REFLECT_PAD2D_OUT
 from ssim_patch.backends import _algebra, _custom_op, _dense, _dtypes, _route
 from ssim_patch.backends._protocol import Plan
@@ -333,7 +333,9 @@ def test_kept_constants_are_kept_by_all_that_decides_them(
     _dtypes.constants(c1, c2, _plan_eps(eps), torch.empty(0, dtype=dtype, device=device))
     c1, c2, eps, dtype, device = second
     got = _dtypes.constants(c1, c2, _plan_eps(eps), torch.empty(0, dtype=dtype, device=device))
-    want = _formula.constants(c1, c2, eps, torch.empty(0, dtype=dtype), torch.tensor((-1.0, 1.0), dtype=dtype))
+    want = _formula.constants(
+        c1, c2, eps, torch.empty(0, dtype=dtype), torch.tensor((-1.0, 1.0), dtype=dtype)
+    )
     assert [t is None for t in got] == [t is None for t in want]
     for g, w in zip(got, want):
         if isinstance(g, bool):  # c2_zero
@@ -472,3 +474,28 @@ def test_fake_cuda_images_keep_nothing_and_ask_cuda_nothing(monkeypatch: pytest.
         monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", no_gpu)
         assert cuda_like.device.type == "cuda"
         assert not _dtypes.keeps(cuda_like)
+
+
+@pytest.mark.skipif(
+    _torch_features._unwrap_dead_wrappers is None,
+    reason=f"torch {torch.__version__} has no torch._functorch.utils.unwrap_dead_wrappers: Function.apply is used",
+)
+def test_a_plain_eager_loss_binds_no_arguments_to_a_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Function.apply`` binds the arguments to ``forward``'s signature at every call (inspect's
+    ``bind``, ~40 us of a 16x16 loss); the patched call passes all six positionally and skips it,
+    outside a transform. Under ``torch.func`` (the traced route) gradients stay exact."""
+    import inspect
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Signature.bind called")
+
+    x, y = _pair((1, 1, 16, 16), torch.float64)
+    leaf = x.clone().requires_grad_()
+    monkeypatch.setattr(inspect.Signature, "bind", refuse)
+    ssim_patch.ssim(leaf, y, data_range=1.0).backward()
+    monkeypatch.undo()
+    reference = x.clone().requires_grad_()
+    ssim_patch.ssim(reference, y, data_range=1.0, reduction="none").sum().backward()
+    assert torch.equal(leaf.grad, reference.grad)
+    grads = torch.func.grad(lambda a: ssim_patch.ssim(a, y, data_range=1.0))(x)
+    torch.testing.assert_close(grads, leaf.grad, rtol=1e-10, atol=1e-14)

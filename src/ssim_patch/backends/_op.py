@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ssim_patch import backends
+from ssim_patch._torch_features import function_apply
 from ssim_patch.backends import _custom_op, _route, traced
 from ssim_patch.backends._dtypes import cast, constants
 from ssim_patch.backends._protocol import Backend, Needs, Plan, Scalar
@@ -238,10 +239,12 @@ class _Similarity(torch.autograd.Function):
 
 # Function.apply binds the arguments to forward's signature at every call (where setup_context is
 # defined); a signature given once spares inspect.signature its work (~15% of a 16x16 call's
-# autograd.Function overhead).
+# autograd.Function overhead), and _APPLY skips the binding where torch allows (every argument is
+# passed, positionally).
 _Similarity.forward.__signature__ = inspect.signature(_Similarity.forward)  # type: ignore[attr-defined]
+_APPLY = function_apply(_Similarity)
 
 
 def _apply(x: Tensor, y: Tensor, c1: Scalar, c2: Scalar, plan: Plan, backend: Backend) -> tuple[Tensor, ...]:
-    out: tuple[Tensor, ...] = _Similarity.apply(x, y, c1, c2, plan, backend)  # type: ignore[no-untyped-call]
+    out: tuple[Tensor, ...] = _APPLY(x, y, c1, c2, plan, backend)
     return out
