@@ -205,6 +205,29 @@ def test_the_caller_takes_the_pieces_no_worker_has_taken(two_threads):
         caller.join(timeout=60)
 
 
+def test_a_worker_keeps_nothing_of_a_finished_call(two_threads):
+    """Once a call's pieces are done, nothing of them stays with the pool: a worker (or its token,
+    not yet taken) held the batch, its pieces and what they hold until the worker next woke, and
+    one woken at interpreter exit freed the call's tensors there, which ends the process in
+    abort() ("terminate called without an active exception": freeing a tensor lets go of the GIL,
+    and a daemon thread that takes it back then is unwound through C++)."""
+    import weakref
+
+    class Held:
+        pass
+
+    for _ in range(20):  # whichever thread takes which piece, and whenever the worker wakes
+        held = Held()
+        ref = weakref.ref(held)
+        pieces = [lambda held=held: None, lambda: time.sleep(0.001)]
+        _pool.run(pieces, 2)
+        del held, pieces
+        deadline = time.monotonic() + 5
+        while ref() is not None and time.monotonic() < deadline:
+            time.sleep(0.001)  # the worker finishes its turn of the loop
+        assert ref() is None, "a finished call's piece is still held"
+
+
 def _counts_here() -> tuple[int, ...]:
     """This thread's torch (OpenMP) thread count and, where torch has MKL, MKL's, as torch's own
     report reads them."""

@@ -38,7 +38,7 @@ class _Batch:
     """One call's pieces: taken one at a time by the workers that hold one of its tokens."""
 
     def __init__(self, tasks: Sequence[Callable[[], None]], inference: bool) -> None:
-        self.tasks = tasks
+        self.tasks: Sequence[Callable[[], None]] = tasks
         self.inference = inference
         self.lock = threading.Lock()
         self.next = 0
@@ -48,7 +48,7 @@ class _Batch:
 
     def claim(self) -> Optional[Callable[[], None]]:
         with self.lock:
-            if self.next >= len(self.tasks) or self.error is not None:
+            if self.next >= len(self.tasks) or self.error is not None:  # tasks () once all done
                 return None
             task = self.tasks[self.next]
             self.next += 1
@@ -62,6 +62,10 @@ class _Batch:
                 self.next = len(self.tasks)
             self.left -= count
             if self.left <= 0:
+                # Nothing of the call stays with a worker that still holds the batch: a late one
+                # would free the call's tensors whenever it next wakes, at interpreter exit too,
+                # where freeing a tensor (which lets go of the GIL) ends the process in abort().
+                self.tasks = ()
                 self.done.set()
 
 
@@ -184,6 +188,7 @@ class _Pool:
             # no_grad inside: inference_mode(False) turns grad mode on
             with torch.inference_mode(batch.inference), torch.no_grad():
                 _drain(batch)
+            del batch  # not held while waiting for the next (see _Batch.finished)
 
 
 def _drain(batch: _Batch) -> None:
