@@ -477,8 +477,9 @@ def test_fake_cuda_images_keep_nothing_and_ask_cuda_nothing(monkeypatch: pytest.
 
 
 @pytest.mark.skipif(
-    _torch_features._unwrap_dead_wrappers is None,
-    reason=f"torch {torch.__version__} has no torch._functorch.utils.unwrap_dead_wrappers: Function.apply is used",
+    not _torch_features.PYTHON_FUNCTION_APPLY,
+    reason=f"torch {torch.__version__}'s Function.apply is not Python's (or lacks unwrap_dead_wrappers): it is used "
+    "as it is, binding included",
 )
 def test_a_plain_eager_loss_binds_no_arguments_to_a_signature(monkeypatch: pytest.MonkeyPatch) -> None:
     """``Function.apply`` binds the arguments to ``forward``'s signature at every call (inspect's

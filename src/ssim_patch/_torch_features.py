@@ -20,13 +20,16 @@ the few torch internals the engine reads that moved between torch 2.0 and the ne
 - :func:`plain_eager`: no dispatch mode on (``torch._C._len_torch_dispatch_stack``, 2.0 on) and
   a tensor of no subclass.
 - :func:`function_apply`: an ``autograd.Function``'s ``apply`` without its per-call binding of
-  the arguments to ``forward``'s signature, where torch has ``unwrap_dead_wrappers`` (2.0 on).
+  the arguments to ``forward``'s signature, where ``Function.apply`` is Python and torch has
+  ``unwrap_dead_wrappers`` (2.0 to 2.13; 2.14's apply is C++ and binds there:
+  :data:`PYTHON_FUNCTION_APPLY`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import sys
 from typing import Any, Callable, ContextManager, Optional, TypeVar
 
@@ -160,13 +163,23 @@ _unwrap_dead_wrappers: Any = getattr(
 )
 
 
+#: True where ``torch.autograd.Function.apply`` is Python's classmethod (torch 2.0 to 2.13), whose
+#: steps :func:`function_apply` can take without the binding; 2.14's is C++ (it binds there).
+PYTHON_FUNCTION_APPLY = (
+    isinstance(inspect.getattr_static(torch.autograd.Function, "apply", None), classmethod)
+    and _unwrap_dead_wrappers is not None
+    and _are_transforms_active is not None
+)
+
+
 def function_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
     """``function.apply`` for callers that pass every argument, positionally: outside a
     ``torch.func`` transform the steps of ``Function.apply`` but its binding of the arguments to
     ``forward``'s signature (``inspect``'s ``bind``, a tenth of a 16x16 call's host time), which
     such a call leaves as it is: dead functorch wrappers unwrapped, then the base class's apply.
-    Under a transform, or on a torch without ``unwrap_dead_wrappers``, ``function.apply``."""
-    if _unwrap_dead_wrappers is None or _are_transforms_active is None:
+    Under a transform, or on a torch whose apply is not Python's (:data:`PYTHON_FUNCTION_APPLY`),
+    ``function.apply``."""
+    if not PYTHON_FUNCTION_APPLY:
         return function.apply
     base = super(torch.autograd.Function, function).apply  # type: ignore[misc]
     full: Callable[..., Any] = function.apply
