@@ -168,6 +168,19 @@ def combine(
     return grads[0], grads[1]
 
 
+def combine_shifted(
+    back: Back, x: Tensor, y: Tensor, shift: Tensor, need_x: bool, need_y: bool
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """:func:`combine` in place (``back`` is scratch) from the images and their kept ``shift``
+    ``(2, ...)``, for a whole-batch backward that needs at least one image's gradient: both shifted
+    images where both are asked (:func:`shifted`), else the one's and its difference
+    (:func:`one_shifted`: an op fewer); no autograd."""
+    if need_x and need_y:
+        return combine(back, *shifted(x, y, shift), in_place=True)
+    own, diff = one_shifted(x, y, shift, need_x)
+    return combine(back, own, own, in_place=True, difference=diff)
+
+
 # --- what the moment-based forwards (cpu, conv) keep ----------------------------------------------
 
 

@@ -204,12 +204,7 @@ def backward(
     gx = gy = None
     if needs.x or needs.y:
         back = _algebra.unstack(blur_adjoint(stacked, plan.blur, tuple(x.shape[2:])), needs.x, needs.y)
-        if needs.x and needs.y:
-            a_x, a_y = _algebra.own_shifts(held.shift)
-            gx, gy = _algebra.combine(back, x - a_x, y - a_y, in_place=True)
-        else:
-            own, diff = _algebra.one_shifted(x, y, held.shift, needs.x)
-            gx, gy = _algebra.combine(back, own, own, in_place=True, difference=diff)
+        gx, gy = _algebra.combine_shifted(back, x, y, held.shift, needs.x, needs.y)
         if up.scale is not None:
             gx = None if gx is None else gx.mul_(up.scale)
             gy = None if gy is None else gy.mul_(up.scale)

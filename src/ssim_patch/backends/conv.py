@@ -199,11 +199,7 @@ class ConvBackend:
         gx = gy = None
         if needs.x or needs.y:
             back = _algebra.unstack(conv_blur_adjoint(adj_stack, plan.blur, x), needs.x, needs.y)
-            if needs.x and needs.y:
-                gx, gy = _algebra.combine(back, *_algebra.shifted(x, y, held.shift), in_place=True)
-            else:
-                own, diff = _algebra.one_shifted(x, y, held.shift, needs.x)
-                gx, gy = _algebra.combine(back, own, own, in_place=True, difference=diff)
+            gx, gy = _algebra.combine_shifted(back, x, y, held.shift, needs.x, needs.y)
             if up.scale is not None:
                 gx, gy = (None if g is None else g.mul_(up.scale) for g in (gx, gy))
         return (gx, gy, *_algebra.constant_grads(c_sums, needs))
