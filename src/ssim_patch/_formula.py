@@ -120,12 +120,16 @@ def terms(
     means, squares = m.tensor_split(2)
     # Not addcmul: a fused multiply-add would keep the rounding error of means^2, so a window of
     # one tap (or a flat image) would get a variance of rounding noise instead of exactly 0.
-    var = torch.sub(
-        squares, torch.mul(means, means, out=buffers("means^2", means)), out=buffers("var", means)
-    )
-    reused = buffers("clamped", means)
-    clamped = torch.clamp_min(var, 0, out=reused)
-    var = var + (clamped - var).detach() if straight_through else clamped
+    # In a buffer, means^2, the variances and their clamp are one tensor written over, and the
+    # means go there last (the fewer buffers a call touches, the more of them stay in cache).
+    reused = buffers("var, then mu", means)
+    if reused is None:
+        var = torch.sub(squares, torch.mul(means, means))
+        clamped = torch.clamp_min(var, 0)
+        var = var + (clamped - var).detach() if straight_through else clamped
+    else:
+        var = torch.sub(squares, torch.mul(means, means, out=reused), out=reused)
+        clamped = var = torch.clamp_min(var, 0, out=reused)
     flat = None
     if k.flat is not None:  # UQI: a flat window has no variance, and none to differentiate
         flat = clamped.sum(0) <= k.flat * squares.sum(0)
@@ -137,7 +141,7 @@ def terms(
         c_den = torch.add(k.two_c2, v_s, out=buffers("c_den", v_s))
         c_den = torch.add(c_den, v_d, out=buffers("c_den", v_s))
     c_num = torch.add(c_den, v_d, alpha=-2, out=buffers("c_num", v_s))
-    mu = torch.add(means, shift, out=buffers("mu", means))
+    mu = torch.add(means, shift, out=reused)  # the variances are spent
     return Terms(mu, c_num, c_den, means, flat)
 
 

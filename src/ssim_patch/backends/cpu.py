@@ -166,7 +166,8 @@ class BandBlur:
         size = rows_in * 4 * planes * wide
         flat = self.work.take("banded in", (size + b,), xb)  # b more: the last block's next one
         across = self.work.take("banded across", (size,), xb)
-        moments = self.work.take("banded out", (rows_out, 4, planes, wide), xb)
+        # the moments over the maps, spent once the products along the rows have read them
+        moments = self.work.take("banded in", (rows_out, 4, planes, wide), xb)
         fake = is_fake(xb)
         key = ("banded", self.blur, tuple(xb.shape), xb.dtype, xb.device, torch.is_inference_mode_enabled())
         plan: Optional[_BandedPlan] = None if fake else self.work.plans.get(key)
