@@ -133,15 +133,15 @@ def test_inference_mode_is_carried_to_the_workers(two_threads, monkeypatch):
 
 def test_an_error_in_a_piece_is_raised_in_the_caller(two_threads, monkeypatch):
     x, y = _pair(SHAPES["planes"], seed=2)
-    real = _formula.similarity_map
+    real = _formula.terms
 
     def broken(*args, **kwargs):
         raise ValueError("a piece failed")
 
-    monkeypatch.setattr(cpu._formula, "similarity_map", broken)
+    monkeypatch.setattr(cpu._formula, "terms", broken)
     with pytest.raises(ValueError, match="a piece failed"):
         ssim(x, y, data_range=1.0)
-    monkeypatch.setattr(cpu._formula, "similarity_map", real)
+    monkeypatch.setattr(cpu._formula, "terms", real)
     torch.testing.assert_close(ssim(x, y, data_range=1.0), ref.ssim(x, y, data_range=1.0)[0].mean())
 
 

@@ -219,3 +219,43 @@ def test_a_dtype_after_another_gives_the_numbers_of_a_fresh_workspace():
         got = _step(*pairs[dtype], plan)
         assert all(a.dtype == dtype for a in got), dtype
         assert all(torch.equal(a, b) for a, b in zip(got, expected[dtype])), dtype
+
+
+@pytest.mark.parametrize("uqi", [False, True], ids=["ssim", "uqi"])
+def test_the_formula_written_over_reused_buffers_gives_the_fresh_numbers(uqi):
+    """The formula writes several of its results over others it has spent (one buffer for the
+    variances and then the means; the map over L_num; the adjoints' pairs over u, v and a, b):
+    bit for bit what fresh tensors give, from buffers that start as NaN, for every output a
+    caller reads."""
+    from ssim_patch import _formula
+
+    gen = torch.Generator().manual_seed(5)
+    shape = (3, 2, 9, 7)
+    m = torch.rand((4, *shape), generator=gen, dtype=torch.float64)
+    m[2:] += m[:2] ** 2  # second moments above the squared means, as a blur of squares gives
+    m[3, 0, 0] = m[1, 0, 0] ** 2  # a window with no variance of d (and, for UQI, a flat one)
+    m[2, 0, 0] = m[0, 0, 0] ** 2
+    shift = torch.rand((2, *shape[:1], 1, 1, 1), generator=gen, dtype=torch.float64)
+    k = _formula.constants(0.0, 0.0, 1e-8, m) if uqi else _formula.constants(1e-4, 9e-4, None, m)
+    grad_map = torch.rand(shape, generator=gen, dtype=torch.float64)
+    grad_cs = torch.rand(shape, generator=gen, dtype=torch.float64)
+    kept: dict[str, torch.Tensor] = {}
+
+    def buffers(name: str, like: torch.Tensor) -> torch.Tensor:
+        if name not in kept:
+            kept[name] = torch.full(like.shape, float("nan"), dtype=like.dtype)
+        assert kept[name].shape == like.shape, name
+        return kept[name]
+
+    fresh_t = _formula.terms(m.clone(), shift, k)
+    fresh_made = _formula.similarity_map(fresh_t, k)
+    s_alone = _formula.similarity(_formula.terms(m.clone(), shift, k, buffers=buffers), k, buffers)
+    torch.testing.assert_close(s_alone, fresh_made.s, rtol=0, atol=0)
+    for g_cs in (None,) if uqi else (None, grad_cs):  # UQI has no cs map
+        fresh_adj = _formula.adjoints(fresh_t, shift, k, grad_map, g_cs, made=fresh_made)
+        kept.clear()
+        t = _formula.terms(m.clone(), shift, k, buffers=buffers)
+        made = _formula.similarity_map(t, k, buffers)
+        adj = _formula.adjoints(t, shift, k, grad_map, g_cs, made=made, buffers=buffers)
+        for got, want in zip(adj, fresh_adj):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -152,10 +152,10 @@ def luminance(mu_s: Tensor, mu_d: Tensor, k: Constants, buffers: Buffers = fresh
     return torch.addcmul(l_den, mu_d, mu_d, value=-2, out=buffers("l_num", mu_s)), l_den
 
 
-def _denominator(l_den: Tensor, c_den: Tensor, k: Constants, buffers: Buffers) -> Tensor:
+def _denominator(l_den: Tensor, c_den: Tensor, k: Constants, out: Optional[Tensor]) -> Tensor:
     if k.four_eps is None:
-        return torch.mul(l_den, c_den, out=buffers("den", l_den))
-    return torch.addcmul(k.four_eps, l_den, c_den, out=buffers("den", l_den))
+        return torch.mul(l_den, c_den, out=out)
+    return torch.addcmul(k.four_eps, l_den, c_den, out=out)
 
 
 class Map(NamedTuple):
@@ -171,14 +171,20 @@ def similarity_map(t: Terms, k: Constants, buffers: Buffers = fresh) -> Map:
     """The SSIM (or UQI) map, with its factors."""
     mu_s, mu_d = t.mu.unbind(0)
     l_num, l_den = luminance(mu_s, mu_d, k, buffers)
-    den = _denominator(l_den, t.c_den, k, buffers)
+    den = _denominator(l_den, t.c_den, k, buffers("den", l_den))
     s = torch.mul(l_num, t.c_num, out=buffers("s", l_num))
     return Map(torch.div(s, den, out=buffers("s", l_num)), l_num, l_den, den)
 
 
-def similarity(t: Terms, k: Constants) -> Tensor:
-    """The SSIM (or UQI) map."""
-    return similarity_map(t, k).s
+def similarity(t: Terms, k: Constants, buffers: Buffers = fresh) -> Tensor:
+    """The SSIM (or UQI) map alone: in ``buffers``, its denominator and the map are written over
+    ``L_den`` and ``L_num`` (two buffers fewer than :func:`similarity_map`'s)."""
+    if buffers is fresh:
+        return similarity_map(t, k).s
+    mu_s, mu_d = t.mu.unbind(0)
+    l_num, l_den = luminance(mu_s, mu_d, k, buffers)
+    den = _denominator(l_den, t.c_den, k, l_den)
+    return torch.div(torch.mul(l_num, t.c_num, out=l_num), den, out=l_num)
 
 
 def contrast(t: Terms, buffers: Buffers = fresh) -> Tensor:
@@ -229,18 +235,24 @@ def adjoints(
     made = made if made is not None else similarity_map(t, k, buffers)
     l_num, l_den = made.l_num, made.l_den
     # a = 2 dS/dL_num, b = -2 dS/dL_den, c = 2 dS/dC_num, d = -2 dS/dC_den, times the loss's gradient.
+    # In buffers: u and v one pair, (a - b, a + b) over them once they are spent; a and b
+    # another, (c - d, c + d) over them (the fewer buffers a call touches, the more stay in cache).
+    full = t.mu.shape[1:]
+    uv = buffers("u, v", t.mu) if grad_map is not None else None
+    ab_pair = buffers("a, b", t.mu)
     if grad_map is not None:
         den = made.den
-        reused = buffers("u", den)
+        into_u, into_v = (None, None) if uv is None else uv.unbind(0)
+        into_a, into_b = (None, None) if ab_pair is None else ab_pair.unbind(0)
         if twice_grad_map is None:
             twice_grad_map = torch.mul(grad_map, 2, out=buffers("2 grad_map", grad_map))
-        u = torch.div(twice_grad_map, den, out=reused)
+        u = torch.div(twice_grad_map, den, out=into_u)
         if k.flat is not None:  # UQI: a window with no variance contributes no gradient (see terms)
             flat = t.flat if t.flat is not None else t.c_den == 0
-            u = u.masked_fill(flat, 0) if reused is None else u.masked_fill_(flat, 0)
-        v = torch.mul(u, made.s, out=buffers("v", den))  # u S, with S exactly as the forward has it
-        a = torch.mul(u, t.c_num, out=buffers("a", den))
-        b = torch.mul(v, t.c_den, out=buffers("b", den))
+            u = u.masked_fill(flat, 0) if into_u is None else u.masked_fill_(flat, 0)
+        v = torch.mul(u, made.s, out=into_v)  # u S, with S exactly as the forward has it
+        a = torch.mul(u, t.c_num, out=into_a)
+        b = torch.mul(v, t.c_den, out=into_b)
         final = grad_cs is None
         c = torch.mul(u, l_num, out=into_cross if final and into_cross is not None else buffers("c", den))
         d = torch.mul(v, l_den, out=into_sq if final and into_sq is not None else buffers("d", den))
@@ -258,9 +270,8 @@ def adjoints(
     # as pairs: (g_m0, -g_m1) = mu (a - b, a + b) - means (c - d, c + d), rows by rows, in two ops.
     # (a and b, c and d, have one shape; the pairs are exactly the differences and sums.)
     sign = _signs(k, t.mu)
-    full = t.mu.shape[1:]
-    ab = torch.addcmul(a, sign, b, out=buffers("a-b, a+b", t.mu) if a.shape == full else None)
-    cd = torch.addcmul(c, sign, d, out=buffers("c-d, c+d", t.mu) if c.shape == full else None)
+    ab = torch.addcmul(a, sign, b, out=uv if a.shape == full else None)
+    cd = torch.addcmul(c, sign, d, out=ab_pair if c.shape == full else None)
     means = t.means if t.means is not None else torch.sub(t.mu, shift, out=buffers("m", t.mu))
     g_m = torch.mul(t.mu, ab, out=buffers("g_m", t.mu))
     g_m = torch.addcmul(g_m, means, cd, value=-1, out=buffers("g_m", t.mu))

@@ -567,8 +567,8 @@ class CpuBackend:
                 xb = band.pad_rest(xp[p0:p1].index_select(1, rows_in))
                 yb = band.pad_rest(yp[p0:p1].index_select(1, rows_in))
             t = _formula.terms(band.moments(xb, yb, sh), sh, k, buffers=work.formula)
-            made = _formula.similarity_map(t, k, work.formula)
-            maps = made.s
+            made = _formula.similarity_map(t, k, work.formula) if adjoints else None
+            maps = _formula.similarity(t, k, work.formula) if made is None else made.s
             torch.sum(maps, dims, out=sums[b, p0:p1])
             if cs_sums is not None:
                 torch.sum(_formula.contrast(t, work.formula), dims, out=cs_sums[b, p0:p1])
@@ -576,6 +576,7 @@ class CpuBackend:
                 full[p0:p1, r0:r1] = maps
             if keep is not None and adjoints:
                 into = kept["adjoints"][:, p0:p1, r0:r1]
+                assert made is not None
                 adj = _formula.adjoints(t, sh, k, unit, None, keep.x, keep.y, made, into, work.formula)
                 if c_sums is not None and (keep.c1 or keep.c2):
                     torch.sum(adj.g_c1, dims, out=c_sums[b, 0, p0:p1])
