@@ -84,19 +84,19 @@ def _fresh_in_a_step(plan, shape=(4, 3, 64, 64)):
     return fresh.found
 
 
-PADDED = (12, 74, 74)  # one reflect-padded image of the piece (the call is one piece)
 MAP = (12, 64, 64)
 
 
 @pytest.mark.parametrize(
     ("output", "expected"),
     [
-        # the kept adjoint maps (g_x, g_sq, g_cross), the padded images, the gradient
-        ("ssim", [(3, *MAP), PADDED, PADDED, MAP]),
-        # the map, the kept means and contrast factors, the padded images; the loss's gradient
-        # of the map (upstream of the map and the mean), the gradient
-        ("map", [MAP, (2, *MAP), (2, *MAP), PADDED, PADDED, (4, 3, 64, 64), MAP]),
-        ("cs", [(2, *MAP), (2, *MAP), PADDED, PADDED, MAP]),
+        # the kept adjoint maps (g_x, g_sq, g_cross), the gradient (no padded copy of either
+        # image: the products fold the reflect padding in)
+        ("ssim", [(3, *MAP), MAP]),
+        # the map, the kept means and contrast factors; the loss's gradient of the map
+        # (upstream of the map and the mean), the gradient
+        ("map", [MAP, (2, *MAP), (2, *MAP), (4, 3, 64, 64), MAP]),
+        ("cs", [(2, *MAP), (2, *MAP), MAP]),
     ],
 )
 def test_a_step_allocates_only_what_it_returns_and_keeps(output, expected):

@@ -81,20 +81,40 @@ def products(dtype: torch.dtype) -> bool:
     return _dtypes.exact_products(dtype) and not autocast_on("cpu")
 
 
-def matrix_values(taps: tuple[float, ...], padding: _filters.Mode, n: int) -> list[list[float]]:
-    """``A`` for one axis of ``n`` samples, as rows of float64 numbers: row ``i`` holds the taps
-    output sample ``i`` reads, a padded sample's added to the image sample it reflects."""
+def band_rows(
+    taps: tuple[float, ...], padding: _filters.Mode, n: int, first: int, last: int
+) -> tuple[int, list[list[float]]]:
+    """Rows ``first:last`` of ``A`` (an axis of ``n`` samples) over the columns they reach only:
+    ``(lo, rows)``, row ``i - first`` holding output sample ``i``'s taps at columns ``lo`` on, a
+    padded sample's added to the image sample it reflects."""
     size = len(taps)
     pad = (size - 1) // 2 if padding == "same" else 0
-    out = n if padding == "same" else n - size + 1
-    rows = [[0.0] * n for _ in range(out)]
-    for i in range(out):
+    reads: list[list[tuple[int, float]]] = []
+    for i in range(first, last):
+        row = []
         for j, w in enumerate(taps):
             src = abs(i - pad + j)  # torch's reflect: the edge sample is not repeated
             if src > n - 1:
                 src = 2 * (n - 1) - src
-            rows[i][src] += w
-    return rows
+            row.append((src, w))
+        reads.append(row)
+    if not reads:
+        return 0, []
+    lo = min(src for row in reads for src, _ in row)
+    hi = max(src for row in reads for src, _ in row) + 1
+    rows = [[0.0] * (hi - lo) for _ in reads]
+    for values, row in zip(rows, reads):
+        for src, w in row:
+            values[src - lo] += w
+    return lo, rows
+
+
+def matrix_values(taps: tuple[float, ...], padding: _filters.Mode, n: int) -> list[list[float]]:
+    """``A`` for one axis of ``n`` samples, as rows of float64 numbers: row ``i`` holds the taps
+    output sample ``i`` reads, a padded sample's added to the image sample it reflects."""
+    out = n if padding == "same" else n - len(taps) + 1
+    lo, rows = band_rows(taps, padding, n, 0, out)
+    return [[0.0] * lo + row + [0.0] * (n - lo - len(row)) for row in rows]
 
 
 def _matrix(taps: tuple[float, ...], padding: _filters.Mode, n: int, trailing: int, like: Tensor) -> Tensor:

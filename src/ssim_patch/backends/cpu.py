@@ -12,11 +12,15 @@ stacked adjoint maps in reused buffers (the reflect pads folded back by ``index_
 recombined straight into the gradient (``_algebra.combine``).
 
 The blur, 2-D, is a few matrix products with band matrices per piece where the thread's ops run
-single-threaded (a worker's, or a caller's with one thread): along the rows, every row of every
-map at once in blocks of 16; down the columns, 32 rows of every map at once. Each output is a
-sum of ``16 + h`` (``32 + h``) products of which only the window's are not 0, yet a product
-runs several times faster than the window's shifted multiply-adds (memory passes over the whole
-piece), which are the blur in 3-D and where a product would open a parallel region.
+single-threaded (a worker's, or a caller's with one thread). A piece of whole planes is not
+padded: the reflect padding is folded into the matrices of the blocks at the edges
+(:meth:`BandBlur._folded`); along the rows, every row of every map at once times a block of 32
+output columns' matrix; down the columns, a block of 32 output rows' matrix times every map at
+once. A band of rows, gathered with its halo, goes along the rows in blocks of 16 of one flat
+signal (:meth:`BandBlur._banded`). Each output is a sum of ``32 + h`` (``16 + h``) products of
+which only the window's are not 0, yet a product runs several times faster than the window's
+shifted multiply-adds (memory passes over the whole piece), which are the blur in 3-D and where
+a product would open a parallel region.
 
 The pieces are the unit of parallel work: where the caller has several torch threads and a call
 several pieces, the library's own workers (:mod:`ssim_patch.backends._pool`) take them one at a
@@ -34,7 +38,7 @@ Small calls (:func:`ssim_patch.backends._dense.takes`) take the dense-matrix pat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Optional, TypeVar
 
 import torch
@@ -128,6 +132,82 @@ class BandBlur:
         torch.sub(xb, yb, out=stack[1])
         torch.mul(sd.sub_(shift), sd, out=squares)
         return self.filter(stack)
+
+    def plane_moments(self, xp: Tensor, yp: Tensor, shift: Tensor) -> Tensor:
+        """:meth:`moments` of whole planes ``xp``, ``yp`` ``(P, *spatial)``, not padded: by
+        :meth:`_folded` where this thread's products run single-threaded (2-D), else padded and
+        blurred by :meth:`moments`."""
+        if len(self.spatial) == 2 and _products_here() and _dtypes.exact_products(xp.dtype):
+            return self._folded(xp, yp, shift)
+        pads = self.blur.pads
+        return self.moments(_filters.reflect_pad(xp, pads), _filters.reflect_pad(yp, pads), shift)
+
+    def _folded(self, xp: Tensor, yp: Tensor, shift: Tensor) -> Tensor:
+        """:meth:`moments` of whole planes by matrix products with the reflect padding folded into
+        the matrices (:func:`ssim_patch.backends._dense.band_rows`): no padded copy of either image.
+
+        The maps are laid out ``(rows, 4, P, width)``. Along the rows, each block of ``_ROWS``
+        output columns is every row of every map (the columns the block reaches: a strided view)
+        times the block's matrix; down the columns, each block of ``_ROWS`` output rows is the
+        block's matrix times the rows it reaches. An output is a sum of at most ``_ROWS + h``
+        products of which only the window's are not 0; a product's zero weights spread a NaN or
+        inf through its block, never outside the plane it is in.
+        """
+        plan = self._folded_plan(xp)
+        xt, yt = xp.transpose(0, 1), yp.transpose(0, 1)
+        torch.add(xt, yt, out=plan.s)
+        torch.sub(xt, yt, out=plan.d)
+        torch.mul(plan.sd.sub_(shift.reshape(2, xp.shape[0], 1)), plan.sd, out=plan.squares)
+        for a, source, dest in plan.along:
+            torch.mm(source, a, out=dest)
+        for a, source, dest in plan.down:
+            torch.mm(a, source, out=dest)
+        return plan.moments
+
+    def _folded_plan(self, xp: Tensor) -> _FoldedPlan:
+        """:meth:`_folded`'s matrices and views of its buffers for planes of ``xp``'s shape (kept
+        in the workspace's plans, but for a fake tensor)."""
+        planes, rows, width = xp.shape
+        rows_out, width_out = self.blur.out_size((rows, width))
+        stack = self.work.take("banded in", (rows, 4, planes, width), xp)
+        across = self.work.take("banded across", (rows, 4, planes, width_out), xp)
+        # the moments over the maps, spent once the products along the rows have read them
+        moments = self.work.take("banded in", (rows_out, 4, planes, width_out), xp)
+        fake = is_fake(xp)
+        key = ("folded", self.blur, tuple(xp.shape), xp.dtype, xp.device, torch.is_inference_mode_enabled())
+        plan: Optional[_FoldedPlan] = None if fake else self.work.plans.get(key)
+        if plan is not None:
+            return plan
+
+        def blocks(taps: tuple[float, ...], n: int, out: int) -> Iterator[tuple[int, int, int, Tensor]]:
+            for o0 in range(0, out, _ROWS):
+                o1 = min(o0 + _ROWS, out)
+                lo, values = _dense.band_rows(taps, self.blur.padding, n, o0, o1)
+                a = torch.tensor(values, dtype=torch.float64).to(dtype=xp.dtype, device=xp.device)
+                yield o0, o1, lo, a  # a: (o1 - o0, columns reached from lo)
+
+        taps_v, taps_h = self.blur.taps
+        flat_in, flat_across = stack.view(-1, width), across.view(-1, width_out)
+        along = [
+            (a.t(), flat_in[:, lo : lo + a.shape[1]], flat_across[:, c0:c1])
+            for c0, c1, lo, a in blocks(taps_h, width, width_out)
+        ]
+        source, dest = across.view(rows, -1), moments.view(rows_out, -1)
+        down = [
+            (a, source[lo : lo + a.shape[1]], dest[r0:r1]) for r0, r1, lo, a in blocks(taps_v, rows, rows_out)
+        ]
+        plan = _FoldedPlan(
+            s=stack[:, 0],
+            d=stack[:, 1],
+            sd=stack[:, :2],
+            squares=stack[:, 2:],
+            along=along,
+            down=down,
+            moments=moments.permute(1, 2, 0, 3),
+        )
+        if not fake:
+            self.work.remember(key, plan)
+        return plan
 
     def _banded(self, xb: Tensor, yb: Tensor, shift: Tensor) -> Tensor:
         """:meth:`moments` in 2-D by matrix products with band matrices (:func:`_band`).
@@ -458,6 +538,20 @@ class _BandedPlan(NamedTuple):
     moments: Tensor
 
 
+class _FoldedPlan(NamedTuple):
+    """:meth:`BandBlur._folded`'s views: where ``s``, ``d`` and the squares go, the products along
+    the rows and down the columns (matrix, what it reads, where it writes) and the moments
+    ``(4, P, *out)``."""
+
+    s: Tensor
+    d: Tensor
+    sd: Tensor
+    squares: Tensor
+    along: list[tuple[Tensor, Tensor, Tensor]]
+    down: list[tuple[Tensor, Tensor, Tensor]]
+    moments: Tensor
+
+
 def _band(taps: tuple[float, ...], b: int, like: Tensor) -> Tensor:
     """``(b + h, b)`` in ``like``'s dtype and device: column ``i`` holds the taps at rows ``i`` to
     ``i + h``, so that a row of ``b + h`` inputs times it is ``b`` outputs of the window."""
@@ -560,13 +654,13 @@ class CpuBackend:
             sh = shift[:, p0:p1]
             if bands == 1:
                 sh.copy_(_algebra.sd_shift(xp[None, p0:p1], yp[None, p0:p1])[:, 0])
-                xb = _filters.reflect_pad(xp[p0:p1], plan.blur.pads)
-                yb = _filters.reflect_pad(yp[p0:p1], plan.blur.pads)
+                moments = band.plane_moments(xp[p0:p1], yp[p0:p1], sh)
             else:
                 rows_in = band.rows(r0, r1)
                 xb = band.pad_rest(xp[p0:p1].index_select(1, rows_in))
                 yb = band.pad_rest(yp[p0:p1].index_select(1, rows_in))
-            t = _formula.terms(band.moments(xb, yb, sh), sh, k, buffers=work.formula)
+                moments = band.moments(xb, yb, sh)
+            t = _formula.terms(moments, sh, k, buffers=work.formula)
             made = _formula.similarity_map(t, k, work.formula) if adjoints else None
             maps = _formula.similarity(t, k, work.formula) if made is None else made.s
             torch.sum(maps, dims, out=sums[b, p0:p1])
