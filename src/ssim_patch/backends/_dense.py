@@ -42,7 +42,9 @@ MAX_WORK = 1 << 18
 #: single-threaded: ``cpu._on_dense``). Measured against the pieces (torch 2.13, torch's 2 threads,
 #: quiet; forward / forward+backward time): 1x3x32x32 0.45 / 0.58, 1x1x64x64 0.45 / 0.61,
 #: 4x3x32x32 0.46 / 0.58, 1x3x64x64 (3.1M) 0.57 / 0.66 (beside a busy loop 0.56 / 0.60),
-#: 1x1x96x96 (3.5M) 0.57 / 0.69; 4x3x64x64 (12.6M) 1.39 / 1.02.
+#: 1x1x96x96 (3.5M) 0.57 / 0.69; 4x3x64x64 (12.6M) 1.39 / 1.02. Against the pieces with the reflect
+#: padding folded into their products (cpu.BandBlur._folded): 1x3x64x64 0.81 / 0.76, 1x1x96x96
+#: 0.85 / 0.77, 4x3x32x32 0.73 / 0.65; 2x3x64x64 (6.3M, above the bound) both ways the same.
 PRODUCT_FACTOR = 16
 #: The same for 3-D calls, whose pieces blur by shifted multiply-adds (no band products): the
 #: dense path / the pieces, torch's 2 threads, forward / forward+backward time (measured beside
