@@ -342,9 +342,12 @@ class BandBlur:
             inner.index_add_(dim, index, pad_part)
         rows = core[i0 + pad - q0 : i1 + pad - q0]
         if pad:
-            # padded row j < pad is image row pad - j; padded row n + pad + j is n - 2 - j
-            into = [i for i in range(i0, i1) if 1 <= i <= pad or n - 1 - pad <= i <= n - 2]
-            sources = [pad - i if i <= pad else 2 * n + pad - 2 - i for i in into]
+            # padded row j < pad is image row pad - j; padded row n + pad + j is n - 2 - j (a row
+            # of an image of at most 2 pad rows receives from both)
+            top = [(i, pad - i) for i in range(i0, i1) if 1 <= i <= pad]
+            bottom = [(i, 2 * n + pad - 2 - i) for i in range(i0, i1) if n - 1 - pad <= i <= n - 2]
+            into = [i for i, _ in top + bottom]
+            sources = [q for _, q in top + bottom]
             if into:
                 reflected = core.index_select(0, torch.tensor(sources) - q0)
                 rows.index_add_(0, torch.tensor(into) - i0, reflected)
