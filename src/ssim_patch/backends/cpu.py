@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple, Optional, TypeVar
+from typing import Any, NamedTuple, Optional, TypeVar
 
 import torch
 from torch import Tensor
@@ -133,6 +133,16 @@ class BandBlur:
         torch.mul(sd.sub_(shift), sd, out=squares)
         return self.filter(stack)
 
+    def _kept(self, key: tuple[object, ...], like: Tensor) -> Any:
+        """What the workspace keeps under ``key`` (None for a fake tensor: shape inference has no
+        memory to view, so its plans are made each time and not kept)."""
+        return None if is_fake(like) else self.work.plans.get(key)
+
+    def _keep(self, key: tuple[object, ...], plan: object, like: Tensor) -> None:
+        """Keeps ``plan`` under ``key`` (not for a fake tensor)."""
+        if not is_fake(like):
+            self.work.remember(key, plan)
+
     def plane_moments(self, xp: Tensor, yp: Tensor, shift: Tensor) -> Tensor:
         """:meth:`moments` of whole planes ``xp``, ``yp`` ``(P, *spatial)``, not padded: by
         :meth:`_folded` where this thread's products run single-threaded (2-D), else padded and
@@ -173,9 +183,8 @@ class BandBlur:
         across = self.work.take("banded across", (rows, 4, planes, width_out), xp)
         # the moments over the maps, spent once the products along the rows have read them
         moments = self.work.take("banded in", (rows_out, 4, planes, width_out), xp)
-        fake = is_fake(xp)
         key = ("folded", self.blur, tuple(xp.shape), xp.dtype, xp.device, torch.is_inference_mode_enabled())
-        plan: Optional[_FoldedPlan] = None if fake else self.work.plans.get(key)
+        plan: Optional[_FoldedPlan] = self._kept(key, xp)
         if plan is not None:
             return plan
 
@@ -205,8 +214,7 @@ class BandBlur:
             down=down,
             moments=moments.permute(1, 2, 0, 3),
         )
-        if not fake:
-            self.work.remember(key, plan)
+        self._keep(key, plan, xp)
         return plan
 
     def _banded(self, xb: Tensor, yb: Tensor, shift: Tensor) -> Tensor:
@@ -248,9 +256,8 @@ class BandBlur:
         across = self.work.take("banded across", (size,), xb)
         # the moments over the maps, spent once the products along the rows have read them
         moments = self.work.take("banded in", (rows_out, 4, planes, wide), xb)
-        fake = is_fake(xb)
         key = ("banded", self.blur, tuple(xb.shape), xb.dtype, xb.device, torch.is_inference_mode_enabled())
-        plan: Optional[_BandedPlan] = None if fake else self.work.plans.get(key)
+        plan: Optional[_BandedPlan] = self._kept(key, xb)
         if plan is not None:
             return plan
         along, tail, down = self._bands(b, xb)
@@ -278,8 +285,7 @@ class BandBlur:
             down=products,
             moments=moments[..., :width_out].permute(1, 2, 0, 3),
         )
-        if not fake:
-            self.work.remember(key, plan)
+        self._keep(key, plan, xb)
         return plan
 
     def _banded_adjoint(self, g: Tensor, slot: str) -> Tensor:
@@ -357,12 +363,10 @@ class BandBlur:
         """``(_ROWS, _ROWS + h)``: row ``i`` holds the flipped taps of the first axis at ``i``
         to ``i + h`` (the adjoint of the products down the columns, as a correlation)."""
         key = ("flipped", self.blur, like.dtype, like.device, torch.is_inference_mode_enabled())
-        fake = is_fake(like)
-        found: Optional[Tensor] = None if fake else self.work.plans.get(key)
+        found: Optional[Tensor] = self._kept(key, like)
         if found is None:
             found = _band(self.blur.taps[0][::-1], _ROWS, like).t().contiguous()
-            if not fake:
-                self.work.remember(key, found)
+            self._keep(key, found, like)
         return found
 
     def _adjoint_plan(self, g: Tensor, slot: str) -> _AdjointPlan:
@@ -376,10 +380,9 @@ class BandBlur:
         grad = self.work.take(f"banded adjoint in{slot}", (rows_out + 2 * hv, stacked, planes, wide), g)
         spread = self.work.take(f"banded adjoint down{slot}", (size,), g)
         back = self.work.take(f"banded adjoint out{slot}", (size + b,), g)  # b more: the last block's next
-        fake = is_fake(g)
         inference = torch.is_inference_mode_enabled()
         key = ("banded adjoint", self.blur, self.spatial, slot, tuple(g.shape), g.dtype, g.device, inference)
-        plan: Optional[_AdjointPlan] = None if fake else self.work.plans.get(key)
+        plan: Optional[_AdjointPlan] = self._kept(key, g)
         if plan is not None:
             return plan
         along, tail, _ = self._bands(b, g)
@@ -411,8 +414,7 @@ class BandBlur:
             folds=folds,
             core=core.permute(1, 2, 0, 3),
         )
-        if not fake:
-            self.work.remember(key, plan)
+        self._keep(key, plan, g)
         return plan
 
     def _folds(
@@ -437,16 +439,14 @@ class BandBlur:
         """The band matrices of :meth:`_banded`: along the rows ``B`` ``(b, b)`` and ``C``
         ``(h, h)``; down the columns ``(_ROWS, _ROWS + h)``. Kept in the workspace's plans."""
         key = ("bands", self.blur, b, like.dtype, like.device, torch.is_inference_mode_enabled())
-        fake = is_fake(like)
-        found: Optional[tuple[Tensor, Tensor, Tensor]] = None if fake else self.work.plans.get(key)
+        found: Optional[tuple[Tensor, Tensor, Tensor]] = self._kept(key, like)
         if found is None:
             taps_v, taps_h = self.blur.taps
             hh = len(taps_h) - 1
             along = _band(taps_h, b, like)
             down = _band(taps_v, _ROWS, like).t().contiguous()
             found = (along[:b].contiguous(), along[b:, b - hh :].contiguous(), down)
-            if not fake:
-                self.work.remember(key, found)
+            self._keep(key, found, like)
         return found
 
     def filter(self, stack: Tensor) -> Tensor:
