@@ -23,9 +23,10 @@ from tests.helpers.gradients import within
 
 REL = 1e-10  # float64, relative to the largest entry of the reference
 
-#: (shape, window): the default window on widths (12, 22, 41) below, at and past a multiple of the block (the
-#: padded row is 22 + 10 = 32 wide), several planes a piece; a block wider than 16 (23 taps);
-#: one tap; an anisotropic uniform window.
+#: (shape, window): the default window on widths (12, 22, 41) below, at and past a multiple of the banded
+#: path's block (its padded row is 22 + 10 = 32 wide), several planes a piece; a block wider than 16
+#: (23 taps); one tap; an anisotropic uniform window; the folded path's blocks of 32 at both edges and
+#: between; the fewest rows.
 CASES = {
     "gauss-narrow": ((2, 3, 13, 12), {"sigma": 1.5}),
     "gauss-block-wide": ((3, 2, 18, 22), {"sigma": 1.5}),
@@ -108,7 +109,7 @@ def test_a_backward_by_bands_of_rows_gives_the_reference(case, padding, way, mon
 def test_a_bad_pixel_stays_in_its_image(where, bad, way):
     """Planes lie side by side in a piece, a row's end next to the next plane's row: a bad pixel at
     a corner of image 1 leaves images 0, 2 and 3 (and their gradients) as they are without it."""
-    shape = (4, 2, 18, 22)  # rows padded to 32: no margin between a row and the next plane's
+    shape = (4, 2, 18, 22)  # eight planes in one piece, side by side in every product
     x, y = image_pair(shape, seed=5)
     bx = x.clone()
     bx[1, 1, where[0], where[1]] = bad
