@@ -113,6 +113,11 @@ class BandBlur:
         """The input rows (with the halo, reflected at the edges) that output rows r0:r1 read."""
         return source_rows(self.spatial[0], len(self.blur.taps[0]), self.blur.padding, r0, r1)
 
+    def _by_products(self, dtype: torch.dtype) -> bool:
+        """Whether this blur runs as band-matrix products: 2-D, where this thread's products run
+        single-threaded (:func:`_products_here`) and keep ``dtype``'s exact products."""
+        return len(self.spatial) == 2 and _products_here() and _dtypes.exact_products(dtype)
+
     def pad_rest(self, t: Tensor) -> Tensor:
         """Reflect-pad every spatial axis but the first (already gathered with its halo)."""
         return _filters.reflect_pad(t, self.blur.pads[1:])
@@ -124,7 +129,7 @@ class BandBlur:
         2-D, where this thread's ops run single-threaded: :meth:`_banded` (matrix products);
         else the shifted multiply-adds of :meth:`filter`, which open no parallel region of their
         own where a piece is small."""
-        if len(self.spatial) == 2 and _products_here() and _dtypes.exact_products(xb.dtype):
+        if self._by_products(xb.dtype):
             return self._banded(xb, yb, shift)
         stack = self.work.take("stack", (4, *xb.shape), xb)
         sd, squares = stack.tensor_split(2)
@@ -147,7 +152,7 @@ class BandBlur:
         """:meth:`moments` of whole planes ``xp``, ``yp`` ``(P, *spatial)``, not padded: by
         :meth:`_folded` where this thread's products run single-threaded (2-D), else padded and
         blurred by :meth:`moments`."""
-        if len(self.spatial) == 2 and _products_here() and _dtypes.exact_products(xp.dtype):
+        if self._by_products(xp.dtype):
             return self._folded(xp, yp, shift)
         pads = self.blur.pads
         return self.moments(_filters.reflect_pad(xp, pads), _filters.reflect_pad(yp, pads), shift)
@@ -483,7 +488,7 @@ class BandBlur:
         its buffers were taken for: window, shape, dtype, device and inference mode.
 
         2-D, where this thread's ops run single-threaded: :meth:`_banded_adjoint`."""
-        if len(self.spatial) == 2 and g.ndim == 4 and _products_here() and _dtypes.exact_products(g.dtype):
+        if g.ndim == 4 and self._by_products(g.dtype):
             return self._banded_adjoint(g, slot)
         key = (
             "adjoint",
