@@ -196,14 +196,17 @@ class Adjoints(NamedTuple):
     """The loss's gradient through the formula, in the form the backward applies ``W^T`` to::
 
         grad_x = W^T(g_x) - 2 (x - a_x) W^T(g_sq) + 2 (y - a_y) W^T(g_cross)
-        grad_y = W^T(g_y) - 2 (y - a_y) W^T(g_sq) + 2 (x - a_x) W^T(g_cross)
+               = W^T(g_x) + 2 (x - a_x) W^T(g_diff) + 2 ((y - a_y) - (x - a_x)) W^T(g_cross)
 
-    with ``a_x = (a_s + a_d) / 2``, ``a_y = (a_s - a_d) / 2``; ``g_c1``, ``g_c2`` are maps to sum.
+    (and grad_y with x and y swapped), ``g_diff = g_cross - g_sq``, ``a_x = (a_s + a_d) / 2``,
+    ``a_y = (a_s - a_d) / 2``; ``g_c1``, ``g_c2`` are maps to sum. For identical images ``g_x``,
+    ``g_y`` and ``g_diff`` are exactly 0, and so is ``W^T`` of each however it sums (a matrix
+    product may round two equal rows apart, by where they sit in it).
     """
 
     g_x: Optional[Tensor]
     g_y: Optional[Tensor]
-    g_sq: Tensor
+    g_diff: Tensor
     g_cross: Tensor
     g_c1: Tensor
     g_c2: Tensor
@@ -225,13 +228,13 @@ def adjoints(
     """The moments' gradient from the loss's gradient with respect to the S map and the cs map.
 
     ``made``: the S map and its factors, where the caller has them already. ``out`` (no autograd):
-    a stack ``(g_x if need_x, g_y if need_y, g_sq, g_cross)`` the maps are written into.
+    a stack ``(g_x if need_x, g_y if need_y, g_diff, g_cross)`` the maps are written into.
     ``twice_grad_map``: ``2 grad_map``, where the caller has it (a kept constant: one op spared).
     """
     rows: list[Optional[Tensor]] = list(out.unbind(0)) if out is not None else [None] * 4
     into_x = rows[0] if need_x else None
     into_y = rows[int(need_x)] if need_y else None
-    into_sq, into_cross = rows[-2], rows[-1]
+    into_diff, into_cross = rows[-2], rows[-1]
     made = made if made is not None else similarity_map(t, k, buffers)
     l_num, l_den = made.l_num, made.l_den
     # a = 2 dS/dL_num, b = -2 dS/dL_den, c = 2 dS/dC_num, d = -2 dS/dC_den, times the loss's gradient.
@@ -255,7 +258,7 @@ def adjoints(
         b = torch.mul(v, t.c_den, out=into_b)
         final = grad_cs is None
         c = torch.mul(u, l_num, out=into_cross if final and into_cross is not None else buffers("c", den))
-        d = torch.mul(v, l_den, out=into_sq if final and into_sq is not None else buffers("d", den))
+        d = torch.mul(v, l_den, out=into_diff if final and into_diff is not None else buffers("d", den))
     else:
         a = b = c = d = t.c_den.new_zeros(())
     if grad_cs is not None:  # dcs/dC_num = 1/C_den, dcs/dC_den = -cs/C_den
@@ -264,7 +267,7 @@ def adjoints(
         )
         c = torch.add(c, h, out=into_cross if out is not None else buffers("c+h", t.c_den))
         cs = torch.div(t.c_num, t.c_den, out=buffers("cs_adj", t.c_den))
-        d = torch.addcmul(d, h, cs, out=into_sq if out is not None else buffers("d+h", t.c_den))
+        d = torch.addcmul(d, h, cs, out=into_diff if out is not None else buffers("d+h", t.c_den))
     # L depends on mu_s, mu_d; C on v_s = m2 - m0^2, v_d = m3 - m1^2; m0 = mu_s - a_s, m1 = mu_d - a_d:
     #   g_m0 = mu_s (a - b) - m0 (c - d),   g_m1 = m1 (c + d) - mu_d (a + b)
     # as pairs: (g_m0, -g_m1) = mu (a - b, a + b) - means (c - d, c + d), rows by rows, in two ops.
@@ -281,4 +284,6 @@ def adjoints(
         g_x = torch.sub(g_m0, minus_g_m1, out=into_x if into_x is not None else buffers("g_x", g_m0))
     if need_y:
         g_y = torch.add(g_m0, minus_g_m1, out=into_y if into_y is not None else buffers("g_y", g_m0))
-    return Adjoints(g_x, g_y, g_sq=d, g_cross=c, g_c1=ab[0], g_c2=cd[0])
+    # g_diff = c - d is cd[0]; in a stack, written over d (spent)
+    g_diff = cd[0] if into_diff is None else into_diff.copy_(cd[0])
+    return Adjoints(g_x, g_y, g_diff=g_diff, g_cross=c, g_c1=ab[0], g_c2=cd[0])

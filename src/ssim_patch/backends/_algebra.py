@@ -4,8 +4,10 @@ the map, the loss's gradient with respect to the maps, and the image gradients r
 
 The image gradients (``_formula.Adjoints``), with ``xs = x - a_x``, ``ys = y - a_y``::
 
-    grad_x = W^T g_x - 2 xs W^T g_sq + 2 ys W^T g_cross
-    grad_y = W^T g_y - 2 ys W^T g_sq + 2 xs W^T g_cross
+    grad_x = W^T g_x + 2 xs W^T g_diff + 2 (ys - xs) W^T g_cross
+    grad_y = W^T g_y + 2 ys W^T g_diff + 2 (xs - ys) W^T g_cross
+
+``g_diff = g_cross - g_sq``: for identical images every term is exactly 0 (see :func:`combine`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ssim_patch.backends import _dtypes
 from ssim_patch.backends._dtypes import compute_dtype
 from ssim_patch.backends._protocol import Kept, Needs, Plan
 
-#: ``W^T`` of the adjoint stack, unstacked: (g_x where needed, g_y where needed, g_sq, g_cross).
+#: ``W^T`` of the adjoint stack, unstacked: (g_x where needed, g_y where needed, g_diff, g_cross).
 Back = tuple[Optional[Tensor], Optional[Tensor], Tensor, Tensor]
 
 
@@ -112,8 +114,8 @@ def upstream(
 
 
 def adjoint_stack(adj: _formula.Adjoints) -> list[Tensor]:
-    """The maps ``W^T`` is applied to, of one shape: (g_x, g_y where needed, g_sq, g_cross)."""
-    maps = [g for g in (adj.g_x, adj.g_y) if g is not None] + [adj.g_sq, adj.g_cross]
+    """The maps ``W^T`` is applied to, of one shape: (g_x, g_y where needed, g_diff, g_cross)."""
+    maps = [g for g in (adj.g_x, adj.g_y) if g is not None] + [adj.g_diff, adj.g_cross]
     if all(g.shape == maps[0].shape for g in maps):
         return maps
     shape = torch.broadcast_shapes(*(g.shape for g in maps))  # type: ignore[no-untyped-call]
@@ -138,19 +140,19 @@ def combine(
 ) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """The image gradients from ``W^T`` of the adjoint maps, ``xs``, ``ys`` the images less their
     shifts, in the form that is exactly 0 for identical images (``ys - xs`` is 0, and so are
-    ``W^T g_x`` and ``W^T g_sq - W^T g_cross``, term by term)::
+    ``g_x`` and ``g_diff``, hence ``W^T`` of them, term by term)::
 
-        grad_x = W^T g_x + 2 (ys - xs) W^T g_cross - 2 xs (W^T g_sq - W^T g_cross)
+        grad_x = W^T g_x + 2 (ys - xs) W^T g_cross + 2 xs W^T g_diff
 
-    and the same for y (x, y swapped). (Two fused multiply-adds ``- 2 xs W^T g_sq + 2 ys W^T g_cross``
-    would leave the rounding residue of the first product.) Written into ``out`` where given;
+    and the same for y (x, y swapped). (``- 2 xs W^T g_sq + 2 ys W^T g_cross`` would leave the
+    rounding residue of the first product; ``W^T g_sq - W^T g_cross`` the rounding of two equal
+    rows that a matrix product sums apart, as MKL does on AMD EPYC.) Written into ``out`` where given;
     ``in_place``: ``back`` is scratch and may be overwritten (no autograd through it);
     ``difference``: where one image's gradient is asked, ``other - own`` for it (scratch too:
     :func:`one_shifted`)."""
-    bx, by, sq, cross = back
+    bx, by, diff, cross = back
     if bx is None and by is None:
         return None, None
-    d_sq = sq.sub_(cross) if in_place else sq - cross
     grads: list[Optional[Tensor]] = []
     for b, own, other, o in ((bx, xs, ys, out[0]), (by, ys, xs, out[1])):
         if b is None:
@@ -161,9 +163,9 @@ def combine(
             else:
                 g = torch.sub(other, own, out=o) if o is not None else other - own
             # b + 2 g cross: one rounding of g cross, as a product then a sum (the 2 is exact)
-            grads.append(torch.addcmul(b, g, cross, value=2, out=g).addcmul_(own, d_sq, value=-2))
+            grads.append(torch.addcmul(b, g, cross, value=2, out=g).addcmul_(own, diff, value=2))
         else:
-            g = b + 2 * (other - own if difference is None else difference) * cross - 2 * own * d_sq
+            g = b + 2 * (other - own if difference is None else difference) * cross + 2 * own * diff
             grads.append(g if o is None else o.copy_(g))
     return grads[0], grads[1]
 
@@ -185,7 +187,7 @@ def combine_shifted(
 
 
 def adjoint_rows(keep: Needs) -> int:
-    """How many adjoint maps a loss's backward applies ``W^T`` to: g_x, g_y where needed, g_sq, g_cross."""
+    """How many adjoint maps a loss's backward applies ``W^T`` to: g_x, g_y where needed, g_diff, g_cross."""
     return int(keep.x) + int(keep.y) + 2
 
 
@@ -195,7 +197,7 @@ class TermsKept:
 
     For a per-image SSIM (the loss case) the forward already computes the adjoint maps for a unit
     upstream gradient per image, while its pieces are in cache: ``adjoints`` (g_x if x needs a
-    gradient, g_y if y does, g_sq, g_cross) and ``c_sums`` ``(2, N, C)`` (the per-plane sums of
+    gradient, g_y if y does, g_diff, g_cross) and ``c_sums`` ``(2, N, C)`` (the per-plane sums of
     g_c1, g_c2); the backward scales them by the upstream gradient and applies ``W^T``. For the
     other outputs it keeps the terms (``mu``; ``contrast``: C_num, C_den) and the backward forms
     the adjoints.

@@ -113,7 +113,7 @@ def ssim_forward_kernel(
     map_ptr,  # [P, OH, OW]: the S map (WRITE_MAP)
     terms_ptr,  # [4, P, OH, OW]: mu_s, mu_d, C_num, C_den (WRITE_TERMS)
     shift_ptr,  # [2, P]: a_s, a_d (WRITE_TERMS)
-    adj_ptr,  # [S, P, OH, OW]: g_x, g_y (where needed), g_sq, g_cross (WRITE_ADJ)
+    adj_ptr,  # [S, P, OH, OW]: g_x, g_y (where needed), g_diff, g_cross (WRITE_ADJ)
     P,
     C,
     H,
@@ -139,7 +139,7 @@ def ssim_forward_kernel(
     NEED_X: tl.constexpr,
     NEED_Y: tl.constexpr,
     Y_AT: tl.constexpr,  # index of g_y in the adjoint stack (int(NEED_X))
-    SQ_AT: tl.constexpr,  # index of g_sq (NEED_X + NEED_Y); g_cross follows
+    SQ_AT: tl.constexpr,  # index of g_diff = g_cross - g_sq (NEED_X + NEED_Y); g_cross follows
     WRITE_CSUMS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
@@ -368,7 +368,7 @@ def _output(
             tl.store(adj_ptr + plane64 * plane_size + at, g_m0 + g_m1, mask=cmask)
         if NEED_Y:
             tl.store(adj_ptr + (Y_AT * P + plane64) * plane_size + at, g_m0 - g_m1, mask=cmask)
-        tl.store(adj_ptr + (SQ_AT * P + plane64) * plane_size + at, g_sq, mask=cmask)
+        tl.store(adj_ptr + (SQ_AT * P + plane64) * plane_size + at, cd, mask=cmask)  # g_diff
         tl.store(adj_ptr + ((SQ_AT + 1) * P + plane64) * plane_size + at, g_cross, mask=cmask)
         if WRITE_CSUMS:
             sum_c1 += tl.where(cmask, ab, 0.0)
@@ -412,7 +412,7 @@ def _spread_row(
 
 @triton.jit
 def ssim_backward_kernel(
-    adj_ptr,  # [S, P, OH, OW] float32: g_x, g_y (where needed), g_sq, g_cross
+    adj_ptr,  # [S, P, OH, OW] float32: g_x, g_y (where needed), g_diff = g_cross - g_sq, g_cross
     scale_ptr,  # [N]: the upstream gradient per image (HAS_SCALE)
     scale_stride,
     x_ptr,
@@ -572,16 +572,15 @@ def ssim_backward_kernel(
                 rr = tl.cast(low, tl.int64)
                 xs = tl.load(xb + rr * sxh + cols * sxw, mask=cmask, other=0.0).to(tl.float32) - a_x
                 ys = tl.load(yb + rr * syh + cols * syw, mask=cmask, other=0.0).to(tl.float32) - a_y
-                # Each difference is exactly 0 for identical images: an exact 0 gradient.
-                b_diff = b_q - b_c
+                # ys - xs, b_x, b_y and b_q (W^T g_diff) are exactly 0 for identical images
                 if NEED_X:
-                    gx = b_x + 2.0 * (ys - xs) * b_c - 2.0 * xs * b_diff
+                    gx = b_x + 2.0 * (ys - xs) * b_c + 2.0 * xs * b_q
                     if HAS_SCALE:
                         gx = gx * scale
                     at = gx_ptr + n * gxn + ch * gxc + rr * gxh + cols * gxw
                     tl.store(at, gx.to(gx_ptr.dtype.element_ty), mask=cmask)
                 if NEED_Y:
-                    gy = b_y + 2.0 * (xs - ys) * b_c - 2.0 * ys * b_diff
+                    gy = b_y + 2.0 * (xs - ys) * b_c + 2.0 * ys * b_q
                     if HAS_SCALE:
                         gy = gy * scale
                     at = gy_ptr + n * gyn + ch * gyc + rr * gyh + cols * gyw

@@ -9,7 +9,7 @@ One kernel per pass (``_triton_kernels``), each reading the images once:
   window (reflect "same" or "valid", any odd size and taps per axis), ``_formula``'s terms and S,
   per-tile partial sums (S; cs; for a tensor ``data_range`` g_c1, g_c2) reduced afterwards in a fixed
   order, and as asked the S map, the terms a backward needs (mu, C_num, C_den), or for a loss the
-  adjoint maps of a unit upstream gradient per image (g_x, g_y where needed, g_sq, g_cross);
+  adjoint maps of a unit upstream gradient per image (g_x, g_y where needed, g_diff, g_cross);
 - backward: ``W^T`` of the adjoint maps with the reflect pads folded back, combined into the
   gradients of x and y in the images' dtype, scaled by the upstream gradient per image.
 
@@ -226,7 +226,7 @@ def forward(
     """``(per_image, extra, kept)`` as the protocol's ``forward`` (float32 outputs).
 
     Kept for a loss (output "ssim"): the adjoint maps ``(S, N, C, *out)`` (g_x if x needs a
-    gradient, g_y if y does, g_sq, g_cross, for a unit upstream gradient per image) and the
+    gradient, g_y if y does, g_diff, g_cross, for a unit upstream gradient per image) and the
     per-plane sums of g_c1, g_c2 ``(2, N, C)`` (left empty unless c1 or c2 needs a gradient); for
     the map and cs outputs: mu ``(2, N, C, *out)`` (mu_s, mu_d), C_num, C_den ``(2, N, C, *out)``
     and the shifts ``(2, N, C)`` (a_s, a_d)."""
