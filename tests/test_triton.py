@@ -915,10 +915,10 @@ _FORWARD = {
     "NEED_X": False,
     "NEED_Y": False,
     "Y_AT": 0,
-    "SQ_AT": 0,
+    "DIFF_AT": 0,
     "WRITE_CSUMS": False,
 }
-_LOSS_X = {"WRITE_ADJ": True, "NEED_X": True, "Y_AT": 1, "SQ_AT": 1}
+_LOSS_X = {"WRITE_ADJ": True, "NEED_X": True, "Y_AT": 1, "DIFF_AT": 1}
 _EDGE = {"EDGE": True, "MASKS": True, "EDGE_AT": 352}
 _INTERIOR = {"EDGE": False, "MASKS": False, "EDGE_AT": 352}
 _COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
@@ -933,7 +933,7 @@ _COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "forward, loss for x and y with c sums, bf16": (
         "forward",
         "bf16",
-        {**_WINDOW, **_FORWARD, **_LOSS_X, "NEED_Y": True, "SQ_AT": 2, "WRITE_CSUMS": True},
+        {**_WINDOW, **_FORWARD, **_LOSS_X, "NEED_Y": True, "DIFF_AT": 2, "WRITE_CSUMS": True},
         8,
     ),
     "forward, UQI map and terms, fp16": (
@@ -964,13 +964,13 @@ _COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "backward, x, fp32, edge strips": (
         "backward",
         "fp32",
-        {**_WINDOW, **_EDGE, "NEED_X": True, "NEED_Y": False, "Y_AT": 1, "SQ_AT": 1, "HAS_SCALE": True},
+        {**_WINDOW, **_EDGE, "NEED_X": True, "NEED_Y": False, "Y_AT": 1, "DIFF_AT": 1, "HAS_SCALE": True},
         4,
     ),
     "backward, x, fp32, interior strips": (
         "backward",
         "fp32",
-        {**_WINDOW, **_INTERIOR, "NEED_X": True, "NEED_Y": False, "Y_AT": 1, "SQ_AT": 1, "HAS_SCALE": True},
+        {**_WINDOW, **_INTERIOR, "NEED_X": True, "NEED_Y": False, "Y_AT": 1, "DIFF_AT": 1, "HAS_SCALE": True},
         4,
     ),
     "backward, x and y, no scale, bf16, 256 columns, interior strips": (
@@ -983,7 +983,7 @@ _COMPILED: dict[str, tuple[str, str, dict[str, Any], int]] = {
             "NEED_X": True,
             "NEED_Y": True,
             "Y_AT": 1,
-            "SQ_AT": 2,
+            "DIFF_AT": 2,
             "HAS_SCALE": False,
         },
         8,

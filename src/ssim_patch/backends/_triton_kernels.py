@@ -139,7 +139,7 @@ def ssim_forward_kernel(
     NEED_X: tl.constexpr,
     NEED_Y: tl.constexpr,
     Y_AT: tl.constexpr,  # index of g_y in the adjoint stack (int(NEED_X))
-    SQ_AT: tl.constexpr,  # index of g_diff = g_cross - g_sq (NEED_X + NEED_Y); g_cross follows
+    DIFF_AT: tl.constexpr,  # index of g_diff = g_cross - g_sq (NEED_X + NEED_Y); g_cross follows
     WRITE_CSUMS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
@@ -265,7 +265,7 @@ def ssim_forward_kernel(
                         NEED_X,
                         NEED_Y,
                         Y_AT,
-                        SQ_AT,
+                        DIFF_AT,
                         WRITE_CSUMS,
                     )
         at_tile = (plane64 * bands + band) * all_strips + strip
@@ -312,7 +312,7 @@ def _output(
     NEED_X: tl.constexpr,
     NEED_Y: tl.constexpr,
     Y_AT: tl.constexpr,
-    SQ_AT: tl.constexpr,
+    DIFF_AT: tl.constexpr,
     WRITE_CSUMS: tl.constexpr,
 ):
     """One output row's columns from their 4 shifted moments: the formula, the outputs stored at
@@ -368,8 +368,8 @@ def _output(
             tl.store(adj_ptr + plane64 * plane_size + at, g_m0 + g_m1, mask=cmask)
         if NEED_Y:
             tl.store(adj_ptr + (Y_AT * P + plane64) * plane_size + at, g_m0 - g_m1, mask=cmask)
-        tl.store(adj_ptr + (SQ_AT * P + plane64) * plane_size + at, cd, mask=cmask)  # g_diff
-        tl.store(adj_ptr + ((SQ_AT + 1) * P + plane64) * plane_size + at, g_cross, mask=cmask)
+        tl.store(adj_ptr + (DIFF_AT * P + plane64) * plane_size + at, cd, mask=cmask)  # g_diff
+        tl.store(adj_ptr + ((DIFF_AT + 1) * P + plane64) * plane_size + at, g_cross, mask=cmask)
         if WRITE_CSUMS:
             sum_c1 += tl.where(cmask, ab, 0.0)
             sum_c2 += tl.where(cmask, cd, 0.0)
@@ -455,7 +455,7 @@ def ssim_backward_kernel(
     NEED_X: tl.constexpr,
     NEED_Y: tl.constexpr,
     Y_AT: tl.constexpr,
-    SQ_AT: tl.constexpr,
+    DIFF_AT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     EDGE: tl.constexpr,  # the strips may reach the reflected pads (each column's weights from the table)
     EDGE_AT: tl.constexpr,  # where the columns' weights start in edge_w_ptr
@@ -512,7 +512,7 @@ def ssim_backward_kernel(
         for o in range(r0 + PAD_H - (KH - 1), r1 + PAD_H):
             h_x = tl.zeros([BLOCK_W], dtype=tl.float32)
             h_y = tl.zeros([BLOCK_W], dtype=tl.float32)
-            h_q = tl.zeros([BLOCK_W], dtype=tl.float32)
+            h_d = tl.zeros([BLOCK_W], dtype=tl.float32)
             h_c = tl.zeros([BLOCK_W], dtype=tl.float32)
             if (o >= 0) & (o < OH):
                 row = tl.cast(o, tl.int64) * OW
@@ -535,11 +535,11 @@ def ssim_backward_kernel(
                     h_y = _spread_row(
                         adj_ptr + at, cols, cmask, OW, taps_w, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
                     )
-                at = (SQ_AT * P + plane64) * plane_size + row
-                h_q = _spread_row(
+                at = (DIFF_AT * P + plane64) * plane_size + row
+                h_d = _spread_row(
                     adj_ptr + at, cols, cmask, OW, taps_w, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
                 )
-                at = ((SQ_AT + 1) * P + plane64) * plane_size + row
+                at = ((DIFF_AT + 1) * P + plane64) * plane_size + row
                 h_c = _spread_row(
                     adj_ptr + at, cols, cmask, OW, taps_w, col_w, EDGE, MASKS, KW, PAD_W, BLOCK_W
                 )
@@ -554,16 +554,16 @@ def ssim_backward_kernel(
                 wt = ()
                 for t in tl.static_range(KH):
                     wt = wt + (tl.load(edge_w_ptr + e * KH + t),)  # noqa: RUF005
-            rows = (h_q, h_c)
+            rows = (h_d, h_c)
             if NEED_X:
                 rows = rows + (h_x,)  # noqa: RUF005
             if NEED_Y:
                 rows = rows + (h_y,)  # noqa: RUF005
             done, part = _fir_step(part, wt, rows, KH)
-            b_q = done[0]
+            b_d = done[0]
             b_c = done[1]
-            b_x = b_q
-            b_y = b_q
+            b_x = b_d
+            b_y = b_d
             if NEED_X:
                 b_x = done[2]
             if NEED_Y:
@@ -572,15 +572,15 @@ def ssim_backward_kernel(
                 rr = tl.cast(low, tl.int64)
                 xs = tl.load(xb + rr * sxh + cols * sxw, mask=cmask, other=0.0).to(tl.float32) - a_x
                 ys = tl.load(yb + rr * syh + cols * syw, mask=cmask, other=0.0).to(tl.float32) - a_y
-                # ys - xs, b_x, b_y and b_q (W^T g_diff) are exactly 0 for identical images
+                # ys - xs, b_x, b_y and b_d (W^T g_diff) are exactly 0 for identical images
                 if NEED_X:
-                    gx = b_x + 2.0 * (ys - xs) * b_c + 2.0 * xs * b_q
+                    gx = b_x + 2.0 * (ys - xs) * b_c + 2.0 * xs * b_d
                     if HAS_SCALE:
                         gx = gx * scale
                     at = gx_ptr + n * gxn + ch * gxc + rr * gxh + cols * gxw
                     tl.store(at, gx.to(gx_ptr.dtype.element_ty), mask=cmask)
                 if NEED_Y:
-                    gy = b_y + 2.0 * (xs - ys) * b_c + 2.0 * ys * b_q
+                    gy = b_y + 2.0 * (xs - ys) * b_c + 2.0 * ys * b_d
                     if HAS_SCALE:
                         gy = gy * scale
                     at = gy_ptr + n * gyn + ch * gyc + rr * gyh + cols * gyw
