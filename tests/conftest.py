@@ -53,10 +53,10 @@ def patch_reverted() -> Iterator[None]:
 def dynamo():
     """torch._dynamo, reset before and after the test (compiled graphs and guards of one test
     never reach another). Skips where torch cannot compile (torch 2.0 on Python 3.11+)."""
-    from tests.helpers.torch_support import skip_unless_compiles
+    from tests.helpers.torch_support import reset_dynamo, skip_unless_compiles
 
     skip_unless_compiles()
     dynamo = pytest.importorskip("torch._dynamo")
-    dynamo.reset()
+    reset_dynamo()
     yield dynamo
-    dynamo.reset()
+    reset_dynamo()

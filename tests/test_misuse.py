@@ -32,7 +32,7 @@ from tests.helpers.bad_inputs import BAD_INPUTS, table_rows
 from tests.helpers.fresh_interpreter import assert_scenarios_pass, unpatched_environ
 from tests.helpers.hook_bindings import hook_bindings as _hook_bindings
 from tests.helpers.reference import ssim_reference
-from tests.helpers.torch_support import requires_compile
+from tests.helpers.torch_support import requires_compile, reset_dynamo
 
 MODULE = _releases.MODULE
 F = importlib.import_module(MODULE)
@@ -310,8 +310,8 @@ def test_metric_pickled_while_patched_loads_after_revert():
 def test_compile_traces_the_patched_functional_in_one_graph():
     """Dynamo captures the patched functional without a graph break (no host sync, even with
     data_range=None), AOT autograd runs it, and a compiled function follows revert()."""
-    dynamo = pytest.importorskip("torch._dynamo")
-    dynamo.reset()
+    pytest.importorskip("torch._dynamo")
+    reset_dynamo()
     ssim_patch.apply()
     f = F.structural_similarity_index_measure
     # float64: in float32 the 1-tap window's variance x*x - x*x is pure rounding, and a traced
@@ -329,7 +329,7 @@ def test_compile_traces_the_patched_functional_in_one_graph():
     upstream = f(x, y, **kw)
     again = follows(x, y, **kw)
     assert torch.equal(again[1].isnan(), upstream[1].isnan())
-    dynamo.reset()
+    reset_dynamo()
 
 
 COMPILE_CHILD = textwrap.dedent(

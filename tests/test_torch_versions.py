@@ -7,6 +7,7 @@ CI runs this file on the floor torch and on the newest besides the default one (
 
 from __future__ import annotations
 
+import gc
 import importlib
 import inspect
 import pathlib
@@ -23,6 +24,7 @@ import ssim_patch
 from ssim_patch import _patcher, _releases, _torch_features
 from ssim_patch._torch_features import exporting, fake_mode_active, is_compiling, is_fake, transforms_active
 from tests.helpers.reference import ms_ssim_reference, ssim_reference, uqi_reference
+from tests.helpers.torch_support import reset_dynamo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TORCH = Version(torch.__version__)
@@ -148,7 +150,7 @@ def test_exporting_is_told_from_compiling(dynamo):
     for mode in _export_modes():
         exported = torch.export.export(_Exporting(), (torch.zeros(1),), **mode)
         assert exported.module()(torch.zeros(1)).item() == 1.0, mode
-    dynamo.reset()
+    reset_dynamo()
     assert torch.compile(_Exporting(), backend="eager", fullgraph=True)(torch.zeros(1)).item() == -1.0
 
 
@@ -256,6 +258,38 @@ def test_compiled_dynamic_reads_the_window_from_its_closure(api, dynamo):
             else:
                 expected = np.asarray(uqi_reference(pd, td, kernel_size=kernel_size, sigma=(1.0, 0.7)).mean())
             np.testing.assert_allclose(got.double().numpy(), expected, atol=2e-5, rtol=0)
+
+
+def _compiled_globals() -> dict[str, frozenset[str]]:
+    """The names dynamo has put in each module's globals for the frames it compiled."""
+    return {
+        name: frozenset(
+            k for k in getattr(module, "__dict__", {}) if k.startswith(("__compiled_fn", "__resume_at"))
+        )
+        for name, module in list(sys.modules.items())
+    }
+
+
+@needs_compile
+@pytest.mark.skipif(not _torch_features.OLD_DYNAMO, reason="revert() resets dynamo on torch 2.0-2.2 only")
+def test_revert_leaves_no_compiled_frame_to_the_garbage_collector(dynamo, patch_reverted):
+    """revert() resets dynamo's caches on torch 2.0-2.2. Dynamo there removes the globals a compiled
+    frame put in its module (a resume function after a graph break) when that frame's code is
+    collected; left to a later collection, the removal could land while dynamo traced another frame
+    of that module and iterated its globals (``InternalTorchDynamoError: dictionary changed size
+    during iteration``, a UQI metric compiled after revert() on torch 2.1.2). revert() collects it."""
+    x, y = _pair((1, 2, 30, 33), seed=3)
+    metric = importlib.import_module("torchmetrics.image.uqi").UniversalImageQualityIndex(reduction="none")
+    gc.disable()  # no collection but those asked for
+    try:
+        ssim_patch.apply()
+        torch.compile(metric, backend="eager")(x, y)
+        ssim_patch.revert()
+        installed = _compiled_globals()
+        gc.collect()
+    finally:
+        gc.enable()
+    assert _compiled_globals() == installed
 
 
 # --- the floor -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from ssim_patch.engine import uqi
 from tests.helpers import reference_torch
 from tests.helpers.flat_images import FLAT_CASES, flat_half, flat_windows, image_pair, uqi_about
 from tests.helpers.reference import reduce, uqi_reference, zeroed_border
-from tests.helpers.torch_support import skip_unless_compiles
+from tests.helpers.torch_support import reset_dynamo, skip_unless_compiles
 
 WINDOWS = [
     dict(kernel_size=(11, 11), sigma=(1.5, 1.5)),
@@ -211,11 +211,11 @@ def test_transforms_and_compile():
     torch.testing.assert_close(
         jacfwd(loss)(x), torch.autograd.functional.jacobian(loss, x), atol=1e-12, rtol=1e-9
     )
-    torch._dynamo.reset()
+    reset_dynamo()
     skip_unless_compiles()  # the torch.func checks above ran
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=True, dynamic=True)
     b = x.clone().requires_grad_()
     value = compiled(b)
     torch.testing.assert_close(value, loss(x), atol=1e-12, rtol=0)
     torch.testing.assert_close(torch.autograd.grad(value, b)[0], eager, atol=1e-12, rtol=1e-9)
-    torch._dynamo.reset()
+    reset_dynamo()

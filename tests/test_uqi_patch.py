@@ -27,7 +27,7 @@ from ssim_patch import PatchError, _adapters, _patcher, _releases
 from tests.helpers.fresh_interpreter import assert_scenarios_pass
 from tests.helpers.hook_bindings import hook_bindings
 from tests.helpers.reference import uqi_reference
-from tests.helpers.torch_support import requires_compile
+from tests.helpers.torch_support import requires_compile, reset_dynamo
 
 U = importlib.import_module(_releases.UQI_MODULE)
 METRICS = importlib.import_module(_releases.UQI_METRIC_MODULE)
@@ -413,15 +413,15 @@ def test_faults_in_a_fresh_interpreter():
 def test_compile_traces_the_patched_uqi_sum_in_one_graph():
     """The patched ``_uqi_compute`` with ``reduction="sum"`` (what the Metric class sums) traces in
     one graph: it depends on its arguments only, not on who calls it."""
-    dynamo = pytest.importorskip("torch._dynamo")
-    dynamo.reset()
+    pytest.importorskip("torch._dynamo")
+    reset_dynamo()
     ssim_patch.apply()
     x, y = _pair((2, 1, 24, 24), seed=4)
     compiled = torch.compile(
         lambda a, b: U._uqi_compute(a, b, (11, 11), (1.5, 1.5), "sum"), backend="aot_eager", fullgraph=True
     )
     torch.testing.assert_close(compiled(x, y), U._uqi_compute(x, y, (11, 11), (1.5, 1.5), "sum"))
-    dynamo.reset()
+    reset_dynamo()
 
 
 # --- an instance created before apply() -------------------------------------------------------------
@@ -439,18 +439,18 @@ def test_metric_created_before_apply_compiled(compile_backend):
     compiles like any code: the value is the corrected one (it was 1.7 > 1 with a frame test)."""
     if not SWAPS_UPDATE:
         pytest.skip("this release's UniversalImageQualityIndex keeps preds and target")
-    dynamo = pytest.importorskip("torch._dynamo")
+    pytest.importorskip("torch._dynamo")
     kw = dict(kernel_size=(11, 3), sigma=(1.5, 0.5))
     metric = CLASS(**kw).set_dtype(torch.float64)
     ssim_patch.apply()
     x, y = _pair((2, 1, 24, 24), seed=5)
-    dynamo.reset()
+    reset_dynamo()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # no "created before apply()" warning any more
             value = torch.compile(metric, backend=compile_backend)(x, y)
     finally:
-        dynamo.reset()
+        reset_dynamo()
     expected = _before_apply_expected(x, y, kw)
     assert abs(value.item() - expected) < 1e-10 and abs(metric.compute().item() - expected) < 1e-10
 
@@ -461,12 +461,12 @@ def test_a_metric_compiled_and_run_before_apply_follows_apply_and_revert():
     retraces when the hook points change, and each call gets the state's value."""
     if not SWAPS_UPDATE:
         pytest.skip("this release's UniversalImageQualityIndex keeps preds and target")
-    dynamo = pytest.importorskip("torch._dynamo")
+    pytest.importorskip("torch._dynamo")
     kw = dict(kernel_size=(11, 3), sigma=(1.5, 0.5))
     x, y = _pair((2, 1, 24, 24), seed=6)
     eps = float(torch.finfo(torch.float64).eps)
     metric = CLASS(**kw).set_dtype(torch.float64)
-    dynamo.reset()
+    reset_dynamo()
     try:
         compiled = torch.compile(metric, backend="eager")
         unpatched = compiled(x, y).item()
@@ -477,7 +477,7 @@ def test_a_metric_compiled_and_run_before_apply_follows_apply_and_revert():
         ssim_patch.revert()
         assert compiled(x, y).item() == unpatched
     finally:
-        dynamo.reset()
+        reset_dynamo()
 
 
 def test_metric_created_before_apply_from_two_threads():

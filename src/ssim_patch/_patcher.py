@@ -19,6 +19,7 @@ processes started afterwards (spawn, forkserver, subprocess) are patched the sam
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.metadata
 import inspect
 import os
@@ -204,11 +205,17 @@ def _forget_compiled() -> None:
     original's, which has none: the next call of that compiled function failed inside the guard
     (``TypeError: 'NoneType' object is not subscriptable``) where a newer dynamo compiles again.
     So every function compiled before is compiled again on its next call. A replacement exists only
-    once the engine is imported, and with it ``_torch_features`` (nothing is imported here)."""
+    once the engine is imported, and with it ``_torch_features`` (nothing is imported here).
+
+    The dropped code is collected here too: that dynamo removes the globals a compiled frame put in
+    its module (resume functions) when the frame's code is collected, and a later collection could
+    land while it traced another frame of that module and iterated its globals
+    (``InternalTorchDynamoError: dictionary changed size during iteration``)."""
     dynamo = sys.modules.get("torch._dynamo")
     features = sys.modules.get("ssim_patch._torch_features")
     if dynamo is not None and getattr(features, "OLD_DYNAMO", False):
         dynamo.reset()
+        gc.collect()
 
 
 def _fail(strict: bool, message: str) -> None:

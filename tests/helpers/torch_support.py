@@ -5,6 +5,7 @@ compile on Python 3.11+ and makes a fake CUDA tensor only with a CUDA driver."""
 from __future__ import annotations
 
 import functools
+import gc
 import sys
 from typing import Optional
 
@@ -74,12 +75,25 @@ def metric_fullgraph_unsupported() -> Optional[str]:
             return self.total
 
     metric = Total()
-    torch._dynamo.reset()
+    reset_dynamo()
     try:
         torch.compile(lambda a: metric(a), backend="eager", fullgraph=True)(torch.ones(2))
     except torch._dynamo.exc.Unsupported as exc:
         first = str(exc).splitlines()[0]
         return f"torch {torch.__version__} cannot compile a torchmetrics Metric with fullgraph=True: {first}"
     finally:
-        torch._dynamo.reset()
+        reset_dynamo()
     return None
+
+
+def reset_dynamo() -> None:
+    """``torch._dynamo.reset()``, then collect the compiled code it dropped. Dynamo of torch 2.1-2.2
+    removes the globals a compiled frame put in its module (resume functions) when that code is
+    collected; left to a later collection, the removal could land while dynamo traced another frame
+    of that module and iterated its globals (``InternalTorchDynamoError: dictionary changed size
+    during iteration``: once in the matrix suite on torch 2.1.2, in torchmetrics' Metric.forward).
+    ``ssim_patch.revert()`` collects after the reset it makes there."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    gc.collect()

@@ -26,7 +26,7 @@ from tests.helpers.flat_images import FLAT_CASES, flat_half, flat_windows, uqi_a
 from tests.helpers.fresh_interpreter import unpatched_environ
 from tests.helpers.parity import UPSTREAM_IDS, UPSTREAM_INVALID, assert_parity, both, side_by_side
 from tests.helpers.reference import reduce, uqi_reference, zeroed_border
-from tests.helpers.torch_support import skip_unless_compiles
+from tests.helpers.torch_support import reset_dynamo, skip_unless_compiles
 from tests.helpers.upstream_bugs import assert_reproduces_unpatched_and_the_patch_fixes_it
 
 TOL = 1e-10  # float64 all the way (the Metric's states too, with set_dtype)
@@ -172,12 +172,12 @@ def _update_eagerly(metric: Any, batches: list) -> None:
 
 def _update_compiled(metric: Any, batches: list) -> None:
     skip_unless_compiles()
-    dynamo = pytest.importorskip("torch._dynamo")
-    dynamo.reset()
+    pytest.importorskip("torch._dynamo")
+    reset_dynamo()
     compiled = torch.compile(metric, backend="eager")
     for a, b in batches:
         compiled(a, b)
-    dynamo.reset()
+    reset_dynamo()
 
 
 def _update_from_two_threads(metric: Any, batches: list) -> None:
