@@ -87,13 +87,16 @@ def metric_fullgraph_unsupported() -> Optional[str]:
 
 
 def reset_dynamo() -> None:
-    """``torch._dynamo.reset()``, then collect the compiled code it dropped. Dynamo of torch 2.1-2.2
-    removes the globals a compiled frame put in its module (resume functions) when that code is
-    collected; left to a later collection, the removal could land while dynamo traced another frame
-    of that module and iterated its globals (``InternalTorchDynamoError: dictionary changed size
-    during iteration``: once in the matrix suite on torch 2.1.2, in torchmetrics' Metric.forward).
-    ``ssim_patch.revert()`` collects after the reset it makes there."""
+    """``torch._dynamo.reset()``; on torch 2.0-2.2, then collect the compiled code it dropped.
+    Dynamo there removes the globals a compiled frame put in its module (resume functions) when
+    that code is collected; left to a later collection, the removal could land while dynamo traced
+    another frame of that module and iterated its globals (``InternalTorchDynamoError: dictionary
+    changed size during iteration``: once in the matrix suite on torch 2.1.2, in torchmetrics'
+    Metric.forward). ``ssim_patch.revert()`` collects after the reset it makes there."""
     import torch._dynamo
 
+    from ssim_patch._torch_features import OLD_DYNAMO
+
     torch._dynamo.reset()
-    gc.collect()
+    if OLD_DYNAMO:
+        gc.collect()
