@@ -300,14 +300,13 @@ def test_revert_collects_only_where_dynamo_compiled_something(monkeypatch, compi
     dynamo, on every torch."""
     calls: list[str] = []
 
-    class Codes:
-        seen = compiled
+    codes = SimpleNamespace(seen=list(compiled))
 
     def reset() -> None:
         calls.append("reset")
-        Codes.seen = []
+        codes.seen.clear()  # in place, as dynamo's reset() does
 
-    dynamo = SimpleNamespace(reset=reset, convert_frame=SimpleNamespace(input_codes=Codes))
+    dynamo = SimpleNamespace(reset=reset, convert_frame=SimpleNamespace(input_codes=codes))
     monkeypatch.setitem(sys.modules, "torch._dynamo", dynamo)
     monkeypatch.setattr(_torch_features, "OLD_DYNAMO", True)
     monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
